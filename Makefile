@@ -1,0 +1,75 @@
+# Homeostat developer entry points. `make demo` and `make test` are the two set-up commands;
+# everything else is a building block they use.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CACHE ?= $(or $(HOMEOSTAT_CACHE),$(HOME)/.cache/homeostat)
+CLUSTER ?= homeostat
+export HOMEOSTAT_CACHE := $(CACHE)
+
+.PHONY: help venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench \
+        chart-crds kind-up kind-down clean
+
+help:
+	@echo "make demo     - local cluster + operator + sample service (the main job)"
+	@echo "make test     - lint, types, layer contracts, unit and e2e tests (builds the cluster on first run)"
+	@echo "make bench    - benchmarks with figures and ratios"
+	@echo "make cluster-up / cluster-down - the local control plane alone"
+	@echo "make kind-up / kind-down       - a kind cluster, for machines with Docker"
+
+$(BIN)/homeostat: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/homeostat
+
+binaries:
+	bash tests/cluster/build.sh
+
+cluster-up: venv binaries
+	$(BIN)/python tests/cluster/local.py up --name $(CLUSTER)
+
+cluster-down: venv
+	$(BIN)/python tests/cluster/local.py down --name $(CLUSTER)
+
+chart-crds:
+	mkdir -p charts/homeostat/crds
+	cp crds/*.yaml charts/homeostat/crds/
+
+lint: venv
+	$(BIN)/ruff check operator tests tools
+	$(BIN)/ruff format --check operator tests tools
+
+typecheck: venv
+	$(BIN)/mypy --strict operator/homeostat
+
+layers: venv
+	cd operator && ../$(BIN)/lint-imports --config ../.importlinter
+
+unit: venv
+	$(BIN)/pytest -m 'not e2e' -q
+
+e2e: venv binaries
+	$(BIN)/pytest -m e2e -q
+
+test: lint typecheck layers venv binaries
+	$(BIN)/pytest -q
+
+demo: venv binaries
+	bash tests/demo.sh
+
+bench: venv binaries
+	$(BIN)/python -m benchmarks
+
+kind-up:
+	kind create cluster --config kind-config.yaml
+	kubectl apply -f crds/
+
+kind-down:
+	kind delete cluster --name homeostat
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build

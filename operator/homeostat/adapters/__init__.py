@@ -1,0 +1,1 @@
+"""Implementations of the ports: the only modules that import third-party I/O clients."""

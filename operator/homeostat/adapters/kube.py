@@ -1,0 +1,149 @@
+"""Kubernetes access through the official (synchronous) client, kept off kopf's event loop.
+
+Every call runs in a worker thread so a slow API server never stalls other handlers. Children
+are written with server-side apply under one field manager, so a re-apply of an unchanged
+object is a no-op on the server and fields other controllers own are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+import urllib3
+
+from homeostat import ports
+from homeostat.core import children as kids
+
+_PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ReplicatedService": "replicatedservices",
+}
+TIMEOUT = (5.0, 30.0)  # connect, read
+
+
+class ConfigError(Exception):
+    """No usable credentials or no reachable API server; the message is one line for users."""
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{_PLURALS[kind]}/{name}"
+
+
+def load_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (flag, env, default)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        else:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load Kubernetes credentials from {where}: {detail}") from None
+    configuration.retries = 1
+    return kubernetes.client.ApiClient(configuration)
+
+
+def preflight(api: kubernetes.client.ApiClient) -> str:
+    """Check the API server answers and accepts our credentials; return its version."""
+    host = api.configuration.host
+    try:
+        version = kubernetes.client.VersionApi(api).get_code(_request_timeout=(5, 10))
+    except kubernetes.client.ApiException as exc:
+        raise ConfigError(f"the API server at {host} refused us: {exc.status} {exc.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(f"cannot reach the API server at {host}: {_one_line(reason)}") from None
+    return str(version.git_version)
+
+
+def _one_line(exc: object) -> str:
+    text = str(exc)
+    # urllib3 wraps the socket error in a long repr; keep the part a human can act on.
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
+        return "host name not resolved"
+    if "timed out" in text:
+        return "timed out"
+    return text.splitlines()[0][:200]
+
+
+class KubernetesWorkloads:
+    """``ports.Workloads`` over the official client, each call in a worker thread."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self._api = api
+
+    def _call(
+        self,
+        path: str,
+        method: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            return self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=TIMEOUT,
+            )
+        except kubernetes.client.ApiException as exc:
+            message = _api_message(exc)
+            if exc.status in (400, 422):
+                raise ports.Rejected(message) from None
+            raise ports.Unavailable(f"{exc.status}: {message}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ports.Unavailable(_one_line(exc)) from None
+
+    async def apply(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        meta = manifest["metadata"]
+        path = _path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        query = [("fieldManager", kids.MANAGER), ("force", "true")]
+        result = await asyncio.to_thread(
+            self._call, path, "PATCH", dict(manifest), "application/apply-patch+yaml", query
+        )
+        return dict(result)
+
+    async def delete(self, ref: kids.ChildRef) -> None:
+        path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        try:
+            await asyncio.to_thread(self._call, path, "DELETE")
+        except ports.Unavailable as exc:
+            if not str(exc).startswith("404"):
+                raise
+
+    async def patch_status(self, owner: kids.Owner, status: Mapping[str, Any]) -> None:
+        path = _path(kids.API_VERSION, kids.KIND, owner.namespace, owner.name) + "/status"
+        body = {"metadata": {"uid": owner.uid}, "status": dict(status)}
+        try:
+            await asyncio.to_thread(self._call, path, "PATCH", body, "application/merge-patch+json")
+        except ports.Unavailable as exc:
+            if not str(exc).startswith(("404", "409")):  # deleted, or replaced by a new object
+                raise
+
+
+def _api_message(exc: kubernetes.client.ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)

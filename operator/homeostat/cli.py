@@ -1,0 +1,111 @@
+"""The ``homeostat`` command: parse flags, check the cluster is reachable, then hand over to kopf.
+
+Failing fast with one clear line (instead of kopf retrying a dead API server forever, or a
+traceback) is what a person starting the operator by hand, or a crash-looping pod's log, needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from homeostat import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="homeostat",
+        description="Keeps replicated services healthy; asks a human before anything risky.",
+    )
+    parser.add_argument("--version", action="version", version=f"homeostat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator against the current cluster")
+    run.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then $KUBECONFIG)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    run.add_argument(
+        "--peering",
+        default=os.environ.get("HOMEOSTAT_PEERING"),
+        help="kopf peering name for HA; without it the operator runs standalone",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=_env_int("HOMEOSTAT_PRIORITY"),
+        help="peering priority (distinct per replica)",
+    )
+    run.add_argument(
+        "--liveness",
+        default=os.environ.get("HOMEOSTAT_LIVENESS"),
+        help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz",
+    )
+    run.add_argument(
+        "--log-format", choices=["plain", "json"], default=os.environ.get("HOMEOSTAT_LOG_FORMAT", "plain")
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    return parser
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return 2  # pragma: no cover — argparse enforces a command
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so `homeostat --help` stays fast and works without cluster libraries loaded.
+    import kopf
+
+    from homeostat.adapters import kube
+    from homeostat.handlers import replicatedservice
+
+    try:
+        api = kube.load_client(args.kubeconfig)
+        version = kube.preflight(api)
+    except kube.ConfigError as exc:
+        print(f"homeostat: error: {exc}", file=sys.stderr)
+        return 1
+    if args.kubeconfig:
+        # kopf logs in on its own; point it at the same credentials we just checked.
+        os.environ["KUBECONFIG"] = args.kubeconfig
+
+    kopf.configure(
+        verbose=args.log_level == "debug",
+        quiet=args.log_level == "warning",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
+    runtime = replicatedservice.Runtime(kube.KubernetesWorkloads(api))
+    memo = kopf.Memo(runtime=runtime)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            kopf.operator(
+                standalone=args.peering is None,
+                peering_name=args.peering,
+                priority=args.priority or 0,
+                liveness_endpoint=args.liveness,
+                clusterwide=not args.namespace,
+                namespaces=args.namespace,
+                memo=memo,
+            )
+        )
+    return 0

@@ -1,0 +1,299 @@
+"""Level-based reconciliation of a ReplicatedService: what to apply, and what status to report.
+
+Two pure steps bracket the only I/O (applying children): ``plan`` compares desired children
+with what the watch cache holds, and ``report`` turns the outcome into status and Events. The
+handler runs ``plan``, applies, then ``report``. Running it again with the same inputs yields
+no applies and the same status, which is what makes restarts and repeated events harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from homeostat.core import children as kids
+from homeostat.core import spec as specs
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class Reason(enum.StrEnum):
+    CREATED = "Created"
+    UPDATED = "Updated"
+    INVALID_SPEC = "InvalidSpec"
+    APPLY_FAILED = "ApplyFailed"
+    AVAILABLE = "Available"
+    SCALING = "Scaling"
+    ROLLING_OUT = "RollingOut"
+    UPDATING = "Updating"
+    WAITING = "WaitingForPods"
+    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    HEALTHY = "Healthy"
+    STABLE = "Stable"
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    """Server-side apply ``manifest``; ``reason`` says whether it creates or corrects it."""
+
+    manifest: Mapping[str, Any]
+    reason: Reason
+
+    @property
+    def ref(self) -> kids.ChildRef:
+        return kids.ChildRef.of(self.manifest)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" or "Warning", as Kubernetes spells them
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What happened when the handler executed a plan's applies."""
+
+    applied: Mapping[kids.ChildRef, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    errors: Mapping[kids.ChildRef, str] = dataclasses.field(default_factory=dict)
+    rejected: Mapping[kids.ChildRef, str] = dataclasses.field(default_factory=dict)
+
+
+def plan(
+    owner: kids.Owner,
+    spec: specs.ServiceSpec,
+    observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
+) -> tuple[Apply, ...]:
+    """Children that are missing or differ from what we want, in dependency order."""
+    applies = []
+    for manifest in kids.desired(owner, spec):
+        current = observed.get(kids.ChildRef.of(manifest))
+        if current is None:
+            applies.append(Apply(manifest, Reason.CREATED))
+        elif not _owned_fields_match(manifest, current):
+            applies.append(Apply(manifest, Reason.UPDATED))
+    return tuple(applies)
+
+
+def _owned_fields_match(manifest: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    meta = manifest["metadata"]
+    current_meta = current.get("metadata") or {}
+    wanted = {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})}
+    return kids.is_subset(wanted, current_meta) and kids.is_subset(manifest.get("spec"), current.get("spec"))
+
+
+def stale_children(
+    owner: kids.Owner,
+    spec: specs.ServiceSpec,
+    observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
+) -> tuple[kids.ChildRef, ...]:
+    """Owned children the spec no longer asks for (e.g. the Service after all ports went)."""
+    wanted = {kids.ChildRef.of(m) for m in kids.desired(owner, spec)}
+    return tuple(ref for ref, body in observed.items() if body is not None and ref not in wanted)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentView:
+    """The facts about a Deployment that decide Ready and Progressing."""
+
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    revision: str | None = None
+    serving: bool = False
+    deadline_exceeded: bool = False
+
+    @classmethod
+    def of(cls, deployment: Mapping[str, Any] | None, rev: str, desired: int) -> DeploymentView:
+        if deployment is None:
+            return cls()
+        status = deployment.get("status") or {}
+        meta = deployment.get("metadata") or {}
+        replicas = int(status.get("replicas", 0))
+        ready = int(status.get("readyReplicas", 0))
+        updated = int(status.get("updatedReplicas", 0))
+        available = int(status.get("availableReplicas", 0))
+        deployed = (meta.get("annotations") or {}).get(kids.ANNOTATION_REVISION)
+        # The Deployment controller must have seen our latest write, or its counts describe
+        # an older spec.
+        caught_up = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+        rolled_out = caught_up and deployed == rev and updated == desired and replicas == desired
+        return cls(
+            replicas=replicas,
+            ready=ready,
+            updated=updated,
+            revision=deployed,
+            serving=rolled_out and min(available, ready) >= desired,
+            deadline_exceeded=any(
+                c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+                for c in status.get("conditions") or []
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    status: Mapping[str, Any]
+    events: tuple[Event, ...]
+
+
+def report(
+    *,
+    owner: kids.Owner,
+    generation: int,
+    spec: specs.ServiceSpec | specs.SpecError,
+    applies: Sequence[Apply],
+    outcome: Outcome,
+    deployment: Mapping[str, Any] | None,
+    previous: Mapping[str, Any],
+    now: str,
+) -> Report:
+    """Status and Events after a reconcile; ``now`` is an RFC 3339 timestamp from the caller."""
+    events: list[Event] = []
+    base: dict[str, Any] = {
+        "observedGeneration": generation,
+        "selector": kids.selector_string(owner),
+    }
+    if isinstance(spec, specs.SpecError):
+        message = f"{spec.field}: {spec.message}"
+        conditions = _conditions(
+            previous,
+            generation=generation,
+            now=now,
+            ready=("False", Reason.INVALID_SPEC, message),
+            progressing=("False", Reason.INVALID_SPEC, "the spec cannot be acted on"),
+            degraded=("True", Reason.INVALID_SPEC, message),
+        )
+        status = {**_carry(previous), **base, "phase": Phase.INVALID_SPEC.value, "conditions": conditions}
+        return Report(status, tuple(_transitions(previous, conditions)))
+
+    for apply in applies:
+        if apply.ref in outcome.applied:
+            verb = "created" if apply.reason is Reason.CREATED else "restored to the desired state"
+            events.append(Event("Normal", apply.reason.value, f"{apply.ref} {verb}"))
+    problems = [f"{ref}: {msg}" for ref, msg in {**outcome.rejected, **outcome.errors}.items()]
+
+    rev = kids.revision(spec.template)
+    desired_count = spec.replicas.effective
+    view = DeploymentView.of(deployment, rev, desired_count)
+
+    if outcome.rejected:
+        degraded = ("True", Reason.INVALID_SPEC, "; ".join(problems))
+        phase = Phase.INVALID_SPEC
+    elif outcome.errors:
+        degraded = ("True", Reason.APPLY_FAILED, "; ".join(problems))
+        phase = Phase.DEGRADED
+    elif view.deadline_exceeded:
+        degraded = ("True", Reason.DEADLINE_EXCEEDED, f"revision {rev} is not becoming available")
+        phase = Phase.DEGRADED
+    else:
+        degraded = ("False", Reason.HEALTHY, "no problems observed")
+        phase = Phase.READY if view.serving else Phase.PROGRESSING if deployment else Phase.PENDING
+
+    if view.serving:
+        ready_c = ("True", Reason.AVAILABLE, f"{view.ready}/{desired_count} replicas ready at revision {rev}")
+        progressing = ("False", Reason.STABLE, f"revision {rev} is rolled out")
+    else:
+        waiting = f"{view.ready}/{desired_count} replicas ready, {view.updated} at revision {rev}"
+        ready_c = ("False", Reason.WAITING, waiting)
+        rolling = view.revision not in (None, rev) or view.updated < view.replicas
+        reason = Reason.ROLLING_OUT if rolling else Reason.SCALING
+        progressing = ("True", reason, waiting)
+    if phase is Phase.INVALID_SPEC:
+        ready_c = ("False", Reason.INVALID_SPEC, degraded[2])
+        progressing = ("False", Reason.INVALID_SPEC, "the spec cannot be acted on")
+
+    conditions = _conditions(
+        previous, generation=generation, now=now, ready=ready_c, progressing=progressing, degraded=degraded
+    )
+    stable = rev if view.serving else previous.get("stableRevision")
+    status = {
+        **_carry(previous),
+        **base,
+        "phase": phase.value,
+        "conditions": conditions,
+        "replicas": view.replicas,
+        "readyReplicas": view.ready,
+        "updatedReplicas": view.updated,
+        "desiredReplicas": desired_count,
+        "currentRevision": rev,
+    }
+    if stable:
+        status["stableRevision"] = stable
+    events.extend(_transitions(previous, conditions))
+    return Report(status, tuple(events))
+
+
+# Status fields owned by other parts of the operator (rollouts, forecasts, remediation) pass
+# through the basic reconcile untouched.
+_CARRIED = ("canary", "rollout", "forecast", "lastRemediation", "pendingApprovals", "stableRevision")
+
+
+def _carry(previous: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: previous[k] for k in _CARRIED if k in previous}
+
+
+def _conditions(
+    previous: Mapping[str, Any],
+    *,
+    generation: int,
+    now: str,
+    ready: tuple[str, Reason, str],
+    progressing: tuple[str, Reason, str],
+    degraded: tuple[str, Reason, str],
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous.get("conditions") or []}
+    result = []
+    for ctype, (status, reason, message) in (
+        (ConditionType.READY, ready),
+        (ConditionType.PROGRESSING, progressing),
+        (ConditionType.DEGRADED, degraded),
+    ):
+        old = before.get(ctype.value) or {}
+        # The transition time moves only when the status flips, as Kubernetes conventions ask.
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        result.append(
+            {
+                "type": ctype.value,
+                "status": status,
+                "reason": reason.value,
+                "message": message,
+                "lastTransitionTime": since or now,
+                "observedGeneration": generation,
+            }
+        )
+    return result
+
+
+def _transitions(previous: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> list[Event]:
+    """Events for conditions whose status or reason changed: what a human wants in the feed."""
+    before = {c.get("type"): c for c in previous.get("conditions") or []}
+    events = []
+    for cond in conditions:
+        old = before.get(cond["type"]) or {}
+        if (old.get("status"), old.get("reason")) == (cond["status"], cond["reason"]):
+            continue
+        if cond["type"] == ConditionType.DEGRADED and cond["status"] == "True":
+            events.append(Event("Warning", cond["reason"], cond["message"]))
+        elif cond["type"] == ConditionType.READY and cond["status"] == "True":
+            events.append(Event("Normal", "Ready", cond["message"]))
+    return events
+
+
+def status_changed(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    return any(previous.get(k) != v for k, v in status.items())

@@ -1,0 +1,184 @@
+"""The ReplicatedService spec as frozen values, parsed once at the edge of the core.
+
+The API server's schema and CEL rules reject most bad input, but the operator must not trust
+that: a CRD may be older than the operator, and some mistakes (a pod spec Kubernetes refuses)
+only show when children are applied. Parsing returns a value or a ``SpecError`` naming the
+field, which the reconciler turns into an ``InvalidSpec`` condition instead of a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any
+
+JSON = dict[str, Any]
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot act on; ``field`` is the JSON path of the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Strategy(enum.StrEnum):
+    ROLLING_UPDATE = "RollingUpdate"
+    CANARY = "Canary"
+    BLUE_GREEN = "BlueGreen"
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: str = "TCP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replicas:
+    min: int = 1
+    max: int = 10
+    desired: int | None = None
+
+    @property
+    def effective(self) -> int:
+        """What the workload should run: the desired count, kept inside the bounds."""
+        wanted = self.min if self.desired is None else self.desired
+        return max(self.min, min(self.max, wanted))
+
+
+@dataclasses.dataclass(frozen=True)
+class DisruptionBudget:
+    max_unavailable: int | str | None = 1
+    min_available: int | str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSpec:
+    template: Mapping[str, Any]
+    ports: tuple[Port, ...] = ()
+    replicas: Replicas = Replicas()
+    disruption_budget: DisruptionBudget = DisruptionBudget()
+    strategy: Strategy = Strategy.ROLLING_UPDATE
+
+
+def parse_duration(value: str, field: str) -> float:
+    """Seconds in a Go-style duration such as ``1h30m`` or ``500ms``."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or not value:
+        raise SpecError(field, f"{value!r} is not a duration like 30s, 5m or 1h30m")
+    return total
+
+
+def _int(value: Any, field: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise SpecError(field, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _int_or_percent(value: Any, field: str) -> int | str:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+%", value):
+        return value
+    return _int(value, field)
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field, "must be an object")
+    return value
+
+
+def _parse_template(raw: Any) -> Mapping[str, Any]:
+    template = _mapping(raw, "spec.template")
+    pod = _mapping(template.get("spec"), "spec.template.spec")
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise SpecError("spec.template.spec.containers", "at least one container is required")
+    for i, raw_container in enumerate(containers):
+        container = _mapping(raw_container, f"spec.template.spec.containers[{i}]")
+        for key in ("name", "image"):
+            if not isinstance(container.get(key), str) or not container[key]:
+                raise SpecError(f"spec.template.spec.containers[{i}].{key}", "is required")
+    return template
+
+
+def _parse_ports(raw: Any) -> tuple[Port, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("spec.ports", "must be a list")
+    ports = []
+    for i, raw_item in enumerate(raw):
+        item = _mapping(raw_item, f"spec.ports[{i}]")
+        port = _int(item.get("port"), f"spec.ports[{i}].port", minimum=1)
+        target = item.get("targetPort", port)
+        if not isinstance(target, str):
+            target = _int(target, f"spec.ports[{i}].targetPort", minimum=1)
+        name = item.get("name") or f"port-{port}"
+        ports.append(Port(str(name), port, target, str(item.get("protocol", "TCP"))))
+    if len({p.name for p in ports}) != len(ports):
+        raise SpecError("spec.ports", "port names must be unique")
+    return tuple(ports)
+
+
+def _parse_replicas(raw: Any) -> Replicas:
+    if raw is None:
+        return Replicas()
+    raw = _mapping(raw, "spec.replicas")
+    low = _int(raw.get("min", 1), "spec.replicas.min")
+    high = _int(raw.get("max", max(low, 10)), "spec.replicas.max", minimum=1)
+    if low > high:
+        raise SpecError("spec.replicas", f"min ({low}) must not exceed max ({high})")
+    desired = raw.get("desired")
+    if desired is not None:
+        desired = _int(desired, "spec.replicas.desired")
+    return Replicas(low, high, desired)
+
+
+def _parse_budget(raw: Any) -> DisruptionBudget:
+    if raw is None:
+        return DisruptionBudget()
+    raw = _mapping(raw, "spec.disruptionBudget")
+    max_u, min_a = raw.get("maxUnavailable"), raw.get("minAvailable")
+    if (max_u is None) == (min_a is None):
+        raise SpecError("spec.disruptionBudget", "set exactly one of maxUnavailable and minAvailable")
+    if max_u is not None:
+        return DisruptionBudget(
+            max_unavailable=_int_or_percent(max_u, "spec.disruptionBudget.maxUnavailable")
+        )
+    return DisruptionBudget(
+        max_unavailable=None, min_available=_int_or_percent(min_a, "spec.disruptionBudget.minAvailable")
+    )
+
+
+def parse(raw: Mapping[str, Any]) -> ServiceSpec:
+    """Turn a ReplicatedService ``spec`` into a ``ServiceSpec`` or raise ``SpecError``."""
+    rollout = raw.get("rollout") or {}
+    strategy_name = _mapping(rollout, "spec.rollout").get("strategy", Strategy.ROLLING_UPDATE.value)
+    try:
+        strategy = Strategy(strategy_name)
+    except ValueError:
+        raise SpecError("spec.rollout.strategy", f"unknown strategy {strategy_name!r}") from None
+    return ServiceSpec(
+        template=_parse_template(raw.get("template")),
+        ports=_parse_ports(raw.get("ports")),
+        replicas=_parse_replicas(raw.get("replicas")),
+        disruption_budget=_parse_budget(raw.get("disruptionBudget")),
+        strategy=strategy,
+    )

@@ -1,0 +1,6 @@
+"""kopf wiring: load state, call the core, execute its actions through the ports, patch status.
+
+Importing this package registers every handler with kopf's default registry.
+"""
+
+from homeostat.handlers import replicatedservice as replicatedservice

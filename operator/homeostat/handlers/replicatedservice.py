@@ -1,0 +1,188 @@
+"""kopf wiring for ReplicatedService: every event, child change and resync runs one reconcile.
+
+The reconcile is level-based: it reads the service from the event (or the index, for child
+events), asks the core what to apply, applies it, and reports status. No progress is stored in
+annotations, so any operator process can pick up where another stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from homeostat import ports
+from homeostat.core import children as kids
+from homeostat.core import reconcile as rec
+from homeostat.core import spec as specs
+
+RSVC = (kids.GROUP, kids.VERSION, "replicatedservices")
+CHILD_KINDS = {
+    ("apps", "v1", "deployments"): ("apps/v1", "Deployment"),
+    ("", "v1", "services"): ("v1", "Service"),
+    ("policy", "v1", "poddisruptionbudgets"): ("policy/v1", "PodDisruptionBudget"),
+}
+MANAGED = {kids.LABEL_MANAGED_BY: kids.MANAGER}
+RESYNC_SECONDS = 60.0
+
+Key = tuple[str, str]
+
+
+class Runtime:
+    """Per-process collaborators, put into kopf's memo by the CLI at startup."""
+
+    def __init__(self, workloads: ports.Workloads) -> None:
+        self.workloads = workloads
+        self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, Runtime):
+        raise kopf.PermanentError("homeostat runtime missing from memo; start with `homeostat run`")
+    return runtime
+
+
+@kopf.index(*RSVC)  # type: ignore[arg-type]
+def services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+def _child_index(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str, str], Any]:
+    return {(namespace, name, body["kind"]): copy.deepcopy(dict(body))}
+
+
+for _group, _version, _plural in CHILD_KINDS:
+    kopf.index(_group, _version, _plural, labels=MANAGED, id=f"children_{_plural}")(_child_index)
+
+
+def _latest(store: Any) -> Any:
+    values = list(store) if store is not None else []
+    return values[-1] if values else None
+
+
+def _observed(owner: kids.Owner, indexes: Mapping[str, Any]) -> dict[kids.ChildRef, Mapping[str, Any] | None]:
+    observed: dict[kids.ChildRef, Mapping[str, Any] | None] = {}
+    for (_group, _version, plural), (api_version, kind) in CHILD_KINDS.items():
+        index = indexes[f"children_{plural}"]
+        body = _latest(index.get((owner.namespace, owner.name, kind)))
+        owned = body is not None and any(
+            ref.get("uid") == owner.uid for ref in body.get("metadata", {}).get("ownerReferences") or []
+        )
+        observed[kids.ChildRef(api_version, kind, owner.namespace, owner.name)] = body if owned else None
+    return observed
+
+
+def _event_target(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": kids.API_VERSION,
+        "kind": kids.KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+
+
+async def reconcile(body: Mapping[str, Any], memo: Any, indexes: Mapping[str, Any], logger: Any) -> None:
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return  # children go with their owner through garbage collection
+    owner = kids.Owner(meta["name"], meta["namespace"], meta["uid"])
+    runtime = _runtime(memo)
+    async with runtime.locks[(owner.namespace, owner.name)]:
+        await _reconcile_locked(owner, body, runtime, indexes, logger)
+
+
+async def _reconcile_locked(
+    owner: kids.Owner, body: Mapping[str, Any], runtime: Runtime, indexes: Mapping[str, Any], logger: Any
+) -> None:
+    generation = int(body["metadata"].get("generation", 0))
+    previous = body.get("status") or {}
+    observed = _observed(owner, indexes)
+    applies: tuple[rec.Apply, ...] = ()
+    applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
+    errors: dict[kids.ChildRef, str] = {}
+    rejected: dict[kids.ChildRef, str] = {}
+    deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
+    spec: specs.ServiceSpec | specs.SpecError
+    try:
+        spec = specs.parse(body.get("spec") or {})
+    except specs.SpecError as exc:
+        spec = exc
+    if isinstance(spec, specs.ServiceSpec):
+        applies = rec.plan(owner, spec, observed)
+        for apply in applies:
+            try:
+                applied[apply.ref] = await runtime.workloads.apply(apply.manifest)
+                logger.info(f"{apply.reason.value.lower()} {apply.ref}")
+            except ports.Rejected as exc:
+                rejected[apply.ref] = str(exc)
+            except ports.Unavailable as exc:
+                errors[apply.ref] = str(exc)
+        for ref in rec.stale_children(owner, spec, observed):
+            try:
+                await runtime.workloads.delete(ref)
+                logger.info(f"deleted {ref}: no longer wanted")
+            except ports.Unavailable as exc:
+                errors[ref] = str(exc)
+    deployment = applied.get(deployment_ref) or observed.get(deployment_ref)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    outcome = rec.Outcome(applied, errors, rejected)
+    result = rec.report(
+        owner=owner,
+        generation=generation,
+        spec=spec,
+        applies=applies,
+        outcome=outcome,
+        deployment=deployment,
+        previous=previous,
+        now=now,
+    )
+    if rec.status_changed(previous, result.status):
+        await runtime.workloads.patch_status(owner, result.status)
+    target = _event_target(body)
+    for event in result.events:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, target)), type=event.type, reason=event.reason, message=event.message
+        )
+        log = logger.warning if event.type == "Warning" else logger.info
+        log(f"{event.reason}: {event.message}")
+    if errors:
+        # Transient API trouble: let kopf back off and retry instead of waiting for a resync.
+        raise kopf.TemporaryError("; ".join(errors.values()), delay=5)
+
+
+@kopf.on.event(*RSVC)  # type: ignore[arg-type]
+async def service_changed(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any
+) -> None:
+    if type == "DELETED":
+        return
+    await reconcile(body, memo, kwargs, logger)
+
+
+@kopf.timer(*RSVC, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)  # type: ignore[arg-type]
+async def resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
+    await reconcile(body, memo, kwargs, logger)
+
+
+async def _child_changed(
+    *, namespace: str | None, labels: Mapping[str, str], memo: Any, logger: Any, **kwargs: Any
+) -> None:
+    name = labels.get(kids.LABEL_SERVICE)
+    if not name or namespace is None:
+        return
+    body = _latest(kwargs["services"].get((namespace, name)))
+    if body is not None:
+        await reconcile(body, memo, kwargs, logger)
+
+
+for _group, _version, _plural in CHILD_KINDS:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child_{_plural}")(_child_changed)

@@ -1,0 +1,33 @@
+"""The small interfaces through which handlers act on the world.
+
+Handlers depend on these protocols, never on a client library, so an adapter can be swapped
+(or run against canned responses) without touching decision logic. One module per
+implementation lives in ``homeostat.adapters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from homeostat.core import children as kids
+
+
+class Rejected(Exception):
+    """The API server refused an object as invalid: retrying the same object cannot help."""
+
+
+class Unavailable(Exception):
+    """The API server could not be reached or failed; the same call may succeed later."""
+
+
+class Workloads(Protocol):
+    """Applies and removes the children of a service, and writes its status."""
+
+    async def apply(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Server-side apply ``manifest``; return the object as stored."""
+        ...
+
+    async def delete(self, ref: kids.ChildRef) -> None: ...
+
+    async def patch_status(self, owner: kids.Owner, status: Mapping[str, Any]) -> None: ...

@@ -1,0 +1,315 @@
+"""Start and stop a real Kubernetes control plane as local processes, for tests and the demo.
+
+Our machines have no Docker engine, so kind cannot run. kwokctl's binary runtime starts etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler and kwok-controller as plain processes
+from binaries we build ourselves (build.sh); KWOK simulates nodes and pod lifecycles. Everything
+binds to 127.0.0.1. The same API is used by the pytest fixture and by `make cluster-up/down`.
+
+Usage: python tests/cluster/local.py up|down|status|kubeconfig [--name NAME] [--nodes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("HOMEOSTAT_CACHE", str(Path.home() / ".cache" / "homeostat")))
+BIN = CACHE / "bin"
+WORKDIR = CACHE / "kwok"
+
+# Stages kwok loads by default; passing any Stage object replaces the defaults, so we list them
+# together with the chaos stages tests use to fail containers and nodes on demand.
+STAGE_FILES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+    "kustomize/stage/pod/chaos/pod-container-running-failed.yaml",
+    "kustomize/stage/node/chaos/node-not-ready.yaml",
+)
+
+POD_FAILURE_LABEL = "pod-container-running-failed.stage.kwok.x-k8s.io"
+NODE_NOT_READY_LABEL = "node-not-ready.stage.kwok.x-k8s.io"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be built, started or reached."""
+
+
+def versions() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for raw in (HERE / "versions.env").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pins[key] = value
+    return pins
+
+
+def build() -> None:
+    """Build (or find cached) binaries; a warm cache makes this a no-op."""
+    subprocess.run(["bash", str(HERE / "build.sh")], check=True)
+
+
+def _tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # kwokctl runs `kubectl` from PATH; Debian's is far too old, so ours goes first.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["KWOK_WORKDIR"] = str(WORKDIR)
+    env["GOMODCACHE"] = str(CACHE / "go" / "mod")
+    env["GOFLAGS"] = "-mod=mod"
+    env["GOTOOLCHAIN"] = "local"
+    return env
+
+
+def kwok_source_dir() -> Path:
+    pin = versions()["KWOK_VERSION"]
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{pin}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_tool_env(),
+    )
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def _config(kube_version: str) -> str:
+    options = {
+        "runtime": "binary",
+        "kubeVersion": kube_version,
+        "bindAddress": "127.0.0.1",
+        "kubeApiserverBinary": str(BIN / "kube-apiserver"),
+        "kubeControllerManagerBinary": str(BIN / "kube-controller-manager"),
+        "kubeSchedulerBinary": str(BIN / "kube-scheduler"),
+        "kubectlBinary": str(BIN / "kubectl"),
+        "etcdBinary": str(BIN / "etcd"),
+        "kwokControllerBinary": str(BIN / "kwok"),
+        "cacheDir": str(WORKDIR / "cache"),
+    }
+    docs = [
+        json.dumps(
+            {
+                "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+                "kind": "KwokctlConfiguration",
+                "options": options,
+            }
+        )
+    ]
+    source = kwok_source_dir()
+    docs.extend((source / rel).read_text() for rel in STAGE_FILES)
+    return "\n---\n".join(docs) + "\n"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A kwokctl cluster whose state lives under the cache directory, never in the repo."""
+
+    name: str = "homeostat"
+
+    @property
+    def state_dir(self) -> Path:
+        return WORKDIR / "clusters" / self.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return CACHE / "kubeconfigs" / f"{self.name}.yaml"
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
+
+    def exists(self) -> bool:
+        return (self.state_dir / "kwok.yaml").exists()
+
+    def up(self, nodes: int = 3, timeout: float = 180) -> None:
+        build()
+        if self.exists():
+            if self._healthy():
+                self._ensure_nodes(nodes, timeout)
+                return
+            self.down()
+        pins = versions()
+        config_path = CACHE / "kwok" / f"{self.name}-config.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(_config(pins["K8S_VERSION"]))
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                str(BIN / "kwokctl"),
+                "create",
+                "cluster",
+                "--name",
+                self.name,
+                "--config",
+                str(config_path),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--wait",
+                f"{int(timeout)}s",
+                "--quiet-pull",
+            ],
+            check=True,
+            env=_tool_env(),
+        )
+        os.chmod(self.kubeconfig, 0o600)
+        self._ensure_nodes(nodes, timeout)
+
+    def _healthy(self) -> bool:
+        if not self.kubeconfig.exists():
+            return False
+        res = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+        return res.returncode == 0
+
+    def _ensure_nodes(self, nodes: int, timeout: float) -> None:
+        subprocess.run(
+            [str(BIN / "kwokctl"), "scale", "node", "--name", self.name, "--replicas", str(nodes)],
+            check=True,
+            env=_tool_env(),
+            stdout=subprocess.DEVNULL,
+        )
+        wait_nodes_ready(self.kubeconfig, nodes, timeout)
+
+    def down(self) -> None:
+        if self.exists():
+            subprocess.run(
+                [str(BIN / "kwokctl"), "delete", "cluster", "--name", self.name],
+                check=False,
+                env=_tool_env(),
+            )
+        # kwokctl stops what it started; anything still alive (a crashed delete) goes too.
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.kubeconfig.unlink(missing_ok=True)
+
+    def pids(self) -> list[int]:
+        """Processes of this cluster: anything whose command line points into its state dir."""
+        marker = str(self.state_dir) + "/"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(int(entry.name))
+        return found
+
+
+def run_kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    kubectl = BIN / "kubectl"
+    exe = str(kubectl) if kubectl.exists() else "kubectl"
+    res = subprocess.run(
+        [exe, "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and res.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res
+
+
+def ready_nodes(kubeconfig: Path) -> list[str]:
+    res = run_kubectl(kubeconfig, "get", "nodes", "-o", "json", check=False, timeout=20)
+    if res.returncode != 0:
+        return []
+    names = []
+    for node in json.loads(res.stdout)["items"]:
+        for cond in node.get("status", {}).get("conditions", []):
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                names.append(node["metadata"]["name"])
+    return names
+
+
+def wait_nodes_ready(kubeconfig: Path, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ready_nodes(kubeconfig)) < count:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"fewer than {count} nodes Ready after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def listening_sockets(pids: Sequence[int]) -> Iterator[tuple[int, str]]:
+    """(pid, local address) of every TCP socket in LISTEN state owned by the given processes."""
+    inode_pid: dict[str, int] = {}
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inode_pid[target[8:-1]] = pid
+    for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inode_pid:
+                    yield inode_pid[inode], _decode_address(local, family)
+
+
+def _decode_address(hex_addr: str, family: int) -> str:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if family == 4:
+        addr = ".".join(str(b) for b in reversed(raw))
+    else:
+        words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+        addr = str(ipaddress.IPv6Address(b"".join(words)))
+    return f"{addr}:{int(port, 16)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "build"])
+    parser.add_argument("--name", default=os.environ.get("HOMEOSTAT_CLUSTER", "homeostat"))
+    parser.add_argument("--nodes", type=int, default=3)
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(args.name)
+    try:
+        if args.command == "build":
+            build()
+        elif args.command == "up":
+            started = time.monotonic()
+            cluster.up(nodes=args.nodes)
+            print(f"cluster {cluster.name} up in {time.monotonic() - started:.1f}s")
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+        elif args.command == "down":
+            cluster.down()
+            print(f"cluster {cluster.name} down")
+        elif args.command == "kubeconfig":
+            print(cluster.kubeconfig)
+        else:
+            state = "up" if cluster.exists() and cluster._healthy() else "down"
+            print(f"cluster {cluster.name}: {state}, {len(cluster.pids())} processes")
+    except (ClusterError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

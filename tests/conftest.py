@@ -1,0 +1,152 @@
+"""Shared fixtures: a real Kubernetes API server for e2e tests, and the operator as a process.
+
+The cluster is the local kwokctl control plane (built and cached by tests/cluster), or, when
+``KUBECONFIG`` is set, whatever cluster it names (e.g. kind), so one suite serves both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from cluster import local
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+class Cluster(Protocol):
+    kubeconfig: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalCluster:
+    """A cluster we did not start and must not stop (named by ``KUBECONFIG``)."""
+
+    kubeconfig: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return local.run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "") -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    res = cluster.kubectl("get", *args, "-o", "json", check=False, timeout=30)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        yield ExternalCluster(Path(external))
+        return
+    local_cluster = local.LocalCluster(os.environ.get("HOMEOSTAT_TEST_CLUSTER", "homeostat-test"))
+    local_cluster.up(nodes=3)
+    yield local_cluster
+    if not os.environ.get("HOMEOSTAT_KEEP_CLUSTER"):
+        local_cluster.down()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(cluster: Cluster) -> local.LocalCluster:
+    """Tests that poke KWOK itself (chaos stages, processes) need our own local cluster."""
+    if not isinstance(cluster, local.LocalCluster):
+        pytest.skip("needs the local KWOK control plane, not an external cluster")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def crds_installed(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclasses.dataclass
+class OperatorProcess:
+    """``homeostat run`` as a child process, the way a user (or a pod) starts it."""
+
+    kubeconfig: Path
+    log_path: Path
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        cmd = [str(VENV_BIN / "homeostat"), "run", "--kubeconfig", str(self.kubeconfig), *self.extra_args]
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, start_new_session=True
+        )
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    cluster: Cluster, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the session; tests that restart or kill it start their own."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(cluster.kubeconfig, log).start()
+    time.sleep(1)
+    if not proc.alive():
+        pytest.fail(f"operator exited at start:\n{proc.logs()}")
+    yield proc
+    proc.stop()
+    if os.environ.get("HOMEOSTAT_SHOW_OPERATOR_LOG"):
+        print(proc.logs())

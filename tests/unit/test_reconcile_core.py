@@ -1,0 +1,360 @@
+"""Table-driven tests of the pure reconcile core: spec in, observed children in, plan and status out."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from homeostat.core import children as kids
+from homeostat.core import reconcile as rec
+from homeostat.core import spec as specs
+
+OWNER = kids.Owner("web", "prod", "uid-1")
+NOW = "2026-11-22T10:00:00Z"
+LATER = "2026-11-22T10:05:00Z"
+
+
+def raw_spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]},
+        },
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        "replicas": {"min": 2, "max": 6, "desired": 3},
+    }
+    base.update(overrides)
+    return base
+
+
+def parsed(**overrides: Any) -> specs.ServiceSpec:
+    return specs.parse(raw_spec(**overrides))
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"template": None}, "spec.template"),
+        ({"template": {"spec": {"containers": []}}}, "spec.template.spec.containers"),
+        ({"template": {"spec": {"containers": [{"name": "x"}]}}}, "spec.template.spec.containers[0].image"),
+        ({"ports": [{"name": "a", "port": 0}]}, "spec.ports[0].port"),
+        ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "spec.ports"),
+        ({"replicas": {"min": 5, "max": 2}}, "spec.replicas"),
+        ({"replicas": {"min": -1, "max": 2}}, "spec.replicas.min"),
+        ({"replicas": {"min": 1, "max": 2, "desired": "3"}}, "spec.replicas.desired"),
+        ({"disruptionBudget": {}}, "spec.disruptionBudget"),
+        ({"disruptionBudget": {"maxUnavailable": 1, "minAvailable": 1}}, "spec.disruptionBudget"),
+        ({"disruptionBudget": {"maxUnavailable": "ten"}}, "spec.disruptionBudget.maxUnavailable"),
+        ({"rollout": {"strategy": "YOLO"}}, "spec.rollout.strategy"),
+    ],
+)
+def test_unusable_specs_name_the_field(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(specs.SpecError) as info:
+        specs.parse(raw_spec(**overrides))
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("replicas", "effective"),
+    [
+        ({"min": 2, "max": 6, "desired": 3}, 3),
+        ({"min": 2, "max": 6}, 2),
+        ({"min": 2, "max": 6, "desired": 9}, 6),
+        ({"min": 2, "max": 6, "desired": 0}, 2),
+        ({"min": 0, "max": 1, "desired": 0}, 0),
+    ],
+)
+def test_effective_replicas_stay_in_bounds(replicas: dict[str, int], effective: int) -> None:
+    assert parsed(replicas=replicas).replicas.effective == effective
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5), ("1.5h", 5400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert specs.parse_duration(text, "f") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m5", "5d", "-5s", "5s "])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(specs.SpecError):
+        specs.parse_duration(text, "spec.x")
+
+
+# --- children ----------------------------------------------------------------------------
+
+
+def test_children_are_owned_labelled_and_selected_by_track() -> None:
+    dep, svc, pdb = kids.desired(OWNER, parsed())
+    for child in (dep, svc, pdb):
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        assert child["metadata"]["labels"][kids.LABEL_MANAGED_BY] == "homeostat"
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["selector"]["matchLabels"] == {kids.LABEL_SERVICE: "web", kids.LABEL_TRACK: "stable"}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app"] == "web"
+    assert pod_labels[kids.LABEL_REVISION] == kids.revision(raw_spec()["template"])
+    assert svc["spec"]["selector"] == {kids.LABEL_SERVICE: "web"}
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+    assert pdb["spec"] == {"selector": {"matchLabels": {kids.LABEL_SERVICE: "web"}}, "maxUnavailable": 1}
+
+
+def test_user_labels_cannot_hijack_the_selector() -> None:
+    template = raw_spec()["template"]
+    template["metadata"]["labels"][kids.LABEL_SERVICE] = "other"
+    dep = kids.deployment(OWNER, parsed(template=template))
+    assert dep["spec"]["template"]["metadata"]["labels"][kids.LABEL_SERVICE] == "web"
+
+
+def test_no_ports_means_no_service() -> None:
+    kinds = [c["kind"] for c in kids.desired(OWNER, parsed(ports=[]))]
+    assert kinds == ["Deployment", "PodDisruptionBudget"]
+
+
+def test_revision_is_stable_and_sensitive() -> None:
+    a = raw_spec()["template"]
+    b = copy.deepcopy(a)
+    assert kids.revision(a) == kids.revision(b)
+    b["spec"]["containers"][0]["image"] = "nginx:1.28"
+    assert kids.revision(a) != kids.revision(b)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "actual", "expected"),
+    [
+        ({"a": 1}, {"a": 1, "b": 2}, True),  # server defaults are not drift
+        ({"a": 1}, {"a": 2}, False),
+        ({"a": [{"x": 1}]}, {"a": [{"x": 1, "y": 0}]}, True),
+        ({"a": [{"x": 1}]}, {"a": [{"x": 1}, {"x": 2}]}, False),
+        ({"a": {"b": "c"}}, {"a": None}, False),
+        ({"a": "1"}, {"a": 1}, False),
+    ],
+)
+def test_is_subset(wanted: Any, actual: Any, expected: bool) -> None:
+    assert kids.is_subset(wanted, actual) is expected
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def _as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the API server would hand back: our fields plus defaults and status."""
+    stored = copy.deepcopy(manifest)
+    stored["metadata"]["resourceVersion"] = "1"
+    stored["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = "1"
+    stored["spec"]["someServerDefault"] = True
+    return stored
+
+
+def _observed(spec: specs.ServiceSpec, mutate: Any = None) -> dict[kids.ChildRef, Any]:
+    observed: dict[kids.ChildRef, Any] = {}
+    for manifest in kids.desired(OWNER, spec):
+        stored = _as_stored(manifest)
+        if mutate:
+            mutate(stored)
+        observed[kids.ChildRef.of(manifest)] = stored
+    return observed
+
+
+def _scale_deployment(body: dict[str, Any]) -> None:
+    if body["kind"] == "Deployment":
+        body["spec"]["replicas"] = 7
+
+
+def _strip_labels(body: dict[str, Any]) -> None:
+    body["metadata"]["labels"] = {}
+
+
+@pytest.mark.parametrize(
+    ("case", "observed", "expected"),
+    [
+        (
+            "nothing exists",
+            {},
+            [("Deployment", "Created"), ("Service", "Created"), ("PodDisruptionBudget", "Created")],
+        ),
+        ("all in place", _observed(parsed()), []),
+        ("replicas changed by hand", _observed(parsed(), _scale_deployment), [("Deployment", "Updated")]),
+        (
+            "labels stripped",
+            _observed(parsed(), _strip_labels),
+            [("Deployment", "Updated"), ("Service", "Updated"), ("PodDisruptionBudget", "Updated")],
+        ),
+    ],
+)
+def test_plan(case: str, observed: dict[kids.ChildRef, Any], expected: list[tuple[str, str]]) -> None:
+    applies = rec.plan(OWNER, parsed(), observed)
+    assert [(a.manifest["kind"], a.reason.value) for a in applies] == expected, case
+
+
+def test_plan_is_idempotent_after_apply() -> None:
+    spec = parsed()
+    first = rec.plan(OWNER, spec, {})
+    observed = {a.ref: _as_stored(dict(a.manifest)) for a in first}
+    assert rec.plan(OWNER, spec, observed) == ()
+
+
+def test_template_change_updates_the_deployment_only() -> None:
+    old = _observed(parsed())
+    template = raw_spec()["template"]
+    template["spec"]["containers"][0]["image"] = "nginx:1.28"
+    applies = rec.plan(OWNER, parsed(template=template), old)
+    assert [a.manifest["kind"] for a in applies] == ["Deployment"]
+
+
+def test_removed_ports_make_the_service_stale() -> None:
+    observed = _observed(parsed())
+    stale = rec.stale_children(OWNER, parsed(ports=[]), observed)
+    assert [ref.kind for ref in stale] == ["Service"]
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _deployment(spec: specs.ServiceSpec, **status: Any) -> dict[str, Any]:
+    dep = _as_stored(kids.deployment(OWNER, spec))
+    dep["metadata"]["generation"] = 2
+    dep["status"] = {"observedGeneration": 2, **status}
+    return dep
+
+
+def _report(
+    spec: specs.ServiceSpec | specs.SpecError,
+    deployment: dict[str, Any] | None,
+    previous: dict[str, Any] | None = None,
+    outcome: rec.Outcome | None = None,
+    now: str = NOW,
+) -> rec.Report:
+    return rec.report(
+        owner=OWNER,
+        generation=4,
+        spec=spec,
+        applies=(),
+        outcome=outcome or rec.Outcome(),
+        deployment=deployment,
+        previous=previous or {},
+        now=now,
+    )
+
+
+def _conditions(report: rec.Report) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in report.status["conditions"]}
+
+
+READY = {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "availableReplicas": 3}
+
+
+@pytest.mark.parametrize(
+    ("case", "deployment_status", "phase", "ready", "progressing"),
+    [
+        ("no deployment yet", None, "Pending", ("False", "WaitingForPods"), ("True", "Scaling")),
+        (
+            "pods starting",
+            {"replicas": 3, "updatedReplicas": 3},
+            "Progressing",
+            ("False", "WaitingForPods"),
+            ("True", "Scaling"),
+        ),
+        ("all ready", READY, "Ready", ("True", "Available"), ("False", "Stable")),
+        (
+            "rolling",
+            {"replicas": 4, "readyReplicas": 3, "updatedReplicas": 1, "availableReplicas": 3},
+            "Progressing",
+            ("False", "WaitingForPods"),
+            ("True", "RollingOut"),
+        ),
+        (
+            "stale counts",
+            {**READY, "observedGeneration": 1},
+            "Progressing",
+            ("False", "WaitingForPods"),
+            ("True", "Scaling"),
+        ),
+    ],
+)
+def test_status_phases(
+    case: str,
+    deployment_status: dict[str, Any] | None,
+    phase: str,
+    ready: tuple[str, str],
+    progressing: tuple[str, str],
+) -> None:
+    spec = parsed()
+    dep = None if deployment_status is None else _deployment(spec, **deployment_status)
+    report = _report(spec, dep)
+    assert report.status["phase"] == phase, case
+    conditions = _conditions(report)
+    assert conditions["Ready"] == ready, case
+    assert conditions["Progressing"] == progressing, case
+    assert conditions["Degraded"] == ("False", "Healthy"), case
+    assert report.status["observedGeneration"] == 4
+    assert report.status["selector"] == "homeostat.dev/service=web"
+    assert report.status["desiredReplicas"] == 3
+
+
+def test_ready_sets_stable_revision_and_one_event() -> None:
+    spec = parsed()
+    report = _report(spec, _deployment(spec, **READY))
+    assert report.status["stableRevision"] == report.status["currentRevision"]
+    assert [(e.type, e.reason) for e in report.events] == [("Normal", "Ready")]
+    again = _report(spec, _deployment(spec, **READY), previous=dict(report.status), now=LATER)
+    assert again.events == ()
+    assert not rec.status_changed(report.status, again.status)
+
+
+def test_transition_time_moves_only_on_flip() -> None:
+    spec = parsed()
+    first = _report(spec, _deployment(spec, replicas=3, updatedReplicas=3))
+    same = _report(
+        spec, _deployment(spec, replicas=3, updatedReplicas=3), previous=dict(first.status), now=LATER
+    )
+    flipped = _report(spec, _deployment(spec, **READY), previous=dict(first.status), now=LATER)
+
+    def ready_time(r: rec.Report) -> str:
+        return next(c["lastTransitionTime"] for c in r.status["conditions"] if c["type"] == "Ready")
+
+    assert ready_time(first) == NOW
+    assert ready_time(same) == NOW
+    assert ready_time(flipped) == LATER
+
+
+def test_invalid_spec_reports_the_field_once() -> None:
+    error = specs.SpecError("spec.replicas", "min (5) must not exceed max (2)")
+    report = _report(error, None)
+    assert report.status["phase"] == "InvalidSpec"
+    assert _conditions(report)["Degraded"] == ("True", "InvalidSpec")
+    assert [(e.type, e.reason) for e in report.events] == [("Warning", "InvalidSpec")]
+    assert "spec.replicas" in report.events[0].message
+    again = _report(error, None, previous=dict(report.status), now=LATER)
+    assert again.events == ()
+
+
+def test_rejected_child_is_invalid_spec_and_api_trouble_is_degraded() -> None:
+    spec = parsed()
+    ref = kids.ChildRef("apps/v1", "Deployment", "prod", "web")
+    rejected = _report(
+        spec, None, outcome=rec.Outcome(rejected={ref: "spec.template.spec.containers[0].image: Required"})
+    )
+    assert rejected.status["phase"] == "InvalidSpec"
+    assert "containers[0].image" in _conditions_message(rejected, "Degraded")
+    failing = _report(spec, None, outcome=rec.Outcome(errors={ref: "503: unavailable"}))
+    assert failing.status["phase"] == "Degraded"
+    assert _conditions(failing)["Degraded"] == ("True", "ApplyFailed")
+
+
+def _conditions_message(report: rec.Report, ctype: str) -> str:
+    return str(next(c["message"] for c in report.status["conditions"] if c["type"] == ctype))
+
+
+def test_other_status_fields_pass_through() -> None:
+    spec = parsed()
+    previous = {"canary": {"weight": 20}, "forecast": {"predictedPeak": 9}}
+    report = _report(spec, _deployment(spec, **READY), previous=previous)
+    assert report.status["canary"] == {"weight": 20}
+    assert report.status["forecast"] == {"predictedPeak": 9}
