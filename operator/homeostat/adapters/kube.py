@@ -15,6 +15,7 @@ from typing import Any
 
 import kubernetes
 import urllib3
+import yaml
 
 from homeostat import ports
 from homeostat.core import children as kids
@@ -45,7 +46,14 @@ def load_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+    except (
+        kubernetes.config.ConfigException,
+        yaml.YAMLError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot load Kubernetes credentials from {where}: {detail}") from None
