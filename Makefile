@@ -36,6 +36,7 @@ cluster-down: venv
 	$(BIN)/python tests/cluster/local.py down --name $(CLUSTER)
 
 chart-crds:
+	rm -f charts/homeostat/crds/*.yaml
 	mkdir -p charts/homeostat/crds
 	cp crds/*.yaml charts/homeostat/crds/
 

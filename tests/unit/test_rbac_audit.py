@@ -1,0 +1,201 @@
+"""Audit the RBAC the Helm chart grants the operator, in every mode the chart supports.
+
+A cluster admin approves Homeostat by reading its Roles; a permission that creeps in unnoticed
+(a wildcard, `escalate`, cluster-wide access to Secrets) is how an operator becomes a privilege
+escalation path. So the rendered rules are compared with the explicit tables below: any change
+to RBAC has to change this file too, and shows up in review as a diff. The chart README explains
+which code path needs each permission.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "homeostat"
+RELEASE_NAMESPACE = "homeostat-system"
+WATCHED = ["team-a", "team-b"]
+
+Triple = tuple[str, str, str]  # (apiGroup, resource, verb); "" is the core group
+
+
+def table(*rows: tuple[str, str, str]) -> frozenset[Triple]:
+    """Rows of (apiGroup, resource, space-separated verbs), expanded to one triple per verb."""
+    return frozenset((group, resource, verb) for group, resource, verbs in rows for verb in verbs.split())
+
+
+# Rules on namespaced resources: the ClusterRole in cluster-wide mode, each Role otherwise.
+NAMESPACED = table(
+    ("homeostat.dev", "replicatedservices", "get list watch patch update"),
+    ("homeostat.dev", "replicatedservices/status", "get patch update"),
+    ("homeostat.dev", "replicatedservices/scale", "get patch update"),
+    ("homeostat.dev", "remediationpolicies", "get list watch"),
+    ("homeostat.dev", "approvals", "get list watch create patch update"),
+    ("homeostat.dev", "approvals/status", "get patch update"),
+    ("apps", "deployments", "get list watch create patch update delete"),
+    ("", "services", "get list watch create patch update delete"),
+    ("policy", "poddisruptionbudgets", "get list watch create patch update delete"),
+    ("", "pods", "get list watch delete"),
+    ("", "pods/eviction", "create"),
+    ("", "events", "create patch"),
+    ("events.k8s.io", "events", "create patch"),
+    ("gateway.networking.k8s.io", "httproutes", "get list watch patch update"),
+)
+# Cluster-scoped resources, granted by a ClusterRole in both modes.
+CLUSTER_SCOPED = table(
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"),
+    ("", "nodes", "get list watch patch"),
+)
+# A namespaced kopf lists namespaces to learn which watched ones exist; a cluster-wide one does not.
+NAMESPACE_DISCOVERY = table(("", "namespaces", "get list watch"))
+# kopf peering, only when more than one replica runs (or a peering name is set).
+CLUSTER_PEERING = table(("kopf.dev", "clusterkopfpeerings", "get list watch patch"))
+NAMESPACED_PEERING = table(("kopf.dev", "kopfpeerings", "get list watch patch"))
+
+FORBIDDEN_VERBS = {"escalate", "bind", "impersonate"}
+
+# mode id -> (helm --set arguments, expected ClusterRole triples, expected triples of each Role)
+MODES: dict[str, tuple[list[str], frozenset[Triple], frozenset[Triple] | None]] = {
+    "cluster-wide": ([], NAMESPACED | CLUSTER_SCOPED, None),
+    "cluster-wide-ha": (["replicas=2"], NAMESPACED | CLUSTER_SCOPED | CLUSTER_PEERING, None),
+    "namespaced": (
+        [f"watchNamespaces={{{','.join(WATCHED)}}}"],
+        CLUSTER_SCOPED | NAMESPACE_DISCOVERY,
+        NAMESPACED,
+    ),
+    "namespaced-ha": (
+        [f"watchNamespaces={{{','.join(WATCHED)}}}", "replicas=2"],
+        CLUSTER_SCOPED | NAMESPACE_DISCOVERY,
+        NAMESPACED | NAMESPACED_PEERING,
+    ),
+}
+
+
+def helm_binary() -> str:
+    """The helm from HOMEOSTAT_BIN (default ~/.cache/homeostat/bin), else one on PATH."""
+    bin_dir = Path(os.environ.get("HOMEOSTAT_BIN", str(Path.home() / ".cache/homeostat/bin")))
+    candidate = bin_dir / "helm"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    on_path = shutil.which("helm")
+    if on_path:
+        return on_path
+    pytest.skip(f"helm not found in {bin_dir} or on PATH (build it with `make binaries`)")
+
+
+def render(sets: Sequence[str]) -> list[dict[str, Any]]:
+    args = [helm_binary(), "template", "hs", str(CHART), "--namespace", RELEASE_NAMESPACE]
+    for value in sets:
+        args += ["--set", value]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def triples(role: Mapping[str, Any]) -> frozenset[Triple]:
+    return frozenset(
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule["verbs"]
+    )
+
+
+def of_kind(docs: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def mode(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    sets, _, _ = MODES[request.param]
+    return request.param, render(sets)
+
+
+def test_no_wildcards(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = mode
+    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                for entry in rule.get(field, []):
+                    assert "*" not in entry, (role["metadata"]["name"], rule)
+
+
+def test_no_privilege_escalation_verbs(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = mode
+    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        for rule in role["rules"]:
+            assert not FORBIDDEN_VERBS & set(rule["verbs"]), (role["metadata"]["name"], rule)
+            assert "nonResourceURLs" not in rule, rule
+
+
+def test_no_cluster_wide_secret_reads(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = mode
+    for role in of_kind(docs, "ClusterRole"):
+        for rule in role["rules"]:
+            if "secrets" in rule.get("resources", []):
+                assert not {"list", "watch"} & set(rule["verbs"]), rule
+
+
+def test_no_secret_access_at_all(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    # Stricter than the ClusterRole rule above: the Slack credentials are mounted files, so no
+    # Role needs Secrets either.
+    _, docs = mode
+    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        assert not [t for t in triples(role) if t[1] == "secrets"], role["metadata"]["name"]
+
+
+def test_rules_match_the_expected_table(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = mode
+    _, expected_cluster, expected_role = MODES[name]
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    got = triples(cluster_role)
+    assert got == expected_cluster, (
+        f"unexpected: {sorted(got - expected_cluster)}; missing: {sorted(expected_cluster - got)}"
+    )
+    roles = of_kind(docs, "Role")
+    if expected_role is None:
+        assert not roles
+        return
+    assert sorted(role["metadata"]["namespace"] for role in roles) == sorted(WATCHED)
+    for role in roles:
+        got = triples(role)
+        assert got == expected_role, (
+            f"unexpected: {sorted(got - expected_role)}; missing: {sorted(expected_role - got)}"
+        )
+
+
+def test_bindings_tie_the_roles_to_the_operator(mode: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = mode
+    (account,) = of_kind(docs, "ServiceAccount")
+    subject = {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    (cluster_binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"],
+    }
+    assert cluster_binding["subjects"] == [subject]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in of_kind(docs, "Role")}
+    bindings = of_kind(docs, "RoleBinding")
+    assert len(bindings) == len(roles)
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert (binding["metadata"]["namespace"], binding["roleRef"]["name"]) in roles
+        assert binding["subjects"] == [subject]
+
+
+def test_rbac_can_be_left_to_the_cluster_admin() -> None:
+    docs = render(["rbac.create=false"])
+    assert not [
+        doc for doc in docs if doc["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    ]
