@@ -142,7 +142,9 @@ def operator_process(
 ) -> Iterator[OperatorProcess]:
     """One operator for the session; tests that restart or kill it start their own."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster.kubeconfig, log).start()
+    # Scoped to the test namespaces so tests that run an operator of their own (restarts,
+    # kills) can use other namespaces without two operators fighting over one object.
+    proc = OperatorProcess(cluster.kubeconfig, log, ("--namespace", "t-*")).start()
     time.sleep(1)
     if not proc.alive():
         pytest.fail(f"operator exited at start:\n{proc.logs()}")

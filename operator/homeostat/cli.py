@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +65,14 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
+def _priority(args: argparse.Namespace) -> int:
+    """An explicit priority, else a random one when peering: replicas of one Deployment
+    cannot be told apart by flags, and kopf pauses every peer that ties for the top."""
+    if args.priority is not None:
+        return int(args.priority)
+    return secrets.randbelow(2**31 - 1) + 1 if args.peering else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -83,10 +93,6 @@ def _run(args: argparse.Namespace) -> int:
     except kube.ConfigError as exc:
         print(f"homeostat: error: {exc}", file=sys.stderr)
         return 1
-    if args.kubeconfig:
-        # kopf logs in on its own; point it at the same credentials we just checked.
-        os.environ["KUBECONFIG"] = args.kubeconfig
-
     kopf.configure(
         verbose=args.log_level == "debug",
         quiet=args.log_level == "warning",
@@ -94,14 +100,16 @@ def _run(args: argparse.Namespace) -> int:
         log_refkey="object",
     )
     logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
-    runtime = replicatedservice.Runtime(kube.KubernetesWorkloads(api))
+    runtime = replicatedservice.Runtime(
+        kube.KubernetesWorkloads(api), credentials=functools.partial(kube.credentials, args.kubeconfig)
+    )
     memo = kopf.Memo(runtime=runtime)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(
                 standalone=args.peering is None,
                 peering_name=args.peering,
-                priority=args.priority or 0,
+                priority=_priority(args),
                 liveness_endpoint=args.liveness,
                 clusterwide=not args.namespace,
                 namespaces=args.namespace,

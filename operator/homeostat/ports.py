@@ -7,10 +7,26 @@ implementation lives in ``homeostat.adapters``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from homeostat.core import children as kids
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Credentials:
+    """How to reach and authenticate to the API server; the token is never printed."""
+
+    server: str
+    ca_path: str | None = None
+    certificate_path: str | None = None
+    private_key_path: str | None = None
+    token: str | None = None
+    insecure: bool = False
+
+    def __repr__(self) -> str:
+        return f"Credentials(server={self.server!r})"
 
 
 class Rejected(Exception):

@@ -11,8 +11,8 @@ Usage: python tests/cluster/local.py up|down|status|kubeconfig [--name NAME] [--
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import contextlib
+import ipaddress
 import json
 import os
 import shutil

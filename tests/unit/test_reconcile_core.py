@@ -147,7 +147,8 @@ def _as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the API server would hand back: our fields plus defaults and status."""
     stored = copy.deepcopy(manifest)
     stored["metadata"]["resourceVersion"] = "1"
-    stored["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = "1"
+    if stored["kind"] == "Deployment":  # only some kinds get annotations from the server
+        stored["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = "1"
     stored["spec"]["someServerDefault"] = True
     return stored
 

@@ -27,6 +27,7 @@ _PLURALS = {
     "ReplicatedService": "replicatedservices",
 }
 TIMEOUT = (5.0, 30.0)  # connect, read
+_CONVERSION_FAILURE = "unable to convert unstructured object"
 
 
 class ConfigError(Exception):
@@ -59,6 +60,24 @@ def load_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
         raise ConfigError(f"cannot load Kubernetes credentials from {where}: {detail}") from None
     configuration.retries = 1
     return kubernetes.client.ApiClient(configuration)
+
+
+def credentials(kubeconfig: str | None) -> ports.Credentials:
+    """Fresh credentials for kopf's own client; re-read on every login so rotated tokens work."""
+    configuration = load_client(kubeconfig).configuration
+    token = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get(
+        "BearerToken"
+    )
+    if token and token.lower().startswith("bearer "):
+        token = token[7:]
+    return ports.Credentials(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        token=token,
+        insecure=not configuration.verify_ssl,
+    )
 
 
 def preflight(api: kubernetes.client.ApiClient) -> str:
@@ -117,7 +136,9 @@ class KubernetesWorkloads:
             )
         except kubernetes.client.ApiException as exc:
             message = _api_message(exc)
-            if exc.status in (400, 422):
+            if exc.status in (400, 422) or (exc.status == 500 and _CONVERSION_FAILURE in message):
+                # Server-side apply reports an undecodable object (e.g. a malformed quantity in
+                # the pod template) as a 500 conversion failure; it is bad input all the same.
                 raise ports.Rejected(message) from None
             raise ports.Unavailable(f"{exc.status}: {message}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -93,7 +93,7 @@ def plan(
 def _owned_fields_match(manifest: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     meta = manifest["metadata"]
     current_meta = current.get("metadata") or {}
-    wanted = {"labels": meta.get("labels", {}), "annotations": meta.get("annotations", {})}
+    wanted = {k: meta[k] for k in ("labels", "annotations") if meta.get(k)}
     return kids.is_subset(wanted, current_meta) and kids.is_subset(manifest.get("spec"), current.get("spec"))
 
 
@@ -184,7 +184,7 @@ def report(
 
     for apply in applies:
         if apply.ref in outcome.applied:
-            verb = "created" if apply.reason is Reason.CREATED else "restored to the desired state"
+            verb = "created" if apply.reason is Reason.CREATED else "updated to the desired state"
             events.append(Event("Normal", apply.reason.value, f"{apply.ref} {verb}"))
     problems = [f"{ref}: {msg}" for ref, msg in {**outcome.rejected, **outcome.errors}.items()]
 

@@ -12,7 +12,7 @@ import collections
 import copy
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -37,9 +37,13 @@ Key = tuple[str, str]
 class Runtime:
     """Per-process collaborators, put into kopf's memo by the CLI at startup."""
 
-    def __init__(self, workloads: ports.Workloads) -> None:
+    def __init__(self, workloads: ports.Workloads, credentials: Callable[[], ports.Credentials]) -> None:
         self.workloads = workloads
+        self.credentials = credentials
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        # The status we last wrote, per object uid: an event may carry a body older than our
+        # own last patch, and judging transitions against it would repeat Events.
+        self.reported: dict[str, Mapping[str, Any]] = {}
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -47,6 +51,21 @@ def _runtime(memo: Any) -> Runtime:
     if not isinstance(runtime, Runtime):
         raise kopf.PermanentError("homeostat runtime missing from memo; start with `homeostat run`")
     return runtime
+
+
+@kopf.on.login()
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's client uses exactly the credentials the CLI checked (flag, in-cluster or env)."""
+    creds = _runtime(memo).credentials()
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_path,
+        insecure=creds.insecure,
+        scheme="Bearer" if creds.token else None,
+        token=creds.token,
+        certificate_path=creds.certificate_path,
+        private_key_path=creds.private_key_path,
+    )
 
 
 @kopf.index(*RSVC)  # type: ignore[arg-type]
@@ -104,7 +123,7 @@ async def _reconcile_locked(
     owner: kids.Owner, body: Mapping[str, Any], runtime: Runtime, indexes: Mapping[str, Any], logger: Any
 ) -> None:
     generation = int(body["metadata"].get("generation", 0))
-    previous = body.get("status") or {}
+    previous = runtime.reported.get(owner.uid) or body.get("status") or {}
     observed = _observed(owner, indexes)
     applies: tuple[rec.Apply, ...] = ()
     applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
@@ -145,8 +164,9 @@ async def _reconcile_locked(
         previous=previous,
         now=now,
     )
-    if rec.status_changed(previous, result.status):
+    if rec.status_changed(body.get("status") or {}, result.status):
         await runtime.workloads.patch_status(owner, result.status)
+    runtime.reported[owner.uid] = result.status
     target = _event_target(body)
     for event in result.events:
         kopf.event(
@@ -164,6 +184,7 @@ async def service_changed(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any
 ) -> None:
     if type == "DELETED":
+        _runtime(memo).reported.pop(body["metadata"]["uid"], None)
         return
     await reconcile(body, memo, kwargs, logger)
 
