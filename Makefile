@@ -33,6 +33,7 @@ cluster-up: venv binaries
 	$(BIN)/python tests/cluster/local.py up --name $(CLUSTER)
 
 cluster-down: venv
+	-test -f $(CACHE)/demo/operator.pid && kill $$(cat $(CACHE)/demo/operator.pid) 2>/dev/null; rm -f $(CACHE)/demo/operator.pid
 	$(BIN)/python tests/cluster/local.py down --name $(CLUSTER)
 
 chart-crds:
@@ -63,7 +64,7 @@ demo: venv binaries
 	bash tests/demo.sh
 
 bench: venv binaries
-	$(BIN)/python -m benchmarks
+	$(BIN)/python tests/bench/reconcile.py
 
 kind-up:
 	kind create cluster --config kind-config.yaml

@@ -73,6 +73,11 @@ def _priority(args: argparse.Namespace) -> int:
     return secrets.randbelow(2**31 - 1) + 1 if args.peering else 0
 
 
+def _drop_handler_success(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Handler '") and message.endswith("' succeeded."))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -99,6 +104,9 @@ def _run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="object",
     )
+    # kopf reports every successful handler run at INFO; with level-based reconciles that is a
+    # line per watch event and drowns what the operator actually did.
+    logging.getLogger("kopf.objects").addFilter(_drop_handler_success)
     logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api), credentials=functools.partial(kube.credentials, args.kubeconfig)

@@ -251,11 +251,11 @@ def test_restart_makes_no_changes(cluster: Cluster, tmp_path: Path) -> None:
         events_before = len(events(cluster, namespace))
         first.kill()  # SIGKILL: no graceful shutdown
         second = OperatorProcess(
-            cluster.kubeconfig, tmp_path / "second.log", ("--namespace", namespace)
+            cluster.kubeconfig, tmp_path / "second.log", ("--namespace", namespace, "--log-level", "debug")
         ).start()
         try:
             wait_for(
-                lambda: "Handler 'service_changed' succeeded" in second.logs(), timeout=60, what="resume"
+                lambda: "reconciled: 0 applied, status unchanged" in second.logs(), timeout=60, what="resume"
             )
             time.sleep(5)
             assert children_versions(cluster, namespace) == before

@@ -68,15 +68,30 @@ def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
+_KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "labels", "annotations")
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What reconcile reads of an object; managedFields alone can be most of a body's size."""
+    meta = body.get("metadata") or {}
+    slim = {k: copy.deepcopy(body[k]) for k in ("apiVersion", "kind", "spec", "status") if k in body}
+    slim["metadata"] = {k: copy.deepcopy(meta[k]) for k in _KEPT_METADATA if k in meta}
+    if meta.get("deletionTimestamp"):
+        slim["metadata"]["deletionTimestamp"] = meta["deletionTimestamp"]
+    refs = meta.get("ownerReferences") or []
+    slim["metadata"]["ownerReferences"] = [{"uid": ref.get("uid")} for ref in refs]
+    return slim
+
+
 @kopf.index(*RSVC)  # type: ignore[arg-type]
 def services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    return {(namespace, name): _slim(body)}
 
 
 def _child_index(
     *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str, str], Any]:
-    return {(namespace, name, body["kind"]): copy.deepcopy(dict(body))}
+    return {(namespace, name, body["kind"]): _slim(body)}
 
 
 for _group, _version, _plural in CHILD_KINDS:
@@ -164,8 +179,10 @@ async def _reconcile_locked(
         previous=previous,
         now=now,
     )
-    if rec.status_changed(body.get("status") or {}, result.status):
+    patch = rec.status_changed(body.get("status") or {}, result.status)
+    if patch:
         await runtime.workloads.patch_status(owner, result.status)
+    logger.debug(f"reconciled: {len(applies)} applied, status {'patched' if patch else 'unchanged'}")
     runtime.reported[owner.uid] = result.status
     target = _event_target(body)
     for event in result.events:
