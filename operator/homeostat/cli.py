@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=["plain", "json"], default=os.environ.get("HOMEOSTAT_LOG_FORMAT", "plain")
     )
+    run.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full reconciles of every service (a safety net behind watch events)",
+    )
     run.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     return parser
 
@@ -109,7 +115,9 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(_drop_handler_success)
     logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
     runtime = replicatedservice.Runtime(
-        kube.KubernetesWorkloads(api), credentials=functools.partial(kube.credentials, args.kubeconfig)
+        kube.KubernetesWorkloads(api),
+        credentials=functools.partial(kube.credentials, args.kubeconfig),
+        resync_seconds=args.resync_interval,
     )
     memo = kopf.Memo(runtime=runtime)
     with contextlib.suppress(KeyboardInterrupt):

@@ -254,9 +254,7 @@ def test_restart_makes_no_changes(cluster: Cluster, tmp_path: Path) -> None:
             cluster.kubeconfig, tmp_path / "second.log", ("--namespace", namespace, "--log-level", "debug")
         ).start()
         try:
-            wait_for(
-                lambda: "reconciled: 0 applied, status unchanged" in second.logs(), timeout=60, what="resume"
-            )
+            wait_for(lambda: "0 applied, status unchanged" in second.logs(), timeout=60, what="resume")
             time.sleep(5)
             assert children_versions(cluster, namespace) == before
             assert len(events(cluster, namespace)) == events_before

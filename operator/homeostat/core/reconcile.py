@@ -182,10 +182,12 @@ def report(
         status = {**_carry(previous), **base, "phase": Phase.INVALID_SPEC.value, "conditions": conditions}
         return Report(status, tuple(_transitions(previous, conditions)))
 
-    for apply in applies:
-        if apply.ref in outcome.applied:
-            verb = "created" if apply.reason is Reason.CREATED else "updated to the desired state"
-            events.append(Event("Normal", apply.reason.value, f"{apply.ref} {verb}"))
+    # One Event per kind of change, naming every child, keeps the feed readable and the API
+    # server's event load at one write per reconcile rather than one per child.
+    for reason, verb in ((Reason.CREATED, "created"), (Reason.UPDATED, "updated to the desired state")):
+        refs = [str(a.ref) for a in applies if a.reason is reason and a.ref in outcome.applied]
+        if refs:
+            events.append(Event("Normal", reason.value, f"{', '.join(refs)} {verb}"))
     problems = [f"{ref}: {msg}" for ref, msg in {**outcome.rejected, **outcome.errors}.items()]
 
     rev = kids.revision(spec.template)

@@ -29,7 +29,6 @@ CHILD_KINDS = {
     ("policy", "v1", "poddisruptionbudgets"): ("policy/v1", "PodDisruptionBudget"),
 }
 MANAGED = {kids.LABEL_MANAGED_BY: kids.MANAGER}
-RESYNC_SECONDS = 60.0
 
 Key = tuple[str, str]
 
@@ -37,13 +36,20 @@ Key = tuple[str, str]
 class Runtime:
     """Per-process collaborators, put into kopf's memo by the CLI at startup."""
 
-    def __init__(self, workloads: ports.Workloads, credentials: Callable[[], ports.Credentials]) -> None:
+    def __init__(
+        self,
+        workloads: ports.Workloads,
+        credentials: Callable[[], ports.Credentials],
+        resync_seconds: float = 60.0,
+    ) -> None:
         self.workloads = workloads
+        self.resync_seconds = resync_seconds
         self.credentials = credentials
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         # The status we last wrote, per object uid: an event may carry a body older than our
         # own last patch, and judging transitions against it would repeat Events.
         self.reported: dict[str, Mapping[str, Any]] = {}
+        self.resync_task: asyncio.Task[None] | None = None
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -124,18 +130,26 @@ def _event_target(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def reconcile(body: Mapping[str, Any], memo: Any, indexes: Mapping[str, Any], logger: Any) -> None:
+async def reconcile(
+    body: Mapping[str, Any], memo: Any, indexes: Mapping[str, Any], logger: Any, *, verify: bool = False
+) -> None:
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
     owner = kids.Owner(meta["name"], meta["namespace"], meta["uid"])
     runtime = _runtime(memo)
     async with runtime.locks[(owner.namespace, owner.name)]:
-        await _reconcile_locked(owner, body, runtime, indexes, logger)
+        await _reconcile_locked(owner, body, runtime, indexes, logger, verify=verify)
 
 
 async def _reconcile_locked(
-    owner: kids.Owner, body: Mapping[str, Any], runtime: Runtime, indexes: Mapping[str, Any], logger: Any
+    owner: kids.Owner,
+    body: Mapping[str, Any],
+    runtime: Runtime,
+    indexes: Mapping[str, Any],
+    logger: Any,
+    *,
+    verify: bool,
 ) -> None:
     generation = int(body["metadata"].get("generation", 0))
     previous = runtime.reported.get(owner.uid) or body.get("status") or {}
@@ -179,10 +193,15 @@ async def _reconcile_locked(
         previous=previous,
         now=now,
     )
-    patch = rec.status_changed(body.get("status") or {}, result.status)
+    # Event bodies often predate our own last status write; comparing with them would rewrite
+    # the same status over and over. The periodic resync (verify) checks the stored status.
+    written = runtime.reported.get(owner.uid)
+    baseline = body.get("status") or {} if verify or written is None else written
+    patch = rec.status_changed(baseline, result.status)
     if patch:
         await runtime.workloads.patch_status(owner, result.status)
-    logger.debug(f"reconciled: {len(applies)} applied, status {'patched' if patch else 'unchanged'}")
+    outcome_text = "patched" if patch else "unchanged"
+    logger.debug(f"reconciled {owner.namespace}/{owner.name}: {len(applies)} applied, status {outcome_text}")
     runtime.reported[owner.uid] = result.status
     target = _event_target(body)
     for event in result.events:
@@ -206,9 +225,39 @@ async def service_changed(
     await reconcile(body, memo, kwargs, logger)
 
 
-@kopf.timer(*RSVC, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)  # type: ignore[arg-type]
-async def resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> None:
-    await reconcile(body, memo, kwargs, logger)
+@kopf.on.startup()
+async def start_resync(*, memo: Any, logger: Any, **kwargs: Any) -> None:
+    """A level-based safety net: reconcile every known service once per interval.
+
+    Not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer would
+    block deleting a service whenever the operator is down.
+    """
+    runtime = _runtime(memo)
+    if "services" not in kwargs:
+        raise kopf.PermanentError("the services index is not available to startup handlers")
+    runtime.resync_task = asyncio.create_task(_resync_forever(memo, kwargs, logger))
+
+
+@kopf.on.cleanup()
+async def stop_resync(*, memo: Any, **_: Any) -> None:
+    task = _runtime(memo).resync_task
+    if task is not None:
+        task.cancel()
+
+
+async def _resync_forever(memo: Any, indexes: Mapping[str, Any], logger: Any) -> None:
+    while True:
+        await asyncio.sleep(_runtime(memo).resync_seconds)
+        for store in list(indexes["services"].values()):
+            body = _latest(store)
+            if body is None:
+                continue
+            try:
+                await reconcile(body, memo, indexes, logger, verify=True)
+            except kopf.TemporaryError as exc:
+                logger.warning(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']}: {exc}")
+            except Exception:  # one broken object must not stop the resync of all others
+                logger.exception("resync failed")
 
 
 async def _child_changed(
