@@ -90,8 +90,9 @@ def local_cluster(cluster: Cluster) -> local.LocalCluster:
 def crds_installed(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     for path in sorted((REPO / "crds").glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        for doc in yaml.safe_load_all(path.read_text()):
+            name = doc["metadata"]["name"]
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
 @pytest.fixture
