@@ -1,0 +1,281 @@
+"""Judging the metrics of a new revision, the way Argo Rollouts' analysis runs do.
+
+A rollout must never promote on missing evidence, so a measurement gets one of four verdicts
+instead of a bool, and each kind of bad news (failed checks, no data, query errors) has its own
+counter and limit. The counters are persisted in the rollout's status so that an operator
+restart neither forgets a failure nor counts one twice. Nothing here queries Prometheus: the
+handler runs the queries and hands the ``Measurement``s in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class StorageError(ValueError):
+    """Persisted state the operator cannot read: corrupted, or written by a newer version."""
+
+
+class Verdict(enum.StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class Outcome(enum.StrEnum):
+    """What the analysis so far says about the revision."""
+
+    PENDING = "Pending"  # no limit exceeded, but the latest run was not a pass: hold
+    PASSING = "Passing"  # the latest run passed and no limit is exceeded
+    FAILED = "Failed"  # more failed runs than failureLimit: roll back
+    INCONCLUSIVE = "Inconclusive"  # more runs without an answer than inconclusiveLimit: ask a human
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    query: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSpec:
+    """``spec.rollout.analysis``, with the defaults of the CRD."""
+
+    interval: float = 30.0
+    failure_limit: int = 2
+    inconclusive_limit: int = 3
+    consecutive_error_limit: int = 4
+    metrics: tuple[MetricSpec, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One query result; ``at`` is when it was taken, in seconds on the caller's clock."""
+
+    metric: str
+    value: float | None = None
+    error: str | None = None
+    at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    measurement: Measurement
+    verdict: Verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """The measurement that failed a run, kept for status and the notification."""
+
+    metric: str
+    value: float | None
+    message: str
+
+
+def evaluate(metric: MetricSpec, measurement: Measurement) -> Verdict:
+    # An errored query carries no value, so the error is the more specific verdict.
+    if measurement.error is not None:
+        return Verdict.ERROR
+    value = measurement.value
+    if value is None or math.isnan(value):
+        return Verdict.INCONCLUSIVE
+    if metric.min is not None and value < metric.min:
+        return Verdict.FAIL
+    if metric.max is not None and value > metric.max:
+        return Verdict.FAIL
+    return Verdict.PASS
+
+
+def assess(spec: AnalysisSpec, measurements: Sequence[Measurement], at: float) -> tuple[Result, ...]:
+    """A verdict for every configured metric; a metric nobody measured is inconclusive, not a pass."""
+    latest = {m.metric: m for m in measurements}
+    results = []
+    for metric in spec.metrics:
+        measurement = latest.get(metric.name) or Measurement(metric.name, at=at)
+        results.append(Result(measurement, evaluate(metric, measurement)))
+    return tuple(results)
+
+
+# The worst verdict decides a run: one failing metric fails the revision whatever the others say.
+_SEVERITY = (Verdict.FAIL, Verdict.ERROR, Verdict.INCONCLUSIVE, Verdict.PASS)
+
+
+def run_verdict(results: Sequence[Result]) -> Verdict:
+    if not results:
+        return Verdict.INCONCLUSIVE  # no evidence is never a pass
+    return min((r.verdict for r in results), key=_SEVERITY.index)
+
+
+def describe(metric: MetricSpec | None, measurement: Measurement) -> str:
+    if measurement.error is not None:
+        return f"{measurement.metric}: query failed: {measurement.error}"
+    if measurement.value is None or math.isnan(measurement.value):
+        return f"{measurement.metric}: no data"
+    bounds = ""
+    if metric is not None:
+        low = "-inf" if metric.min is None else f"{metric.min:g}"
+        high = "+inf" if metric.max is None else f"{metric.max:g}"
+        bounds = f", allowed [{low}, {high}]"
+    return f"{measurement.metric} = {measurement.value:g}{bounds}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisState:
+    """Counters of one rollout's analysis; they start from zero with every new revision."""
+
+    runs: int = 0
+    failures: int = 0
+    inconclusives: int = 0
+    consecutive_errors: int = 0
+    last_run_at: float | None = None
+    last_verdict: Verdict | None = None
+    last_failure: Failure | None = None
+
+    def as_in_storage(self) -> dict[str, Any]:
+        failure = self.last_failure
+        return {
+            "runs": self.runs,
+            "failures": self.failures,
+            "inconclusives": self.inconclusives,
+            "consecutiveErrors": self.consecutive_errors,
+            "lastRunAt": self.last_run_at,
+            "lastVerdict": None if self.last_verdict is None else self.last_verdict.value,
+            "lastFailure": None
+            if failure is None
+            else {"metric": failure.metric, "value": encode_float(failure.value), "message": failure.message},
+        }
+
+    @classmethod
+    def from_storage(cls, raw: Mapping[str, Any] | None) -> AnalysisState:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise StorageError("analysis must be an object")
+        failure_raw = raw.get("lastFailure")
+        failure = None
+        if failure_raw is not None:
+            if not isinstance(failure_raw, Mapping):
+                raise StorageError("analysis.lastFailure must be an object")
+            failure = Failure(
+                stored_str(failure_raw, "metric") or "",
+                decode_float(failure_raw.get("value")),
+                stored_str(failure_raw, "message") or "",
+            )
+        verdict = stored_str(raw, "lastVerdict")
+        try:
+            last_verdict = None if verdict is None else Verdict(verdict)
+        except ValueError:
+            raise StorageError(f"analysis.lastVerdict: unknown verdict {verdict!r}") from None
+        return cls(
+            runs=stored_int(raw, "runs"),
+            failures=stored_int(raw, "failures"),
+            inconclusives=stored_int(raw, "inconclusives"),
+            consecutive_errors=stored_int(raw, "consecutiveErrors"),
+            last_run_at=stored_time(raw, "lastRunAt"),
+            last_verdict=last_verdict,
+            last_failure=failure,
+        )
+
+
+def outcome(state: AnalysisState, spec: AnalysisSpec) -> Outcome:
+    if state.failures > spec.failure_limit:
+        return Outcome.FAILED
+    if state.inconclusives > spec.inconclusive_limit:
+        return Outcome.INCONCLUSIVE
+    return Outcome.PASSING if state.last_verdict is Verdict.PASS else Outcome.PENDING
+
+
+def due(state: AnalysisState, spec: AnalysisSpec, now: float) -> bool:
+    return state.last_run_at is None or now >= state.last_run_at + spec.interval
+
+
+def record(
+    state: AnalysisState, spec: AnalysisSpec, results: Sequence[Result], now: float
+) -> tuple[AnalysisState, Outcome]:
+    """Count one analysis run taken at ``now``, and say what the analysis now concludes."""
+    verdict = run_verdict(results)
+    failures, inconclusives, errors = state.failures, state.inconclusives, 0
+    last_failure = state.last_failure
+    if verdict is Verdict.FAIL:
+        failures += 1
+        culprit = next(r for r in results if r.verdict is Verdict.FAIL)
+        metric = next((m for m in spec.metrics if m.name == culprit.measurement.metric), None)
+        last_failure = Failure(
+            culprit.measurement.metric, culprit.measurement.value, describe(metric, culprit.measurement)
+        )
+    elif verdict is Verdict.INCONCLUSIVE:
+        inconclusives += 1
+    elif verdict is Verdict.ERROR:
+        errors = state.consecutive_errors + 1
+        # As the CRD documents: a backend that stays unreachable is no answer, and no answer
+        # for long enough asks a human; a brief outage is tolerated.
+        if errors > spec.consecutive_error_limit:
+            inconclusives += 1
+    new = AnalysisState(
+        runs=state.runs + 1,
+        failures=failures,
+        inconclusives=inconclusives,
+        consecutive_errors=errors,
+        last_run_at=now,
+        last_verdict=verdict,
+        last_failure=last_failure,
+    )
+    return new, outcome(new, spec)
+
+
+def reset_inconclusive(state: AnalysisState) -> AnalysisState:
+    """After a human resumes a held rollout, its no-data tolerance starts again."""
+    return dataclasses.replace(state, inconclusives=0, consecutive_errors=0)
+
+
+# --- JSON helpers shared with the rollout state ----------------------------------------------
+# Status is JSON: infinities are spelled out, and numbers may come back as ints.
+
+
+def encode_float(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def decode_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        return float(value.replace("Infinity", "inf"))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StorageError(f"{value!r} is not a number")
+    return float(value)
+
+
+def stored_int(raw: Mapping[str, Any], key: str, default: int = 0) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
+        raise StorageError(f"{key} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def stored_time(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StorageError(f"{key} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def stored_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise StorageError(f"{key} must be a string, got {value!r}")
+    return value
