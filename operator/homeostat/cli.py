@@ -16,7 +16,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 
-from homeostat import __version__
+from homeostat import __version__, simulate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between full reconciles of every service (a safety net behind watch events)",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    sim = sub.add_parser(
+        "simulate",
+        help="replay a demand trace (CSV) through the scaling policies and compare them",
+        description=simulate.__doc__.splitlines()[0] if simulate.__doc__ else None,
+    )
+    simulate.add_arguments(sim)
     return parser
 
 
@@ -88,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "simulate":
+        return simulate.run(args)
     return 2  # pragma: no cover — argparse enforces a command
 
 
