@@ -235,6 +235,16 @@ class LocalCluster:
         return found
 
 
+def tool(name: str) -> str:
+    """Path of a binary built by build.sh; tests that need one skip, loudly, when it is absent."""
+    import pytest  # only the tests call this; the CLI entry point must not need pytest
+
+    path = BIN / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.skip(f"{path} is missing: run `make binaries` (make test does)")
+    return str(path)
+
+
 def run_kubectl(
     kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

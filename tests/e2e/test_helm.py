@@ -27,11 +27,9 @@ pytestmark = pytest.mark.e2e
 
 
 def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = local.BIN / "helm"
-    if not exe.exists():
-        pytest.skip("helm is built by tests/cluster/build.sh")
+    exe = local.tool("helm")
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HELM_CACHE_HOME": str(local.CACHE / "helm")}
-    res = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=180, check=False)
+    res = subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=180, check=False)
     assert res.returncode == 0, res.stderr
     return res
 

@@ -9,9 +9,7 @@ that tests/cluster/build.sh builds.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from cluster import local
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "homeostat"
@@ -46,15 +46,8 @@ SCENARIOS: dict[str, list[str]] = {
 
 
 def helm_binary() -> str:
-    """The helm from HOMEOSTAT_BIN (default ~/.cache/homeostat/bin), else one on PATH."""
-    bin_dir = Path(os.environ.get("HOMEOSTAT_BIN", str(Path.home() / ".cache/homeostat/bin")))
-    candidate = bin_dir / "helm"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    pytest.skip(f"helm not found in {bin_dir} or on PATH (build it with `make binaries`)")
+    """The helm that tests/cluster/build.sh put in the cache (HOMEOSTAT_CACHE is honoured)."""
+    return local.tool("helm")
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:

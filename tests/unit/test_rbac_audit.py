@@ -9,8 +9,6 @@ which code path needs each permission.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from cluster import local
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "homeostat"
@@ -80,15 +80,8 @@ MODES: dict[str, tuple[list[str], frozenset[Triple], frozenset[Triple] | None]] 
 
 
 def helm_binary() -> str:
-    """The helm from HOMEOSTAT_BIN (default ~/.cache/homeostat/bin), else one on PATH."""
-    bin_dir = Path(os.environ.get("HOMEOSTAT_BIN", str(Path.home() / ".cache/homeostat/bin")))
-    candidate = bin_dir / "helm"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    pytest.skip(f"helm not found in {bin_dir} or on PATH (build it with `make binaries`)")
+    """The helm that tests/cluster/build.sh put in the cache (HOMEOSTAT_CACHE is honoured)."""
+    return local.tool("helm")
 
 
 def render(sets: Sequence[str]) -> list[dict[str, Any]]:
