@@ -112,6 +112,16 @@ def test_user_labels_cannot_hijack_the_selector() -> None:
     assert dep["spec"]["template"]["metadata"]["labels"][kids.LABEL_SERVICE] == "web"
 
 
+@pytest.mark.parametrize(
+    ("refs", "owned"),
+    [([{"uid": "uid-1"}], True), ([{"uid": "someone-else"}], False), ([], False), (None, False)],
+)
+def test_only_owned_children_count(refs: list[dict[str, str]] | None, owned: bool) -> None:
+    body = {"metadata": {"name": "web", "ownerReferences": refs}}
+    assert (kids.owned_by(OWNER, body) is body) is owned
+    assert kids.owned_by(OWNER, None) is None
+
+
 def test_no_ports_means_no_service() -> None:
     kinds = [c["kind"] for c in kids.desired(OWNER, parsed(ports=[]))]
     assert kinds == ["Deployment", "PodDisruptionBudget"]

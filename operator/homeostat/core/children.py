@@ -155,6 +155,15 @@ def desired(owner: Owner, spec: specs.ServiceSpec) -> tuple[dict[str, Any], ...]
     return tuple(children)
 
 
+def owned_by(owner: Owner, body: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``body`` if this service owns it, else None: a same-named object that belongs to
+    someone else (or to a deleted predecessor) must be treated as absent, not adopted."""
+    if body is None:
+        return None
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return body if any(ref.get("uid") == owner.uid for ref in refs) else None
+
+
 def is_subset(wanted: Any, actual: Any) -> bool:
     """True when everything we set is present in ``actual`` with the same value.
 

@@ -114,10 +114,7 @@ def _observed(owner: kids.Owner, indexes: Mapping[str, Any]) -> dict[kids.ChildR
     for (_group, _version, plural), (api_version, kind) in CHILD_KINDS.items():
         index = indexes[f"children_{plural}"]
         body = _latest(index.get((owner.namespace, owner.name, kind)))
-        owned = body is not None and any(
-            ref.get("uid") == owner.uid for ref in body.get("metadata", {}).get("ownerReferences") or []
-        )
-        observed[kids.ChildRef(api_version, kind, owner.namespace, owner.name)] = body if owned else None
+        observed[kids.ChildRef(api_version, kind, owner.namespace, owner.name)] = kids.owned_by(owner, body)
     return observed
 
 
