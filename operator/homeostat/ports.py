@@ -47,3 +47,57 @@ class Workloads(Protocol):
     async def delete(self, ref: kids.ChildRef) -> None: ...
 
     async def patch_status(self, owner: kids.Owner, status: Mapping[str, Any]) -> None: ...
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One series of an instant query: its labels and value (NaN is kept, never dropped)."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One series of a range query: its labels and ``(unix seconds, value)`` points in time order."""
+
+    labels: Mapping[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
+class MetricsProvider(Protocol):
+    """A metrics backend (Prometheus). Raises ``Unavailable`` when it cannot answer.
+
+    An empty tuple means the backend answered with no data: callers treat that as
+    inconclusive, never as a pass or as zero load.
+    """
+
+    async def instant(self, query: str) -> tuple[Sample, ...]: ...
+
+    async def range(self, query: str, start: float, end: float, step: float) -> tuple[Series, ...]: ...
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """Something a human should hear about. ``key`` is stable per occurrence, so a notifier
+    can drop a repeat sent after an operator restart."""
+
+    namespace: str
+    service: str
+    kind: str  # e.g. RolloutPromoted, RolloutRolledBack, PredictedExhaustion
+    severity: str  # "info", "warning" or "critical"
+    title: str
+    message: str
+    key: str
+
+
+class Notifier(Protocol):
+    """Delivers notifications (Slack, a webhook, or nothing). Raises ``Unavailable`` on failure."""
+
+    async def notify(self, notification: Notification) -> None: ...

@@ -369,3 +369,36 @@ def test_other_status_fields_pass_through() -> None:
     report = _report(spec, _deployment(spec, **READY), previous=previous)
     assert report.status["canary"] == {"weight": 20}
     assert report.status["forecast"] == {"predictedPeak": 9}
+
+
+def test_conditions_of_other_writers_pass_through() -> None:
+    spec = parsed()
+    foreign = {"type": "Autoscaling", "status": "True", "reason": "Predictive", "message": "m"}
+    report = _report(spec, _deployment(spec, **READY), previous={"conditions": [foreign]})
+    assert foreign in report.status["conditions"]
+    assert [c["type"] for c in report.status["conditions"]][:3] == ["Ready", "Progressing", "Degraded"]
+
+
+@pytest.mark.parametrize(
+    ("previous", "updates", "expected"),
+    [
+        ([], [("A", "True")], [("A", "True", NOW)]),
+        ([("A", "True", "t0")], [("A", "True")], [("A", "True", "t0")]),
+        ([("A", "True", "t0")], [("A", "False")], [("A", "False", NOW)]),
+        (
+            [("A", "True", "t0"), ("B", "False", "t1")],
+            [("B", "True")],
+            [("A", "True", "t0"), ("B", "True", NOW)],
+        ),
+        ([("A", "True", "t0")], [("B", "True")], [("A", "True", "t0"), ("B", "True", NOW)]),
+    ],
+)
+def test_merge_conditions_replaces_by_type_and_keeps_transition_times(
+    previous: list[tuple[str, str, str]], updates: list[tuple[str, str]], expected: list[tuple[str, str, str]]
+) -> None:
+    merged = rec.merge_conditions(
+        [{"type": t, "status": s, "lastTransitionTime": at} for t, s, at in previous],
+        [{"type": t, "status": s} for t, s in updates],
+        NOW,
+    )
+    assert [(c["type"], c["status"], c["lastTransitionTime"]) for c in merged] == expected

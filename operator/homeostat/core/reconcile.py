@@ -243,7 +243,20 @@ def report(
 
 # Status fields owned by other parts of the operator (rollouts, forecasts, remediation) pass
 # through the basic reconcile untouched.
-_CARRIED = ("canary", "rollout", "forecast", "lastRemediation", "pendingApprovals", "stableRevision")
+_CARRIED = (
+    "canary",
+    "rollout",
+    "forecast",
+    "autoscaling",
+    "maintenance",
+    "healing",
+    "lastRemediation",
+    "pendingApprovals",
+    "stableRevision",
+)
+# Condition types the basic reconcile writes; any other type belongs to another writer and is
+# passed through as it was, so one writer's status patch never erases another's condition.
+OWN_CONDITIONS = ("Ready", "Progressing", "Degraded")
 
 
 def _carry(previous: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,7 +273,7 @@ def _conditions(
     degraded: tuple[str, Reason, str],
 ) -> list[dict[str, Any]]:
     before = {c.get("type"): c for c in previous.get("conditions") or []}
-    result = []
+    result: list[dict[str, Any]] = []
     for ctype, (status, reason, message) in (
         (ConditionType.READY, ready),
         (ConditionType.PROGRESSING, progressing),
@@ -279,7 +292,30 @@ def _conditions(
                 "observedGeneration": generation,
             }
         )
+    result.extend(dict(c) for c in previous.get("conditions") or [] if c.get("type") not in OWN_CONDITIONS)
     return result
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], updates: Sequence[Mapping[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """``previous`` with each condition in ``updates`` replaced or added by type.
+
+    The transition time moves only when a condition's status flips; writers other than the
+    basic reconcile use this for the condition types they own.
+    """
+    merged = [dict(c) for c in previous]
+    index = {c.get("type"): i for i, c in enumerate(merged)}
+    for update in updates:
+        old = merged[index[update["type"]]] if update["type"] in index else {}
+        since = old.get("lastTransitionTime") if old.get("status") == update.get("status") else None
+        new = {**update, "lastTransitionTime": since or now}
+        if update["type"] in index:
+            merged[index[update["type"]]] = new
+        else:
+            index[update["type"]] = len(merged)
+            merged.append(new)
+    return merged
 
 
 def _transitions(previous: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> list[Event]:

@@ -12,7 +12,7 @@ import collections
 import copy
 import datetime
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -50,6 +50,38 @@ class Runtime:
         # own last patch, and judging transitions against it would repeat Events.
         self.reported: dict[str, Mapping[str, Any]] = {}
         self.resync_task: asyncio.Task[None] | None = None
+
+
+def owner_of(body: Mapping[str, Any]) -> kids.Owner:
+    meta = body["metadata"]
+    return kids.Owner(meta["name"], meta["namespace"], meta["uid"])
+
+
+async def write_status(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    changes: Mapping[str, Any],
+    conditions: Sequence[Mapping[str, Any]] = (),
+) -> bool:
+    """Merge one writer's own status keys and condition types into the service's status.
+
+    For writers other than the reconcile (autoscaler, healing, approvals). Under the service's
+    lock and starting from what this process last wrote, so two writers never erase each
+    other's keys or conditions. Returns whether anything was patched.
+    """
+    owner = owner_of(body)
+    async with runtime.locks[(owner.namespace, owner.name)]:
+        previous = runtime.reported.get(owner.uid) or body.get("status") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {**previous, **changes}
+        if conditions:
+            status["conditions"] = rec.merge_conditions(previous.get("conditions") or [], conditions, now)
+        patch = {k: v for k, v in status.items() if previous.get(k) != v}
+        if not patch:
+            return False
+        await runtime.workloads.patch_status(owner, patch)
+        runtime.reported[owner.uid] = status
+        return True
 
 
 def _runtime(memo: Any) -> Runtime:
