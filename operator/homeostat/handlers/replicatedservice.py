@@ -41,8 +41,13 @@ class Runtime:
         workloads: ports.Workloads,
         credentials: Callable[[], ports.Credentials],
         resync_seconds: float = 60.0,
+        metrics: ports.MetricsProvider | None = None,
+        notifier: ports.Notifier | None = None,
     ) -> None:
         self.workloads = workloads
+        # None means "not configured": metric-driven features report that instead of guessing.
+        self.metrics = metrics
+        self.notifier = notifier
         self.resync_seconds = resync_seconds
         self.credentials = credentials
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
