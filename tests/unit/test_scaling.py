@@ -345,15 +345,57 @@ def test_off_changes_nothing() -> None:
     assert new_state is state
 
 
-def test_preview_reports_the_forecast_but_scales_reactively() -> None:
-    decision, state = decide(spec(sc.Mode.PREVIEW), current=5, metric=500.0, predicted=forecast(900.0))
-    assert decision.desired == 5  # the forecast changes nothing...
-    assert decision.preview == 9  # ...but says what Predictive would have done
-    assert (decision.reason, decision.mode) == (sc.Reason.PREVIEW, sc.Mode.PREVIEW)
-    assert decision.forecast is not None and decision.forecast.predicted_peak == 900.0
-    assert state.recommendations[-1][1] == 5  # the reactive recommendation is what was acted on
-    scaled, _ = decide(spec(sc.Mode.PREVIEW), current=5, metric=1000.0, predicted=forecast(900.0))
-    assert scaled.desired == 10  # reactive scaling still runs in Preview
+@pytest.mark.parametrize(
+    "row",
+    [
+        ("forecast above load", 5, 500.0, forecast(900.0), BOUNDS, 9, sc.Reason.PREVIEW),
+        ("load above forecast", 5, 1000.0, forecast(900.0), BOUNDS, 10, sc.Reason.PREVIEW),
+        ("load falls", 8, 100.0, forecast(100.0), BOUNDS, 1, sc.Reason.PREVIEW),
+        (
+            "unreliable forecast",
+            5,
+            1000.0,
+            forecast(900.0, mase=3.0),
+            BOUNDS,
+            10,
+            sc.Reason.FORECAST_UNRELIABLE,
+        ),
+        ("no forecast", 5, 1000.0, None, BOUNDS, 10, sc.Reason.FORECAST_MISSING),
+        ("above max", 60, 500.0, forecast(900.0), BOUNDS, 50, sc.Reason.OUT_OF_BOUNDS),
+        ("capped by max", 5, 9000.0, forecast(900.0), Replicas(1, 7), 7, sc.Reason.PREVIEW),
+    ],
+)
+def test_preview_reports_what_predictive_would_apply_and_applies_nothing(
+    row: tuple[str, int, float, fc.Forecast | None, Replicas, int, sc.Reason],
+) -> None:
+    case, current, metric, predicted, bounds, preview, reason = row
+    state = sc.ScalingState(events=((BIN + STEP - 65, 2),))  # 5 s before the decision
+    decision, new_state = decide(
+        spec(sc.Mode.PREVIEW), current=current, metric=metric, predicted=predicted, state=state, bounds=bounds
+    )
+    assert decision.desired == current and not decision.changed, case
+    assert decision.preview == preview, case
+    assert (decision.reason, decision.mode) == (reason, sc.Mode.PREVIEW), case
+    assert new_state.events == state.events, case  # nothing was scaled, so no scale event
+    assert "nothing applied" in decision.message, case
+    if predicted is not None and reason is sc.Reason.PREVIEW:
+        # the same numbers Predictive would have applied
+        acted, _ = decide(
+            spec(sc.Mode.PREDICTIVE),
+            current=current,
+            metric=metric,
+            predicted=predicted,
+            state=state,
+            bounds=bounds,
+        )
+        assert acted.desired == preview, case
+        assert decision.forecast is not None and decision.forecast.predicted_peak == predicted.upper[0]
+
+
+def test_preview_holds_when_the_metric_is_missing() -> None:
+    decision, new_state = decide(spec(sc.Mode.PREVIEW), current=5, metric=None, predicted=forecast(900.0))
+    assert (decision.desired, decision.reason, decision.preview) == (5, sc.Reason.METRIC_UNAVAILABLE, None)
+    assert new_state == sc.ScalingState()
 
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -482,12 +524,69 @@ METRIC = {"query": "q", "targetPerReplica": 10}
             "spec.autoscaling.behavior.scaleDown.selectPolicy",
         ),
         ({"mode": "Reactive", "metric": METRIC, "behavior": "fast"}, "spec.autoscaling.behavior"),
+        (
+            {"mode": "Predictive", "metric": METRIC, "forecast": {"seasonality": "Daily", "period": "5m"}},
+            "spec.autoscaling.forecast.period",
+        ),
+        (
+            {"mode": "Predictive", "metric": METRIC, "forecast": {"step": "1m", "period": "90s"}},
+            "spec.autoscaling.forecast.period",
+        ),
+        (
+            {"mode": "Predictive", "metric": METRIC, "forecast": {"step": "0s"}},
+            "spec.autoscaling.forecast.step",
+        ),
     ],
 )
 def test_parse_rejects_bad_specs(raw: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as info:
         sc.parse(raw)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("forecast", "step", "candidates", "max_gap"),
+    [
+        ({}, 300.0, (fc.DAY, fc.WEEK), 1800.0),
+        ({"step": "10s"}, 10.0, (fc.DAY, fc.WEEK), 60.0),
+        ({"step": "5s", "period": "5m"}, 5.0, (300.0,), 30.0),
+        ({"period": "1h"}, 300.0, (3600.0,), 1800.0),
+    ],
+)
+def test_parse_step_and_custom_period(
+    forecast: dict[str, Any], step: float, candidates: tuple[float, ...], max_gap: float
+) -> None:
+    auto = sc.parse({"mode": "Predictive", "metric": METRIC, "forecast": forecast})
+    assert (auto.forecast.step, auto.forecast.candidate_periods, auto.forecast.max_gap) == (
+        step,
+        candidates,
+        max_gap,
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.0, "0s"), (90.0, "1m30s"), (7200.0, "2h"), (3661.4, "1h1m1s")]
+)
+def test_durations_in_status_use_the_go_form(seconds: float, text: str) -> None:
+    assert sc.duration_text(seconds) == text
+
+
+def test_summary_status_leaves_absent_values_out() -> None:
+    bare = sc.summary_status(sc.ForecastSummary("None", 90.0, sc.Mode.PREVIEW, fallback="ForecastMissing: x"))
+    assert bare == {"method": "None", "horizon": "1m30s", "mode": "Preview", "fallback": "ForecastMissing: x"}
+    full = sc.summary_status(
+        sc.ForecastSummary("HoltWinters", 90.0, sc.Mode.PREDICTIVE, 12.5, 60.0, 0.5, 3.0, 0.0)
+    )
+    assert full["predictedPeakAt"] == "1970-01-01T00:01:00Z" and full["lastFitTime"] == "1970-01-01T00:00:00Z"
+    assert (full["predictedPeak"], full["mase"]) == (12.5, 0.5)
+
+
+def test_render_query_fills_the_placeholders() -> None:
+    query = 'sum(rate(x{namespace="{{namespace}}", service="{{service}}"}[1m]))'
+    assert (
+        sc.render_query(query, namespace="ns", service="web")
+        == 'sum(rate(x{namespace="ns", service="web"}[1m]))'
+    )
 
 
 def test_scaling_state_round_trips_and_garbage_starts_afresh() -> None:

@@ -8,7 +8,7 @@ ever adds capacity on top of the reactive answer unless ``allowForecastScaleIn``
 otherwise. Whenever the forecast is missing, too young or scores worse than the bound on its
 backtest, the decision is the reactive one and says why; when the metric itself is missing,
 replicas are held: dropping to the minimum because Prometheus is down would turn a monitoring
-outage into a service outage.
+outage into a service outage. Preview computes what Predictive would apply and applies nothing.
 
 Everything the decision depends on over time (past recommendations and scale events) is in the
 frozen ``ScalingState`` that the caller persists and passes back.
@@ -17,6 +17,7 @@ frozen ``ScalingState`` that the caller persists and passes back.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 from collections.abc import Mapping
@@ -206,14 +207,30 @@ def parse(raw: Mapping[str, Any] | None) -> AutoscalingSpec:
             raise SpecError(f"{FIELD}.metric.targetPerReplica", "must be greater than 0")
     fraw = _mapping(auto.get("forecast"), f"{FIELD}.forecast")
     defaults = fc.ForecastConfig()
+    seasonality = _enum(fc.Seasonality, fraw.get("seasonality", "Auto"), f"{FIELD}.forecast.seasonality")
+    step = _duration(fraw, "step", f"{FIELD}.forecast.step", defaults.step, positive=True)
+    candidates = defaults.candidate_periods
+    if fraw.get("period") is not None:
+        # A load with a season other than a day or a week (a batch cycle, a shift pattern, a
+        # compressed-time test) names it; Auto then checks that one candidate instead.
+        if seasonality is not fc.Seasonality.AUTO:
+            raise SpecError(f"{FIELD}.forecast.period", "may only be set when seasonality is Auto")
+        period = _duration(fraw, "period", f"{FIELD}.forecast.period", 0.0, positive=True)
+        if period < 2 * step:
+            raise SpecError(f"{FIELD}.forecast.period", f"must be at least two steps ({2 * step:g}s)")
+        candidates = (period,)
     forecast = fc.ForecastConfig(
         method=_enum(fc.Method, fraw.get("method", "HoltWinters"), f"{FIELD}.forecast.method"),
-        seasonality=_enum(fc.Seasonality, fraw.get("seasonality", "Auto"), f"{FIELD}.forecast.seasonality"),
+        seasonality=seasonality,
+        step=step,
         history=_duration(fraw, "history", f"{FIELD}.forecast.history", defaults.history, positive=True),
         quantile=_number(fraw.get("quantile", 0.9), f"{FIELD}.forecast.quantile", 0.5, 0.999),
         refit_interval=_duration(
             fraw, "refitInterval", f"{FIELD}.forecast.refitInterval", defaults.refit_interval, positive=True
         ),
+        candidate_periods=candidates,
+        # Gaps are judged in bins, so the tolerated gap scales with the step (6 bins at 5m).
+        max_gap=6 * step,
     )
     if forecast.method in (fc.Method.NAIVE, fc.Method.NONE):
         raise SpecError(f"{FIELD}.forecast.method", "must be one of HoltWinters, SeasonalNaive")
@@ -293,7 +310,7 @@ class Decision:
     predictive: int | None = None
     recommendation: int | None = None  # before stabilisation, rate limits and bounds
     limit: Limit | None = None
-    preview: int | None = None  # what Predictive would have applied, in Preview mode
+    preview: int | None = None  # what Predictive would have applied, in Preview mode (which applies nothing)
     forecast: ForecastSummary | None = None
 
     @property
@@ -329,6 +346,11 @@ def decide(
     if current > high or current < low:
         desired = min(high, max(low, current))
         message = f"{current} replicas outside [{low}, {high}]"
+        if spec.mode is Mode.PREVIEW:
+            message = f"{message}; Preview would set {desired}, nothing applied"
+            return Decision(
+                current, current, spec.mode, Reason.OUT_OF_BOUNDS, message, preview=desired
+            ), state
         return Decision(desired, current, spec.mode, Reason.OUT_OF_BOUNDS, message), _record_event(
             state, now, desired - current, spec.behavior
         )
@@ -354,23 +376,23 @@ def decide(
     if predictive is not None:
         combined = predictive if spec.allow_forecast_scale_in else max(reactive, predictive)
 
-    acting = combined if spec.mode is Mode.PREDICTIVE else reactive
+    # Preview computes exactly what Predictive would apply (falling back to reactive the same
+    # way) and applies nothing: people switch it on to watch a forecast before trusting it.
+    acting = reactive if spec.mode is Mode.REACTIVE else combined
     desired, limit = _normalize(
         spec.behavior, state, current=current, wanted=acting, low=low, high=high, now=now
     )
     preview = None
-    if spec.mode is Mode.PREVIEW and fallback is None:
-        preview, _ = _normalize(
-            spec.behavior, state, current=current, wanted=combined, low=low, high=high, now=now
-        )
+    if spec.mode is Mode.PREVIEW:
+        preview, desired = desired, current
 
-    if fallback is not None:
+    if spec.mode is Mode.PREVIEW:
+        mode, reason = Mode.PREVIEW, fallback or Reason.PREVIEW
+    elif fallback is not None:
         mode, reason = Mode.REACTIVE, fallback
     elif spec.mode is Mode.PREDICTIVE:
         mode = Mode.PREDICTIVE
         reason = Reason.PREDICTIVE if predictive is not None and combined != reactive else Reason.REACTIVE
-    elif spec.mode is Mode.PREVIEW:
-        mode, reason = Mode.PREVIEW, Reason.PREVIEW
     else:
         mode, reason = Mode.REACTIVE, Reason.REACTIVE
     message = _message(
@@ -378,13 +400,17 @@ def decide(
         spec,
         reactive=reactive,
         predictive=predictive,
-        desired=desired,
+        desired=desired if preview is None else preview,
         current=current,
         detail=detail,
     )
+    if preview is not None:
+        message = f"{message}; Preview: nothing applied"
     summary = None
     if wants_forecast:
         summary = _summary(spec, forecast, mode=mode, peak=peak, fallback=fallback, detail=detail)
+    # In Preview the recommendations are kept (so the stabilisation windows of the preview are
+    # those Predictive would have), and no scale event is recorded since none happened.
     new_state = _record_recommendation(state, now, acting, spec.behavior)
     new_state = _record_event(new_state, now, desired - current, spec.behavior)
     decision = Decision(
@@ -545,3 +571,49 @@ def _summary(
         last_fit_time=forecast.fitted_at,
         fallback=fell_back,
     )
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def render_query(query: str, *, namespace: str, service: str) -> str:
+    """The PromQL query with the ``{{namespace}}`` and ``{{service}}`` placeholders filled in.
+
+    Both are DNS labels (the API server validates them), so they need no quoting in PromQL.
+    """
+    return query.replace("{{namespace}}", namespace).replace("{{service}}", service)
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration_text(seconds: float) -> str:
+    """A duration in the Go form the API uses (``1m30s``, ``2h``, ``0s``)."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return text or "0s"
+
+
+def summary_status(summary: ForecastSummary) -> dict[str, Any]:
+    """``status.forecast`` in the CRD's shape; absent values are left out, not written as null."""
+    status: dict[str, Any] = {
+        "method": summary.method,
+        "horizon": duration_text(summary.horizon),
+        "mode": summary.mode.value,
+    }
+    if summary.predicted_peak is not None:
+        status["predictedPeak"] = round(summary.predicted_peak, 6)
+    if summary.predicted_peak_at is not None:
+        status["predictedPeakAt"] = rfc3339(summary.predicted_peak_at)
+    if summary.mase is not None:
+        status["mase"] = round(summary.mase, 4)
+    if summary.smape is not None:
+        status["smape"] = round(summary.smape, 4)
+    if summary.last_fit_time is not None:
+        status["lastFitTime"] = rfc3339(summary.last_fit_time)
+    if summary.fallback is not None:
+        status["fallback"] = summary.fallback[:1024]
+    return status
