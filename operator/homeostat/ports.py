@@ -8,9 +8,11 @@ implementation lives in ``homeostat.adapters``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import enum
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from homeostat.core import approval as appr
 from homeostat.core import children as kids
 
 
@@ -45,6 +47,14 @@ class Workloads(Protocol):
         ...
 
     async def delete(self, ref: kids.ChildRef) -> None: ...
+
+    async def get(self, ref: kids.ChildRef) -> Mapping[str, Any] | None:
+        """The object as stored, or None when it does not exist."""
+        ...
+
+    async def json_patch(self, ref: kids.ChildRef, operations: Sequence[Mapping[str, Any]]) -> None:
+        """Apply a JSON patch to an object we do not own (e.g. a user's HTTPRoute)."""
+        ...
 
     async def patch_status(self, owner: kids.Owner, status: Mapping[str, Any]) -> None: ...
 
@@ -101,3 +111,87 @@ class Notifier(Protocol):
     """Delivers notifications (Slack, a webhook, or nothing). Raises ``Unavailable`` on failure."""
 
     async def notify(self, notification: Notification) -> None: ...
+
+
+# --- approvals (ADR 0009) --------------------------------------------------------------------
+
+
+class Conflict(Exception):
+    """The object changed since it was read (resourceVersion mismatch): read again and retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApprovalTicket:
+    """Where an incident's approval stands. Execute the action only when ``phase`` is
+    ``Phase.APPROVED``; ``Pending`` means ask again later; ``Denied`` and ``Expired`` are final
+    for this incident (a new incident needs a different cause)."""
+
+    namespace: str
+    name: str
+    phase: appr.Phase
+    reason: str
+
+
+class ApprovalGate(Protocol):
+    """The gate remediation calls before a risky action (implemented over the Kubernetes API).
+
+    ``request`` creates the Approval for ``request``'s action + target + cause in ``namespace``
+    (the service's namespace) or finds the one that exists, and returns its phase: calling it
+    again on every reconcile is cheap and never opens a second request or a second Slack post.
+    Raises ``Unavailable`` when the API server cannot be reached (treat as not approved).
+    """
+
+    async def request(self, namespace: str, request: appr.Request) -> ApprovalTicket: ...
+
+    async def record_outcome(self, ticket: ApprovalTicket, result: appr.ActionResult, message: str) -> None:
+        """After executing an approved action, record how it went in the Approval's status."""
+        ...
+
+
+class ApprovalStore(Protocol):
+    """Reads and writes Approval objects for the approval handlers and the interactivity server."""
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def create(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Create; raises ``Conflict`` when an object of that name exists."""
+        ...
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> Mapping[str, Any]:
+        """Merge-patch the status; with ``resource_version``, raise ``Conflict`` if it moved on."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageRef:
+    channel: str
+    ts: str
+
+
+class Verification(enum.StrEnum):
+    VALID = "valid"
+    BAD_SIGNATURE = "bad-signature"
+    STALE = "stale-timestamp"
+    MISSING = "missing-headers"
+
+
+class ApprovalMessenger(Protocol):
+    """Asks humans in a chat (Slack) and verifies their answers came from it.
+
+    ``post`` and ``update`` raise ``Unavailable`` when the chat cannot be reached (after the
+    adapter's own retries); the request then simply stays pending.
+    """
+
+    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> MessageRef: ...
+
+    async def update(
+        self, message: MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+    ) -> None: ...
+
+    async def reply(self, response_url: str, text: str) -> None:
+        """Tell the one person who clicked why their click did not count (best effort)."""
+        ...
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Verification: ...

@@ -1,0 +1,425 @@
+"""Human approval of a risky action, as a pure state machine.
+
+An approval gate is only worth having if it cannot be talked round: a click is not an
+authenticated session, two people click at once, buttons get clicked twice, requests outlive
+their usefulness, and whoever asked must not be the one who answers. Every one of those rules
+lives here, in ``decide`` and ``expire``, so it can be tested table-driven and model-checked
+(``tests/unit/test_approval_model.py``) without Slack or a cluster. The handlers only read the
+``Approval`` object, call these functions and write the result back with an optimistic
+concurrency check, so concurrent clicks also produce exactly one decision across processes.
+
+Rules (ADR 0009):
+
+- An empty approver list means nobody may approve: the gate fails closed.
+- The requester never approves (or denies) its own request.
+- ``quorum`` distinct allowed identities must approve; a critical action needs at least two
+  (the two-person rule), whatever the request says.
+- One allowed deny decides: the request is Denied.
+- The first decision wins; anything after a terminal phase is rejected with the reason.
+- At ``expiresAt`` a pending request becomes Expired, which counts as a denial; it never turns
+  into Approved afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from homeostat.core.spec import SpecError
+
+GROUP = "homeostat.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "Approval"
+PLURAL = "approvals"
+LABEL_SERVICE = f"{GROUP}/service"
+LABEL_ACTION = f"{GROUP}/action"
+MAX_DECISIONS = 20  # the CRD's maxItems; quorum is at most 10, so a decided request fits
+MAX_REJECTIONS = 10  # kubectl votes refused, newest kept, so `kubectl homeostat` can say why
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    APPROVED = "Approved"
+    DENIED = "Denied"
+    EXPIRED = "Expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not Phase.PENDING
+
+
+class Verdict(enum.StrEnum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class Channel(enum.StrEnum):
+    SLACK = "slack"
+    KUBECTL = "kubectl"
+
+
+class Risk(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def destructive(self) -> bool:
+        """High and critical actions get a confirmation dialog before the click counts."""
+        return self in (Risk.HIGH, Risk.CRITICAL)
+
+
+class Rejection(enum.StrEnum):
+    """Why a decision was refused. The request's state is unchanged by every one of these."""
+
+    NO_APPROVERS = "NoApprovers"
+    NOT_ALLOWED = "NotAllowed"
+    REQUESTER = "Requester"
+    ALREADY_VOTED = "AlreadyVoted"
+    ALREADY_DECIDED = "AlreadyDecided"
+    EXPIRED = "Expired"
+
+
+class Outcome(enum.StrEnum):
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+
+
+class ActionResult(enum.StrEnum):
+    """How the approved action went, recorded by whoever executed it."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """An Approval object's identity; the only thing a Slack button carries."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What the action acts on; ``namespace`` is empty for cluster-scoped objects (nodes)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Approvers:
+    """Who may decide: Slack user IDs for clicks, Kubernetes users and groups for kubectl."""
+
+    slack: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.slack or self.users or self.groups)
+
+    def allow(self, identity: Identity) -> bool:
+        if identity.channel is Channel.SLACK:
+            return identity.user in self.slack
+        return identity.user in self.users or bool(self.groups & frozenset(identity.groups))
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who clicked or ran kubectl. Slack identities are user IDs; kubectl ones come from a
+    SelfSubjectReview, with the groups the API server authenticated."""
+
+    channel: Channel
+    user: str
+    groups: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.channel.value}:{self.user}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """An Approval's spec: immutable once created (the CRD enforces it)."""
+
+    action: str
+    target: Target
+    cause: str
+    service: str
+    requester: str
+    risk: Risk
+    quorum: int
+    approvers: Approvers
+    expires_at: float
+    channel: str = ""  # Slack channel; empty means no Slack message (kubectl only)
+    evidence: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def required(self) -> int:
+        """Distinct approvals needed: the two-person rule holds for critical actions even if a
+        request (or a hand-written object) asks for fewer."""
+        return max(self.quorum, 2) if self.risk is Risk.CRITICAL else max(self.quorum, 1)
+
+    def key(self) -> str:
+        return incident_key(self.action, self.target, self.cause)
+
+    def as_spec(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "target": {
+                "kind": self.target.kind,
+                "namespace": self.target.namespace,
+                "name": self.target.name,
+            },
+            "cause": self.cause,
+            "evidence": dict(self.evidence),
+            "service": self.service,
+            "requester": self.requester,
+            "risk": self.risk.value,
+            "quorum": self.quorum,
+            "approvers": {
+                "slack": sorted(self.approvers.slack),
+                "users": sorted(self.approvers.users),
+                "groups": sorted(self.approvers.groups),
+            },
+            "channel": self.channel,
+            "expiresAt": format_time(self.expires_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    identity: Identity
+    verdict: Verdict
+    at: float
+    vote: str = ""  # the kubectl vote id it came from, so the plugin can find its answer
+
+    def as_in_storage(self) -> dict[str, Any]:
+        stored: dict[str, Any] = {
+            "user": self.identity.user,
+            "channel": self.identity.channel.value,
+            "verdict": self.verdict.value,
+            "at": format_time(self.at),
+        }
+        if self.identity.groups:
+            stored["groups"] = list(self.identity.groups)
+        if self.vote:
+            stored["vote"] = self.vote
+        return stored
+
+    @classmethod
+    def from_storage(cls, raw: Mapping[str, Any]) -> Decision:
+        identity = Identity(Channel(raw["channel"]), str(raw["user"]), tuple(raw.get("groups") or ()))
+        return cls(
+            identity, Verdict(raw["verdict"]), parse_time(raw["at"], "decisions.at"), raw.get("vote", "")
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """The decision part of an Approval's status (the Slack bookkeeping is the handler's)."""
+
+    phase: Phase = Phase.PENDING
+    decisions: tuple[Decision, ...] = ()
+    decided_at: float | None = None
+    reason: str = "waiting for approval"
+
+    def as_in_storage(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "decisions": [d.as_in_storage() for d in self.decisions],
+            "decidedAt": None if self.decided_at is None else format_time(self.decided_at),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_storage(cls, raw: Mapping[str, Any] | None) -> State:
+        raw = raw or {}
+        decided = raw.get("decidedAt")
+        return cls(
+            phase=Phase(raw.get("phase") or Phase.PENDING.value),
+            decisions=tuple(Decision.from_storage(d) for d in raw.get("decisions") or ()),
+            decided_at=None if decided is None else parse_time(decided, "decidedAt"),
+            reason=raw.get("reason") or State.reason,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What ``decide`` made of one click or vote: the new state (the same object when rejected,
+    except that a due expiry is recorded) and, when rejected, why."""
+
+    state: State
+    outcome: Outcome
+    rejection: Rejection | None
+    message: str
+
+
+# --- identity of an incident -----------------------------------------------------------------
+
+_NAME_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def incident_key(action: str, target: Target, cause: str) -> str:
+    return "\x1f".join((action, target.kind, target.namespace, target.name, cause))
+
+
+def object_name(action: str, target: Target, cause: str) -> str:
+    """The Approval's name is a function of action + target + cause, so asking twice about the
+    same incident (a retry, a restart, a second operator) finds the first request."""
+    digest = hashlib.sha256(incident_key(action, target, cause).encode()).hexdigest()[:16]
+    prefix = _NAME_CHARS.sub("-", action.lower()).strip("-")[:40] or "approval"
+    return f"{prefix}-{digest}"
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def expire(request: Request, state: State, now: float) -> State:
+    """Record the timeout of a pending request that is due; anything else is returned as is."""
+    if state.phase is not Phase.PENDING or now < request.expires_at:
+        return state
+    approvals = len(_approvers(state))
+    return dataclasses.replace(
+        state,
+        phase=Phase.EXPIRED,
+        decided_at=request.expires_at,
+        reason=(
+            f"timed out at {format_time(request.expires_at)} with {approvals} of "
+            f"{request.required} approvals: denied"
+        ),
+    )
+
+
+def decide(request: Request, state: State, identity: Identity, verdict: Verdict, now: float) -> Result:
+    """Apply one click or kubectl vote. Authorization happens here, on every decision."""
+    state = expire(request, state, now)
+    if state.phase is Phase.EXPIRED:
+        return _reject(state, Rejection.EXPIRED, f"this request expired at {format_time(request.expires_at)}")
+    if state.phase.terminal:
+        who = ", ".join(str(d.identity) for d in state.decisions) or "nobody"
+        text = f"this request was already {state.phase.value.lower()} by {who}"
+        return _reject(state, Rejection.ALREADY_DECIDED, text)
+    if request.approvers.empty:
+        text = "no approvers are configured for this request, so nobody may approve it"
+        return _reject(state, Rejection.NO_APPROVERS, text)
+    if identity.user == request.requester:
+        return _reject(
+            state, Rejection.REQUESTER, f"{identity.user} requested this action and may not decide it"
+        )
+    if not request.approvers.allow(identity):
+        return _reject(state, Rejection.NOT_ALLOWED, f"{identity} is not an approver of this request")
+    if any(
+        d.identity.channel is identity.channel and d.identity.user == identity.user for d in state.decisions
+    ):
+        return _reject(state, Rejection.ALREADY_VOTED, f"{identity} has already approved this request")
+    decision = Decision(identity, verdict, now)
+    decisions = (*state.decisions, decision)
+    if verdict is Verdict.DENY:
+        new = State(Phase.DENIED, decisions, now, f"denied by {identity}")
+        return Result(new, Outcome.ACCEPTED, None, new.reason)
+    count = len(_approvers(dataclasses.replace(state, decisions=decisions)))
+    if count >= request.required:
+        names = ", ".join(str(d.identity) for d in decisions)
+        new = State(Phase.APPROVED, decisions, now, f"approved by {names}")
+    else:
+        new = State(Phase.PENDING, decisions, None, f"{count} of {request.required} approvals")
+    return Result(new, Outcome.ACCEPTED, None, new.reason)
+
+
+def with_vote(result: Result, vote: str) -> Result:
+    """Tag the decision a kubectl vote produced with the vote's id."""
+    if result.outcome is not Outcome.ACCEPTED or not vote:
+        return result
+    *before, last = result.state.decisions
+    tagged = dataclasses.replace(last, vote=vote)
+    return dataclasses.replace(result, state=dataclasses.replace(result.state, decisions=(*before, tagged)))
+
+
+def _approvers(state: State) -> set[tuple[Channel, str]]:
+    return {(d.identity.channel, d.identity.user) for d in state.decisions if d.verdict is Verdict.APPROVE}
+
+
+def _reject(state: State, rejection: Rejection, message: str) -> Result:
+    return Result(state, Outcome.REJECTED, rejection, message)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_request(spec: Mapping[str, Any]) -> Request:
+    """An Approval's spec as a ``Request``; the CRD validates the shape, this the meaning."""
+    target = _mapping(spec.get("target"), "spec.target")
+    approvers = spec.get("approvers") or {}
+    try:
+        risk = Risk(spec.get("risk", Risk.HIGH.value))
+    except ValueError:
+        raise SpecError("spec.risk", f"unknown risk {spec.get('risk')!r}") from None
+    quorum = spec.get("quorum", 1)
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+        raise SpecError("spec.quorum", f"must be a positive integer, got {quorum!r}")
+    evidence = spec.get("evidence") or {}
+    return Request(
+        action=_text(spec.get("action"), "spec.action"),
+        target=Target(
+            _text(target.get("kind"), "spec.target.kind"),
+            str(target.get("namespace") or ""),
+            _text(target.get("name"), "spec.target.name"),
+        ),
+        cause=_text(spec.get("cause"), "spec.cause"),
+        service=str(spec.get("service") or ""),
+        requester=_text(spec.get("requester"), "spec.requester"),
+        risk=risk,
+        quorum=quorum,
+        approvers=Approvers(
+            frozenset(approvers.get("slack") or ()),
+            frozenset(approvers.get("users") or ()),
+            frozenset(approvers.get("groups") or ()),
+        ),
+        expires_at=parse_time(spec.get("expiresAt"), "spec.expiresAt"),
+        channel=str(spec.get("channel") or ""),
+        evidence={str(k): str(v) for k, v in _mapping(evidence, "spec.evidence").items()},
+    )
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field, "must be an object")
+    return value
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(field, "must be a non-empty string")
+    return value
+
+
+def parse_time(value: Any, field: str) -> float:
+    if not isinstance(value, str):
+        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}")
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def format_time(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
