@@ -195,3 +195,17 @@ class ApprovalMessenger(Protocol):
         ...
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> Verification: ...
+
+
+# --- scaling ---------------------------------------------------------------------------------
+
+
+class Scaler(Protocol):
+    """Writes a service's replica count through its scale subresource.
+
+    The scale subresource touches ``spec.replicas.desired`` only, so the autoscaler never
+    overwrites (or conflicts with) a spec edit made for a rollout. Raises ``Rejected`` when the
+    API server refuses the count (outside the validated bounds) and ``Unavailable`` otherwise.
+    """
+
+    async def scale(self, owner: kids.Owner, replicas: int) -> None: ...

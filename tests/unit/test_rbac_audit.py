@@ -41,6 +41,7 @@ NAMESPACED = table(
     ("homeostat.dev", "approvals", "get list watch create patch update"),
     ("homeostat.dev", "approvals/status", "get patch update"),
     ("apps", "deployments", "get list watch create patch update delete"),
+    ("apps", "controllerrevisions", "get list watch create patch delete"),
     ("", "services", "get list watch create patch update delete"),
     ("policy", "poddisruptionbudgets", "get list watch create patch update delete"),
     ("", "pods", "get list watch delete"),

@@ -128,6 +128,11 @@ that needs it; tests/unit/test_rbac_audit.py pins the exact set. Arguments: (dic
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# ControllerRevisions keep the pod template of every revision, so a rollout can run the
+# stable revision again after the spec moved on.
+- apiGroups: ["apps"]
+  resources: ["controllerrevisions"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Healing: watch pods, delete crash-looping ones, evict (PDB-respecting) from failing nodes.
 - apiGroups: [""]
   resources: ["pods"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -25,6 +25,8 @@ _PLURALS = {
     "Service": "services",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ReplicatedService": "replicatedservices",
+    "ControllerRevision": "controllerrevisions",
+    "HTTPRoute": "httproutes",
 }
 TIMEOUT = (5.0, 30.0)  # connect, read
 _CONVERSION_FAILURE = "unable to convert unstructured object"
@@ -160,6 +162,20 @@ class KubernetesWorkloads:
         except ports.Unavailable as exc:
             if not str(exc).startswith("404"):
                 raise
+
+    async def get(self, ref: kids.ChildRef) -> Mapping[str, Any] | None:
+        path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        try:
+            return dict(await asyncio.to_thread(self._call, path, "GET"))
+        except ports.Unavailable as exc:
+            if str(exc).startswith("404"):
+                return None
+            raise
+
+    async def json_patch(self, ref: kids.ChildRef, operations: Sequence[Mapping[str, Any]]) -> None:
+        path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        body = [dict(op) for op in operations]
+        await asyncio.to_thread(self._call, path, "PATCH", body, "application/json-patch+json")
 
     async def patch_status(self, owner: kids.Owner, status: Mapping[str, Any]) -> None:
         path = _path(kids.API_VERSION, kids.KIND, owner.namespace, owner.name) + "/status"

@@ -92,37 +92,58 @@ def _metadata(owner: Owner, name: str, extra_labels: Mapping[str, str] = ()) -> 
     }
 
 
-def deployment(owner: Owner, spec: specs.ServiceSpec, track: str = TRACK_STABLE) -> dict[str, Any]:
-    rev = revision(spec.template)
-    template_meta = spec.template.get("metadata") or {}
+def track_name(owner: Owner, track: str) -> str:
+    """Deployment name of a track: the stable track carries the service's own name."""
+    return owner.name if track == TRACK_STABLE else f"{owner.name}-{track}"
+
+
+def deployment(
+    owner: Owner,
+    spec: specs.ServiceSpec,
+    track: str = TRACK_STABLE,
+    *,
+    template: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
+) -> dict[str, Any]:
+    """The Deployment of one track, running ``template`` (default: the spec's own)."""
+    template = spec.template if template is None else template
+    rev = revision(template)
+    template_meta = template.get("metadata") or {}
     track_labels = {**selector(owner), LABEL_TRACK: track}
     pod_labels = {**(template_meta.get("labels") or {}), **track_labels, LABEL_REVISION: rev}
     pod_meta: dict[str, Any] = {"labels": pod_labels}
     if template_meta.get("annotations"):
         pod_meta["annotations"] = dict(template_meta["annotations"])
-    meta = _metadata(owner, owner.name, {LABEL_TRACK: track})
+    meta = _metadata(owner, track_name(owner, track), {LABEL_TRACK: track})
     meta["annotations"] = {ANNOTATION_REVISION: rev}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": spec.replicas.effective,
+            "replicas": spec.replicas.effective if replicas is None else replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": track_labels},
-            "template": {"metadata": pod_meta, "spec": spec.template["spec"]},
+            "template": {"metadata": pod_meta, "spec": template["spec"]},
         },
     }
 
 
-def service(owner: Owner, spec: specs.ServiceSpec) -> dict[str, Any]:
+def service(
+    owner: Owner,
+    spec: specs.ServiceSpec,
+    *,
+    name: str | None = None,
+    extra_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Service over the service's pods; ``extra_selector`` narrows it to a track or revision."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, owner.name),
+        "metadata": _metadata(owner, name or owner.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(owner),
+            "selector": {**selector(owner), **dict(extra_selector or {})},
             "ports": [
                 {"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
                 for p in spec.ports
@@ -153,6 +174,22 @@ def desired(owner: Owner, spec: specs.ServiceSpec) -> tuple[dict[str, Any], ...]
         children.append(service(owner, spec))
     children.append(disruption_budget(owner, spec))
     return tuple(children)
+
+
+def controller_revision(owner: Owner, template: Mapping[str, Any], number: int) -> dict[str, Any]:
+    """A ControllerRevision keeping one pod template, so any revision can be run again later.
+
+    A rollout must be able to bring back the stable revision after the spec moved on (the spec
+    holds only the newest template); this is how StatefulSets and DaemonSets keep theirs.
+    """
+    rev = revision(template)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": _metadata(owner, f"{owner.name}-{rev}", {LABEL_REVISION: rev}),
+        "data": {"template": dict(template)},
+        "revision": number,
+    }
 
 
 def owned_by(owner: Owner, body: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     HEALTHY = "Healthy"
     STABLE = "Stable"
+    ROLLED_BACK = "RolledBack"
 
 
 class ConditionType(enum.StrEnum):
@@ -80,8 +81,15 @@ def plan(
     observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
 ) -> tuple[Apply, ...]:
     """Children that are missing or differ from what we want, in dependency order."""
+    return plan_manifests(kids.desired(owner, spec), observed)
+
+
+def plan_manifests(
+    manifests: Sequence[Mapping[str, Any]], observed: Mapping[kids.ChildRef, Mapping[str, Any] | None]
+) -> tuple[Apply, ...]:
+    """Applies for the ``manifests`` that are missing from ``observed`` or differ from it."""
     applies = []
-    for manifest in kids.desired(owner, spec):
+    for manifest in manifests:
         current = observed.get(kids.ChildRef.of(manifest))
         if current is None:
             applies.append(Apply(manifest, Reason.CREATED))
@@ -162,8 +170,15 @@ def report(
     deployment: Mapping[str, Any] | None,
     previous: Mapping[str, Any],
     now: str,
+    view: DeploymentView | None = None,
+    degraded_by: tuple[str, str] | None = None,
 ) -> Report:
-    """Status and Events after a reconcile; ``now`` is an RFC 3339 timestamp from the caller."""
+    """Status and Events after a reconcile; ``now`` is an RFC 3339 timestamp from the caller.
+
+    ``view`` replaces the Deployment's view when a rollout spreads the service over several
+    Deployments; ``degraded_by`` (reason, message) reports a problem found outside the apply,
+    such as a rolled-back revision.
+    """
     events: list[Event] = []
     base: dict[str, Any] = {
         "observedGeneration": generation,
@@ -192,13 +207,17 @@ def report(
 
     rev = kids.revision(spec.template)
     desired_count = spec.replicas.effective
-    view = DeploymentView.of(deployment, rev, desired_count)
+    if view is None:
+        view = DeploymentView.of(deployment, rev, desired_count)
 
     if outcome.rejected:
         degraded = ("True", Reason.INVALID_SPEC, "; ".join(problems))
         phase = Phase.INVALID_SPEC
     elif outcome.errors:
         degraded = ("True", Reason.APPLY_FAILED, "; ".join(problems))
+        phase = Phase.DEGRADED
+    elif degraded_by is not None:
+        degraded = ("True", Reason(degraded_by[0]), degraded_by[1])
         phase = Phase.DEGRADED
     elif view.deadline_exceeded:
         degraded = ("True", Reason.DEADLINE_EXCEEDED, f"revision {rev} is not becoming available")
@@ -253,6 +272,7 @@ _CARRIED = (
     "lastRemediation",
     "pendingApprovals",
     "stableRevision",
+    "activeRevision",
 )
 # Condition types the basic reconcile writes; any other type belongs to another writer and is
 # passed through as it was, so one writer's status patch never erases another's condition.

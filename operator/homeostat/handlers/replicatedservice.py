@@ -10,16 +10,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import dataclasses
 import datetime
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
 
 from homeostat import ports
+from homeostat.core import analysis as an
 from homeostat.core import children as kids
+from homeostat.core import delivery as dl
 from homeostat.core import reconcile as rec
+from homeostat.core import rollout as ro
 from homeostat.core import spec as specs
 
 RSVC = (kids.GROUP, kids.VERSION, "replicatedservices")
@@ -55,6 +61,12 @@ class Runtime:
         # own last patch, and judging transitions against it would repeat Events.
         self.reported: dict[str, Mapping[str, Any]] = {}
         self.resync_task: asyncio.Task[None] | None = None
+        # Rollout analysis runs apart from reconciles (a slow query never holds the lock); the
+        # latest result waits here, per object uid, for the next reconcile to consume it.
+        self.measured: dict[str, dl.Measured] = {}
+        self.analyses: dict[str, asyncio.Task[None]] = {}
+        self.wakeups: dict[Key, asyncio.TimerHandle] = {}
+        self.background: set[asyncio.Task[None]] = set()  # referenced, or the loop may drop them
 
 
 def owner_of(body: Mapping[str, Any]) -> kids.Owner:
@@ -141,6 +153,25 @@ for _group, _version, _plural in CHILD_KINDS:
     kopf.index(_group, _version, _plural, labels=MANAGED, id=f"children_{_plural}")(_child_index)
 
 
+@kopf.index("apps", "v1", "controllerrevisions", labels=MANAGED)
+def revisions(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+    """Pod templates of past revisions, so a rollout can bring the stable one back."""
+    service = labels.get(kids.LABEL_SERVICE)
+    if not service:
+        return None
+    meta = body.get("metadata") or {}
+    slim = {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "ownerReferences": [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or []],
+        },
+        "data": copy.deepcopy(body.get("data")),
+        "revision": body.get("revision"),
+    }
+    return {(namespace, service): slim}
+
+
 def _latest(store: Any) -> Any:
     values = list(store) if store is not None else []
     return values[-1] if values else None
@@ -188,35 +219,31 @@ async def _reconcile_locked(
     generation = int(body["metadata"].get("generation", 0))
     previous = runtime.reported.get(owner.uid) or body.get("status") or {}
     observed = _observed(owner, indexes)
-    applies: tuple[rec.Apply, ...] = ()
-    applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
-    errors: dict[kids.ChildRef, str] = {}
-    rejected: dict[kids.ChildRef, str] = {}
     deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
     spec: specs.ServiceSpec | specs.SpecError
     try:
         spec = specs.parse(body.get("spec") or {})
     except specs.SpecError as exc:
         spec = exc
-    if isinstance(spec, specs.ServiceSpec):
+    delivery: _Delivery | None = None
+    applies: tuple[rec.Apply, ...] = ()
+    deletes: tuple[kids.ChildRef, ...] = ()
+    if isinstance(spec, specs.ServiceSpec) and spec.strategy is not specs.Strategy.ROLLING_UPDATE:
+        try:
+            delivery = await _plan_delivery(
+                owner, body, spec, previous=previous, runtime=runtime, indexes=indexes
+            )
+            applies, deletes = delivery.plan.applies, delivery.plan.deletes
+        except specs.SpecError as exc:
+            spec = exc
+    elif isinstance(spec, specs.ServiceSpec):
         applies = rec.plan(owner, spec, observed)
-        for apply in applies:
-            try:
-                applied[apply.ref] = await runtime.workloads.apply(apply.manifest)
-                logger.info(f"{apply.reason.value.lower()} {apply.ref}")
-            except ports.Rejected as exc:
-                rejected[apply.ref] = str(exc)
-            except ports.Unavailable as exc:
-                errors[apply.ref] = str(exc)
-        for ref in rec.stale_children(owner, spec, observed):
-            try:
-                await runtime.workloads.delete(ref)
-                logger.info(f"deleted {ref}: no longer wanted")
-            except ports.Unavailable as exc:
-                errors[ref] = str(exc)
-    deployment = applied.get(deployment_ref) or observed.get(deployment_ref)
+        deletes = rec.stale_children(owner, spec, observed)
+    outcome = await _execute(runtime, applies, deletes, logger)
+    if delivery is not None and delivery.plan.route is not None and not outcome.errors:
+        await _patch_route(runtime, owner, delivery.plan.route, outcome, logger)
+    deployment = outcome.applied.get(deployment_ref) or observed.get(deployment_ref)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    outcome = rec.Outcome(applied, errors, rejected)
     result = rec.report(
         owner=owner,
         generation=generation,
@@ -226,27 +253,303 @@ async def _reconcile_locked(
         deployment=deployment,
         previous=previous,
         now=now,
+        view=None if delivery is None else delivery.plan.view,
+        degraded_by=None if delivery is None else delivery.degraded_by,
     )
+    status = dict(result.status)
+    if delivery is not None:
+        status = delivery.status(status, now)
     # Event bodies often predate our own last status write; comparing with them would rewrite
     # the same status over and over. The periodic resync (verify) checks the stored status.
     written = runtime.reported.get(owner.uid)
     baseline = body.get("status") or {} if verify or written is None else written
-    patch = rec.status_changed(baseline, result.status)
+    patch = rec.status_changed(baseline, status)
     if patch:
-        await runtime.workloads.patch_status(owner, result.status)
+        await runtime.workloads.patch_status(owner, status)
     outcome_text = "patched" if patch else "unchanged"
     logger.debug(f"reconciled {owner.namespace}/{owner.name}: {len(applies)} applied, status {outcome_text}")
-    runtime.reported[owner.uid] = result.status
+    runtime.reported[owner.uid] = status
+    events = [(e.type, e.reason, e.message) for e in result.events]
+    if delivery is not None:
+        # One-shot actions go out only after the state that records them is stored: a crash
+        # in between loses a message rather than sending it twice after the restart.
+        events.extend((e.type, e.reason, e.message) for e in delivery.plan.events)
+        await _notify(runtime, owner, delivery.plan, logger)
+        _follow_up(runtime, owner, delivery, indexes=indexes, logger=logger)
     target = _event_target(body)
-    for event in result.events:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, target)), type=event.type, reason=event.reason, message=event.message
-        )
-        log = logger.warning if event.type == "Warning" else logger.info
-        log(f"{event.reason}: {event.message}")
-    if errors:
+    for type_, reason, message in events:
+        kopf.event(kopf.Body(cast(kopf.RawBody, target)), type=type_, reason=reason, message=message)
+        log = logger.warning if type_ == "Warning" else logger.info
+        log(f"{reason}: {message}")
+    if outcome.errors:
         # Transient API trouble: let kopf back off and retry instead of waiting for a resync.
-        raise kopf.TemporaryError("; ".join(errors.values()), delay=5)
+        raise kopf.TemporaryError("; ".join(outcome.errors.values()), delay=5)
+
+
+async def _execute(
+    runtime: Runtime, applies: Sequence[rec.Apply], deletes: Sequence[kids.ChildRef], logger: Any
+) -> rec.Outcome:
+    applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
+    errors: dict[kids.ChildRef, str] = {}
+    rejected: dict[kids.ChildRef, str] = {}
+    for apply in applies:
+        try:
+            applied[apply.ref] = await runtime.workloads.apply(apply.manifest)
+            logger.info(f"{apply.reason.value.lower()} {apply.ref}")
+        except ports.Rejected as exc:
+            rejected[apply.ref] = str(exc)
+        except ports.Unavailable as exc:
+            errors[apply.ref] = str(exc)
+    if errors or rejected:
+        # Actions are ordered (capacity before traffic, traffic before deletion): after a
+        # failure the rest waits for the next reconcile, which re-plans from what exists.
+        return rec.Outcome(applied, errors, rejected)
+    for ref in deletes:
+        try:
+            await runtime.workloads.delete(ref)
+            logger.info(f"deleted {ref}: no longer wanted")
+        except ports.Unavailable as exc:
+            errors[ref] = str(exc)
+    return rec.Outcome(applied, errors, rejected)
+
+
+# --- progressive delivery --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Delivery:
+    plan: dl.Plan
+    spec: ro.RolloutSpec
+    degraded_by: tuple[str, str] | None
+
+    def status(self, status: Mapping[str, Any], now: str) -> dict[str, Any]:
+        state = self.plan.state
+        merged = {**status, **self.plan.status}
+        if state.stable_revision:
+            merged["stableRevision"] = state.stable_revision
+        phase = dl.status_phase(state)
+        if phase is not None and status.get("phase") != rec.Phase.INVALID_SPEC.value:
+            merged["phase"] = phase
+        condition = self.plan.condition
+        merged["conditions"] = rec.merge_conditions(
+            status.get("conditions") or [],
+            [
+                {
+                    "type": condition.type,
+                    "status": condition.status,
+                    "reason": condition.reason,
+                    "message": condition.message,
+                }
+            ],
+            now,
+        )
+        return merged
+
+
+async def _plan_delivery(
+    owner: kids.Owner,
+    body: Mapping[str, Any],
+    spec: specs.ServiceSpec,
+    *,
+    previous: Mapping[str, Any],
+    runtime: Runtime,
+    indexes: Mapping[str, Any],
+) -> _Delivery:
+    rollout_spec = ro.parse_rollout_spec((body.get("spec") or {}).get("rollout"))
+    try:
+        state = ro.RolloutState.from_storage(previous.get("rollout"))
+    except an.StorageError as exc:
+        raise specs.SpecError("status.rollout", f"cannot be read ({exc}); fix or clear it") from None
+    command = dl.parse_command((body.get("metadata") or {}).get("annotations"))
+    world = await _world(owner, rollout_spec, runtime, indexes)
+    measured = runtime.measured.get(owner.uid)
+    obs = dl.observe(
+        owner,
+        spec,
+        world,
+        recorded_active=previous.get("activeRevision"),
+        measured=measured,
+        analysis_available=runtime.metrics is not None,
+        command=command,
+    )
+    plan = dl.plan(owner, spec, rollout_spec, state=state, world=world, obs=obs, now=time.time())
+    degraded_by: tuple[str, str] | None = None
+    if plan.problems:
+        degraded_by = (rec.Reason.APPLY_FAILED.value, "; ".join(plan.problems))
+    elif plan.state.phase is ro.Phase.ROLLED_BACK:
+        failure = plan.state.failure
+        detail = failure.message if failure is not None else "analysis failed"
+        degraded_by = (
+            rec.Reason.ROLLED_BACK.value,
+            f"revision {plan.state.revision} was rolled back: {detail}",
+        )
+    return _Delivery(plan, rollout_spec, degraded_by)
+
+
+async def _world(
+    owner: kids.Owner, rollout_spec: ro.RolloutSpec, runtime: Runtime, indexes: Mapping[str, Any]
+) -> dl.World:
+    def child(kind: str, name: str) -> Mapping[str, Any] | None:
+        plural = {
+            "Deployment": "deployments",
+            "Service": "services",
+            "PodDisruptionBudget": "poddisruptionbudgets",
+        }
+        body = _latest(indexes[f"children_{plural[kind]}"].get((owner.namespace, name, kind)))
+        return kids.owned_by(owner, body)
+
+    names = [
+        owner.name,
+        owner.name + dl.PREVIEW_SUFFIX,
+        f"{owner.name}-stable",
+        f"{owner.name}-{dl.TRACK_CANARY}",
+    ]
+    route = None
+    if rollout_spec.traffic.type is ro.Routing.GATEWAY_API and rollout_spec.traffic.http_route:
+        ref = kids.ChildRef(
+            "gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, rollout_spec.traffic.http_route
+        )
+        route = await runtime.workloads.get(ref)
+    kept = [
+        b for b in indexes["revisions"].get((owner.namespace, owner.name)) or [] if kids.owned_by(owner, b)
+    ]
+    return dl.World(
+        stable=child("Deployment", owner.name),
+        canary=child("Deployment", kids.track_name(owner, dl.TRACK_CANARY)),
+        services={name: child("Service", name) for name in names},
+        pdb=child("PodDisruptionBudget", owner.name),
+        route=route,
+        revisions=dl.revisions_by_name(kept),
+    )
+
+
+async def _patch_route(
+    runtime: Runtime, owner: kids.Owner, route: dl.RoutePatch, outcome: rec.Outcome, logger: Any
+) -> None:
+    ref = kids.ChildRef("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, route.name)
+    try:
+        await runtime.workloads.json_patch(ref, route.operations)
+        logger.info(f"set the backend weights of {ref}")
+    except ports.Rejected as exc:
+        cast(dict[kids.ChildRef, str], outcome.rejected)[ref] = str(exc)
+    except ports.Unavailable as exc:
+        cast(dict[kids.ChildRef, str], outcome.errors)[ref] = str(exc)
+
+
+async def _notify(runtime: Runtime, owner: kids.Owner, plan: dl.Plan, logger: Any) -> None:
+    for notify in plan.notifications:
+        severity = {
+            ro.NotifyKind.FAILED: "critical",
+            ro.NotifyKind.NEEDS_DECISION: "warning",
+            ro.NotifyKind.PROMOTED: "info",
+        }[notify.kind]
+        note = ports.Notification(
+            namespace=owner.namespace,
+            service=owner.name,
+            kind=notify.kind.value,
+            severity=severity,
+            title=f"{owner.namespace}/{owner.name}: {notify.kind.value}",
+            message=notify.message,
+            key=f"{owner.uid}/{plan.state.revision}/{notify.kind.value}",
+        )
+        logger.info(f"notification {note.kind}: {note.message}")
+        if runtime.notifier is None:
+            continue
+        try:
+            await runtime.notifier.notify(note)
+        except ports.Unavailable as exc:
+            logger.warning(f"notification {note.kind} not delivered: {exc}")
+
+
+def _follow_up(
+    runtime: Runtime,
+    owner: kids.Owner,
+    delivery: _Delivery,
+    *,
+    indexes: Mapping[str, Any],
+    logger: Any,
+) -> None:
+    """Start a requested analysis, and come back when the rollout next has something to do."""
+    plan = delivery.plan
+    request = plan.analysis
+    running = runtime.analyses.get(owner.uid)
+    if request is not None and (running is None or running.done()) and runtime.metrics is not None:
+        runtime.analyses[owner.uid] = asyncio.create_task(
+            _analyse(runtime, owner, request, runtime.metrics, indexes=indexes, logger=logger)
+        )
+    live = plan.state.phase in (*ro.LIVE, ro.Phase.ROLLING_BACK, ro.Phase.INITIALIZING)
+    if live and not plan.state.held:
+        # Pauses and analysis intervals are counted in seconds; a short poll while a rollout
+        # is live is simpler and as cheap as tracking each deadline.
+        _wake_later(runtime, (owner.namespace, owner.name), 1.0, indexes, logger)
+
+
+def _wake_later(runtime: Runtime, key: Key, delay: float, indexes: Mapping[str, Any], logger: Any) -> None:
+    if key in runtime.wakeups:
+        return
+    loop = asyncio.get_running_loop()
+
+    def fire() -> None:
+        runtime.wakeups.pop(key, None)
+        body = _latest(indexes["services"].get(key))
+        if body is not None:
+            task = asyncio.create_task(_reconcile_quietly(body, runtime, indexes, logger))
+            runtime.background.add(task)
+            task.add_done_callback(runtime.background.discard)
+
+    runtime.wakeups[key] = loop.call_later(delay, fire)
+
+
+async def _reconcile_quietly(
+    body: Mapping[str, Any], runtime: Runtime, indexes: Mapping[str, Any], logger: Any
+) -> None:
+    try:
+        await reconcile(body, {"runtime": runtime}, indexes, logger)
+    except kopf.TemporaryError as exc:
+        logger.warning(f"{body['metadata']['namespace']}/{body['metadata']['name']}: {exc}")
+        _wake_later(runtime, (body["metadata"]["namespace"], body["metadata"]["name"]), 5.0, indexes, logger)
+    except Exception:  # a wake-up must never take the event loop's other work down with it
+        logger.exception("rollout wake-up failed")
+
+
+async def _analyse(
+    runtime: Runtime,
+    owner: kids.Owner,
+    request: ro.RunAnalysis,
+    metrics: ports.MetricsProvider,
+    *,
+    indexes: Mapping[str, Any],
+    logger: Any,
+) -> None:
+    """Query every metric of ``request`` and hand the results to the next reconcile."""
+    started = time.time()
+    values = {"service": owner.name, "namespace": owner.namespace, "revision": request.revision}
+    results = await asyncio.gather(*(_measure(metrics, m, values, started) for m in request.metrics))
+    runtime.measured[owner.uid] = dl.Measured(request.revision, started, tuple(results))
+    logger.debug(f"analysis of {request.revision}: {[(m.metric, m.value, m.error) for m in results]}")
+    body = _latest(indexes["services"].get((owner.namespace, owner.name)))
+    if body is not None:
+        await _reconcile_quietly(body, runtime, indexes, logger)
+
+
+async def _measure(
+    metrics: ports.MetricsProvider, metric: an.MetricSpec, values: Mapping[str, str], at: float
+) -> an.Measurement:
+    query = metric.query
+    for key, text in values.items():
+        query = query.replace("{{" + key + "}}", text)
+    try:
+        samples = await metrics.instant(query)
+    except ports.Unavailable as exc:
+        return an.Measurement(metric.name, error=str(exc), at=at)
+    if not samples:
+        return an.Measurement(metric.name, at=at)  # no data: inconclusive, never a pass
+    if len(samples) > 1:
+        return an.Measurement(
+            metric.name, error=f"the query returned {len(samples)} series; aggregate it to one", at=at
+        )
+    value = samples[0].value
+    return an.Measurement(metric.name, value=None if math.isnan(value) else value, at=at)
 
 
 @kopf.on.event(*RSVC)  # type: ignore[arg-type]
