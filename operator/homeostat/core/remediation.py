@@ -1,0 +1,853 @@
+"""Self-healing as a pure state machine: symptoms in, remediation actions out.
+
+Detection, the choice of action, verification and escalation are what go wrong in self-healing
+systems (restart storms, a rollback of the wrong revision, a node drained while half the cluster
+is down), so all of it is here, over frozen values and an explicit clock, where it is
+table-tested and model-checked. The handler (``handlers/healing.py``) builds the views from its
+watch caches, calls ``step``, executes the effects through ports and persists ``HealingState``
+in ``status.healing``.
+
+Each incident (a symptom on a subject) climbs a ladder: the first action, then, when the symptom
+has not cleared within the policy's verify window, the next one, and finally a human. Every
+action passes through ``policy.decide`` first; a denial, an expired approval or an open circuit
+hands the incident to a human and nothing more is done about it automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from homeostat.core import policy as pol
+from homeostat.core import spec as specs
+
+LABEL_REVISION = "homeostat.dev/revision"
+HISTORY_LIMIT = 100  # records kept per service; enough for any sensible rate-limit window
+INCIDENT_LIMIT = 50
+
+
+# --- the service's healing settings (spec.healing) ---------------------------------------------
+
+
+class CrashLoopAction(enum.StrEnum):
+    ROLLBACK = "Rollback"
+    NOTIFY = "Notify"
+
+
+class OomAction(enum.StrEnum):
+    RAISE_LIMIT = "RaiseLimit"
+    NOTIFY = "Notify"
+
+
+class NodeAction(enum.StrEnum):
+    RESCHEDULE = "Reschedule"
+    NOTIFY = "Notify"
+
+
+@dataclasses.dataclass(frozen=True)
+class HealingSpec:
+    crash_loop: bool = False
+    restart_threshold: int = 3
+    crash_window: float = 600.0
+    crash_action: CrashLoopAction = CrashLoopAction.ROLLBACK
+    oom: bool = False
+    oom_action: OomAction = OomAction.RAISE_LIMIT
+    increase_percent: int = 25
+    max_memory: float | None = None
+    node_failure: bool = False
+    grace: float = 300.0
+    cordon_after: float = 900.0
+    node_action: NodeAction = NodeAction.RESCHEDULE
+    maintenance: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crash_loop or self.oom or self.node_failure or self.maintenance
+
+
+def _block(raw: Mapping[str, Any], key: str) -> tuple[bool, Mapping[str, Any]]:
+    body = raw.get(key)
+    if body is None:
+        return False, {}
+    if not isinstance(body, Mapping):
+        raise specs.SpecError(f"spec.healing.{key}", "must be an object")
+    return bool(body.get("enabled", True)), body
+
+
+def _dur(body: Mapping[str, Any], key: str, default: str, field: str) -> float:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise specs.SpecError(field, f"must be a duration, got {value!r}")
+    return specs.parse_duration(value, field)
+
+
+def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:
+    """``spec.healing`` as a ``HealingSpec``; an absent block turns its remediation off."""
+    raw = raw or {}
+    crash, crash_body = _block(raw, "crashLoop")
+    oom, oom_body = _block(raw, "oom")
+    node, node_body = _block(raw, "nodeFailure")
+    maint, _ = _block(raw, "predictiveMaintenance")
+    try:
+        max_memory = quantity(oom_body["maxMemory"]) if "maxMemory" in oom_body else None
+        return HealingSpec(
+            crash_loop=crash,
+            restart_threshold=int(crash_body.get("restartThreshold", 3)),
+            crash_window=_dur(crash_body, "window", "10m", "spec.healing.crashLoop.window"),
+            crash_action=CrashLoopAction(crash_body.get("action", "Rollback")),
+            oom=oom,
+            oom_action=OomAction(oom_body.get("action", "RaiseLimit")),
+            increase_percent=int(oom_body.get("increasePercent", 25)),
+            max_memory=max_memory,
+            node_failure=node,
+            grace=_dur(node_body, "gracePeriod", "5m", "spec.healing.nodeFailure.gracePeriod"),
+            cordon_after=_dur(node_body, "cordonAfter", "15m", "spec.healing.nodeFailure.cordonAfter"),
+            node_action=NodeAction(node_body.get("action", "Reschedule")),
+            maintenance=maint,
+        )
+    except ValueError as exc:
+        if isinstance(exc, specs.SpecError):
+            raise
+        raise specs.SpecError("spec.healing", str(exc)) from None
+
+
+# --- quantities and times ----------------------------------------------------------------------
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_SUFFIX = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+}
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes quantity (``128Mi``, ``1G``) in base units; None when unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    match = _QUANTITY.match(value.strip())
+    return float(match.group(1)) * _SUFFIX[match.group(2)] if match else None
+
+
+def mebibytes(value: float) -> str:
+    """Bytes as a whole number of Mi, rounded up, so a raised limit is never below the target."""
+    return f"{math.ceil(value / 2**20)}Mi"
+
+
+def timestamp(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+# --- observations ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerView:
+    name: str
+    restarts: int = 0
+    waiting_reason: str = ""
+    terminated_reason: str = ""  # current state.terminated
+    terminated_exit: int = 0
+    last_reason: str = ""  # lastState.terminated
+    last_finished: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    name: str
+    node: str = ""
+    revision: str = ""
+    phase: str = "Pending"
+    ready: bool = False
+    not_ready_since: float | None = None
+    deleting: bool = False
+    containers: tuple[ContainerView, ...] = ()
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> PodView:
+        meta = body.get("metadata") or {}
+        status = body.get("status") or {}
+        ready_cond: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        containers = []
+        for raw in status.get("containerStatuses") or []:
+            state = raw.get("state") or {}
+            last = (raw.get("lastState") or {}).get("terminated") or {}
+            terminated = state.get("terminated") or {}
+            containers.append(
+                ContainerView(
+                    name=str(raw.get("name", "")),
+                    restarts=int(raw.get("restartCount") or 0),
+                    waiting_reason=str((state.get("waiting") or {}).get("reason") or ""),
+                    terminated_reason=str(terminated.get("reason") or ""),
+                    terminated_exit=int(terminated.get("exitCode") or 0),
+                    last_reason=str(last.get("reason") or ""),
+                    last_finished=timestamp(last.get("finishedAt"))
+                    or timestamp(terminated.get("finishedAt")),
+                )
+            )
+        ready = ready_cond.get("status") == "True"
+        return cls(
+            name=str(meta.get("name", "")),
+            node=str((body.get("spec") or {}).get("nodeName") or ""),
+            revision=str((meta.get("labels") or {}).get(LABEL_REVISION) or ""),
+            phase=str(status.get("phase") or "Pending"),
+            ready=ready,
+            not_ready_since=None if ready else timestamp(ready_cond.get("lastTransitionTime")),
+            deleting=bool(meta.get("deletionTimestamp")),
+            containers=tuple(containers),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    name: str
+    ready: bool
+    not_ready_since: float | None = None
+    unschedulable: bool = False
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], first_seen_not_ready: float | None = None) -> NodeView:
+        """``first_seen_not_ready`` is when the watcher first saw the node not Ready: a
+        condition's lastTransitionTime can be stale or wrong (simulated nodes report their
+        creation time), so the later of the two is trusted, which only ever delays action."""
+        status = body.get("status") or {}
+        cond: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        ready = cond.get("status") == "True"
+        since = None
+        if not ready:
+            candidates = [t for t in (timestamp(cond.get("lastTransitionTime")), first_seen_not_ready) if t]
+            since = max(candidates) if candidates else first_seen_not_ready
+        return cls(
+            name=str((body.get("metadata") or {}).get("name", "")),
+            ready=ready,
+            not_ready_since=since,
+            unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceRequest:
+    """A request written by predictive maintenance to status.maintenance.requests."""
+
+    key: str
+    pod: str
+    action: pol.Action
+    message: str
+
+
+def maintenance_requests(status: Mapping[str, Any]) -> tuple[MaintenanceRequest, ...]:
+    found = []
+    for raw in ((status.get("maintenance") or {}).get("requests")) or []:
+        if not isinstance(raw, Mapping) or not raw.get("pod"):
+            continue
+        try:
+            action = pol.Action(raw.get("action") or pol.Action.RESTART_POD.value)
+        except ValueError:
+            continue
+        found.append(
+            MaintenanceRequest(
+                str(raw.get("key") or raw["pod"]), str(raw["pod"]), action, str(raw.get("message") or "")
+            )
+        )
+    return tuple(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    healing: HealingSpec
+    stable_revision: str = ""
+    current_revision: str = ""
+    pods: tuple[PodView, ...] = ()
+    nodes: Mapping[str, NodeView] = dataclasses.field(default_factory=dict)
+    memory_limits: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
+    replicas: int = 1
+    max_replicas: int = 1
+    maintenance: tuple[MaintenanceRequest, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"ReplicatedService/{self.namespace}/{self.name}"
+
+
+# --- symptoms ----------------------------------------------------------------------------------
+
+
+class Symptom(enum.StrEnum):
+    CRASH_LOOP_NEW_REVISION = "CrashLoopNewRevision"
+    CRASH_LOOP = "CrashLoop"
+    OOM_KILLED = "OOMKilled"
+    POD_FAILED = "PodFailed"
+    READINESS_FAILING = "ReadinessFailing"
+    NODE_NOT_READY = "NodeNotReady"
+    NODE_DOWN_LONG = "NodeNotReadyLong"
+    PREDICTED_EXHAUSTION = "PredictedExhaustion"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A symptom on a subject; ``target`` is what the first action would touch."""
+
+    symptom: Symptom
+    subject: str
+    target: str
+    detail: str
+    container: str = ""
+    pods: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.symptom.value}:{self.target}"
+
+
+def _crashing(pod: PodView, spec: HealingSpec, now: float) -> str:
+    """Why the pod counts as crash-looping, or '' when it does not."""
+    for c in pod.containers:
+        if c.waiting_reason == "CrashLoopBackOff":
+            return f"container {c.name} is in CrashLoopBackOff"
+        recent = c.last_finished is not None and now - c.last_finished <= spec.crash_window
+        if c.restarts >= spec.restart_threshold and recent:
+            return f"container {c.name} restarted {c.restarts} times"
+    if pod.phase == "Failed" and any(c.terminated_exit != 0 for c in pod.containers):
+        # Simulated clusters (and restartPolicy Never) report the crash as a failed pod.
+        return "pod failed with a non-zero exit code"
+    return ""
+
+
+def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
+    """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
+    spec = view.healing
+    findings: list[Finding] = []
+    failed_nodes = {
+        n.name: n
+        for n in view.nodes.values()
+        if not n.ready and n.not_ready_since is not None and now - n.not_ready_since >= spec.grace
+    }
+    new_revision_crash = ""
+    live = [p for p in view.pods if not p.deleting]
+    for pod in live:
+        pod_ref = f"Pod/{view.namespace}/{pod.name}"
+        on_failed_node = pod.node in failed_nodes or (
+            pod.node in view.nodes and not view.nodes[pod.node].ready
+        )
+        why = _crashing(pod, spec, now) if spec.crash_loop else ""
+        is_new = bool(view.stable_revision) and pod.revision not in ("", view.stable_revision)
+        if why and is_new and spec.crash_action is CrashLoopAction.ROLLBACK:
+            new_revision_crash = new_revision_crash or f"pod {pod.name} of new revision {pod.revision}: {why}"
+            continue
+        if why and pod.phase == "Failed":
+            findings.append(
+                Finding(Symptom.POD_FAILED, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,))
+            )
+            continue
+        if why:
+            findings.append(
+                Finding(Symptom.CRASH_LOOP, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,))
+            )
+            continue
+        if spec.oom and pod.revision in ("", view.current_revision):
+            for c in pod.containers:
+                recent = c.last_finished is not None and now - c.last_finished <= spec.crash_window
+                if "OOMKilled" in (c.last_reason, c.terminated_reason) and recent:
+                    target = f"Container/{view.namespace}/{view.name}/{c.name}"
+                    finding = Finding(
+                        Symptom.OOM_KILLED,
+                        view.ref,
+                        target,
+                        f"container {c.name} of pod {pod.name} was OOM-killed",
+                        container=c.name,
+                    )
+                    if finding.key not in {f.key for f in findings}:
+                        findings.append(finding)
+        if (
+            spec.crash_loop
+            and pod.phase == "Running"
+            and not pod.ready
+            and not on_failed_node
+            and pod.not_ready_since is not None
+            and now - pod.not_ready_since >= spec.crash_window
+        ):
+            findings.append(
+                Finding(
+                    Symptom.READINESS_FAILING,
+                    view.ref,
+                    pod_ref,
+                    f"pod {pod.name} not ready",
+                    pods=(pod.name,),
+                )
+            )
+    if new_revision_crash:
+        findings.append(Finding(Symptom.CRASH_LOOP_NEW_REVISION, view.ref, view.ref, new_revision_crash))
+    if spec.node_failure:
+        for node in sorted(failed_nodes.values(), key=lambda n: n.name):
+            stuck = tuple(sorted(p.name for p in live if p.node == node.name))
+            if stuck:
+                findings.append(
+                    Finding(
+                        Symptom.NODE_NOT_READY,
+                        f"Node/{node.name}",
+                        f"Node/{node.name}",
+                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s; "
+                        f"{len(stuck)} pod(s) of {view.name} on it",
+                        pods=stuck,
+                    )
+                )
+            long_down = node.not_ready_since is not None and now - node.not_ready_since >= spec.cordon_after
+            if long_down and not node.unschedulable:
+                findings.append(
+                    Finding(
+                        Symptom.NODE_DOWN_LONG,
+                        f"Node/{node.name}",
+                        f"Node/{node.name}",
+                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s",
+                    )
+                )
+    if spec.maintenance:
+        names = {p.name for p in live}
+        for req in view.maintenance:
+            if req.pod in names:
+                findings.append(
+                    Finding(
+                        Symptom.PREDICTED_EXHAUSTION,
+                        view.ref,
+                        f"Pod/{view.namespace}/{req.pod}",
+                        req.message or f"pod {req.pod} predicted to run out of memory",
+                        pods=(req.pod,),
+                    )
+                )
+    return tuple(findings)
+
+
+def ladder(
+    finding: Finding, view: ServiceView, maintenance_action: pol.Action | None = None
+) -> tuple[pol.Action, ...]:
+    """The actions tried in turn for a symptom; past the end, a human takes over."""
+    spec = view.healing
+    if finding.symptom is Symptom.CRASH_LOOP_NEW_REVISION:
+        return (pol.Action.ROLLBACK,)
+    if finding.symptom is Symptom.CRASH_LOOP:
+        return ()  # the kubelet already restarts it; a stable revision crashing needs a person
+    if finding.symptom in (Symptom.POD_FAILED, Symptom.READINESS_FAILING):
+        return (pol.Action.RESTART_POD,)
+    if finding.symptom is Symptom.OOM_KILLED:
+        return (pol.Action.RAISE_MEMORY_LIMIT,) if spec.oom_action is OomAction.RAISE_LIMIT else ()
+    if finding.symptom is Symptom.NODE_NOT_READY:
+        return (pol.Action.RESCHEDULE_PODS,) if spec.node_action is NodeAction.RESCHEDULE else ()
+    if finding.symptom is Symptom.NODE_DOWN_LONG:
+        return (pol.Action.CORDON_NODE,)
+    if finding.symptom is Symptom.PREDICTED_EXHAUSTION:
+        return (maintenance_action or pol.Action.RESTART_POD,)
+    return ()
+
+
+# --- persisted state ---------------------------------------------------------------------------
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"  # wants to act; waiting for a guard (rate limit, cooldown, ...)
+    AWAITING_APPROVAL = "AwaitingApproval"
+    VERIFYING = "Verifying"
+    ESCALATED = "Escalated"  # a human must act; nothing more is done automatically
+
+
+@dataclasses.dataclass(frozen=True)
+class Incident:
+    key: str
+    symptom: Symptom
+    subject: str
+    target: str
+    since: float
+    step: int = 0
+    phase: Phase = Phase.PENDING
+    action: str = ""
+    acted_at: float | None = None
+    reason: str = ""
+    message: str = ""
+
+    def as_in_storage(self) -> dict[str, Any]:
+        stored: dict[str, Any] = {
+            "key": self.key,
+            "symptom": self.symptom.value,
+            "subject": self.subject,
+            "target": self.target,
+            "since": self.since,
+            "step": self.step,
+            "phase": self.phase.value,
+            "action": self.action,
+            "reason": self.reason,
+            "message": self.message[:512],
+        }
+        if self.acted_at is not None:
+            stored["actedAt"] = self.acted_at
+        return stored
+
+    @classmethod
+    def from_storage(cls, raw: Mapping[str, Any]) -> Incident | None:
+        try:
+            acted = raw.get("actedAt")
+            return cls(
+                key=str(raw["key"]),
+                symptom=Symptom(raw["symptom"]),
+                subject=str(raw["subject"]),
+                target=str(raw["target"]),
+                since=float(raw["since"]),
+                step=int(raw.get("step", 0)),
+                phase=Phase(raw.get("phase", Phase.PENDING.value)),
+                action=str(raw.get("action", "")),
+                acted_at=None if acted is None else float(acted),
+                reason=str(raw.get("reason", "")),
+                message=str(raw.get("message", "")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclasses.dataclass(frozen=True)
+class HealingState:
+    incidents: tuple[Incident, ...] = ()
+    history: tuple[pol.Record, ...] = ()
+    policy_error: str = ""
+
+    def as_in_storage(self) -> dict[str, Any]:
+        stored: dict[str, Any] = {
+            "incidents": [i.as_in_storage() for i in self.incidents],
+            "history": [r.as_in_storage() for r in self.history],
+        }
+        if self.policy_error:
+            stored["policyError"] = self.policy_error
+        return stored
+
+    @classmethod
+    def from_storage(cls, raw: Mapping[str, Any] | None) -> HealingState:
+        """Unreadable parts are dropped, never fatal: the worst case is acting as if fresh."""
+        raw = raw if isinstance(raw, Mapping) else {}
+        incidents = [Incident.from_storage(i) for i in raw.get("incidents") or [] if isinstance(i, Mapping)]
+        history = [pol.Record.from_storage(r) for r in raw.get("history") or [] if isinstance(r, Mapping)]
+        return cls(
+            incidents=tuple(i for i in incidents if i is not None),
+            history=tuple(r for r in history if r is not None),
+        )
+
+
+# --- effects -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Execute:
+    """Run ``action``; ``pods``/``node``/``container``/``value`` are its parameters."""
+
+    incident: str
+    action: pol.Action
+    target: str
+    cause: Symptom
+    message: str
+    pods: tuple[str, ...] = ()
+    node: str = ""
+    container: str = ""
+    value: str = ""  # the new memory limit, the new replica count, or the rollback's unique id
+
+
+@dataclasses.dataclass(frozen=True)
+class AskApproval:
+    incident: str
+    request: pol.Request
+    rule: pol.ActionRule
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Escalate:
+    """Tell a human: the ladder is exhausted, the action was denied, or the circuit is open."""
+
+    incident: str
+    target: str
+    cause: Symptom
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    incident: str
+    target: str
+    cause: Symptom
+    succeeded: bool
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """A guard held an action back (rate limit, cooldown, blast radius, concurrency)."""
+
+    incident: str
+    target: str
+    action: pol.Action
+    reason: pol.Reason
+    message: str
+
+
+Effect = Execute | AskApproval | Escalate | Resolved | Held
+
+
+def request_for(incident: Incident, action: pol.Action, view: ServiceView) -> pol.Request:
+    return pol.Request(
+        action=action,
+        target=incident.target,
+        subject=incident.subject,
+        namespace=view.namespace,
+        service=view.name,
+        cause=incident.symptom.value,
+    )
+
+
+def _parameters(
+    incident: Incident, finding: Finding, action: pol.Action, view: ServiceView, now: float
+) -> Execute | str:
+    """The Execute effect for ``action``, or why it cannot be done (which escalates)."""
+    base = Execute(incident.key, action, incident.target, incident.symptom, finding.detail)
+    if action in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS):
+        return dataclasses.replace(
+            base,
+            pods=finding.pods,
+            node=finding.target.removeprefix("Node/") if finding.target.startswith("Node/") else "",
+        )
+    if action in (pol.Action.CORDON_NODE, pol.Action.DRAIN_NODE):
+        return dataclasses.replace(base, node=finding.target.removeprefix("Node/"))
+    if action is pol.Action.ROLLBACK:
+        if not view.stable_revision:
+            return "no stable revision to roll back to"
+        unique = hashlib.sha256(f"{incident.key}@{now}".encode()).hexdigest()[:12]
+        return dataclasses.replace(base, value=unique)
+    if action is pol.Action.SCALE_UP:
+        wanted = min(view.max_replicas, view.replicas + max(1, math.ceil(view.replicas * 0.25)))
+        if wanted <= view.replicas:
+            return f"already at spec.replicas.max ({view.max_replicas})"
+        return dataclasses.replace(base, value=str(wanted))
+    if action is pol.Action.RAISE_MEMORY_LIMIT:
+        limit = view.memory_limits.get(finding.container)
+        if limit is None:
+            return f"container {finding.container} has no memory limit to raise"
+        raised = limit * (100 + view.healing.increase_percent) / 100
+        ceiling = view.healing.max_memory
+        if ceiling is not None:
+            if limit >= ceiling:
+                return f"container {finding.container} is already at maxMemory"
+            raised = min(raised, ceiling)
+        return dataclasses.replace(base, container=finding.container, value=mebibytes(raised))
+    return f"{action.value} is not supported"  # pragma: no cover — every action is handled above
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What one pass of the loop knows besides the service's own state."""
+
+    view: ServiceView
+    policy: pol.Policy
+    others: Sequence[pol.Record]  # every other service's history (cluster and namespace limits)
+    cluster: pol.ClusterView
+    approvals: Mapping[str, pol.ApprovalState]  # incident key -> what the approval gate says
+    now: float
+
+
+def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
+    """One pass of the healing loop for one service: detect, advance every incident, act."""
+    findings = {f.key: f for f in detect(ctx.view, ctx.now)}
+    history = list(state.history)
+    effects: list[Effect] = []
+    incidents: list[Incident] = []
+    known = {i.key: i for i in state.incidents}
+    for key, finding in findings.items():
+        if key not in known:
+            known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=ctx.now)
+    for _, current in sorted(known.items(), key=lambda kv: (kv[1].since, kv[0])):
+        kept, history = _advance(current, findings, history, effects, ctx)
+        if kept is not None:
+            incidents.append(kept)
+    ordered = tuple(sorted(incidents, key=lambda i: (i.since, i.key))[-INCIDENT_LIMIT:])
+    return HealingState(ordered, _prune(history, ctx.policy, ctx.now)), tuple(effects)
+
+
+def _advance(
+    incident: Incident,
+    findings: Mapping[str, Finding],
+    history: list[pol.Record],
+    effects: list[Effect],
+    ctx: Context,
+) -> tuple[Incident | None, list[pol.Record]]:
+    """The incident after this pass (None when it is over), and the history; appends effects."""
+    now, key = ctx.now, incident.key
+    finding = findings.get(key)
+    if incident.phase is Phase.VERIFYING:
+        if _cleared(incident, findings):
+            history = _settle(history, incident, pol.Outcome.SUCCEEDED)
+            text = f"{incident.action} cleared {incident.symptom.value} on {incident.target}"
+            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
+            return None, history
+        if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
+            return incident, history
+        history = _settle(history, incident, pol.Outcome.FAILED)
+        incident = dataclasses.replace(incident, step=incident.step + 1, phase=Phase.PENDING, acted_at=None)
+    if finding is None:
+        # Cleared without (further) action; an approval still awaited is simply never used.
+        if incident.phase is not Phase.ESCALATED:
+            text = f"{incident.symptom.value} on {incident.target} cleared"
+            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
+        return None, history
+    if incident.phase is Phase.ESCALATED:
+        return incident, history
+    maint = {f"Pod/{ctx.view.namespace}/{r.pod}": r.action for r in ctx.view.maintenance}
+    actions = ladder(finding, ctx.view, maint.get(finding.target))
+    if incident.step >= len(actions):
+        why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"
+        effects.append(
+            Escalate(key, incident.target, incident.symptom, "LadderExhausted", f"{finding.detail}: {why}")
+        )
+        return _escalated(incident, "", "LadderExhausted", why), history
+    action = actions[incident.step]
+    request = request_for(incident, action, ctx.view)
+    decision = pol.decide(
+        ctx.policy, request, [*ctx.others, *history], ctx.cluster, now, approval=ctx.approvals.get(key)
+    )
+    if decision.verdict is pol.Verdict.EXECUTE:
+        effect = _parameters(incident, finding, action, ctx.view, now)
+        if isinstance(effect, str):
+            effects.append(
+                Escalate(key, incident.target, incident.symptom, "CannotAct", f"{finding.detail}: {effect}")
+            )
+            return _escalated(incident, action.value, "CannotAct", effect), history
+        record = pol.Record(
+            action,
+            incident.target,
+            incident.subject,
+            ctx.view.namespace,
+            ctx.view.name,
+            now,
+            pol.Outcome.IN_PROGRESS,
+        )
+        effects.append(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
+        acting = dataclasses.replace(
+            incident,
+            phase=Phase.VERIFYING,
+            action=action.value,
+            acted_at=now,
+            reason=decision.reason.value,
+            message=decision.message,
+        )
+        return acting, [*history, record]
+    if decision.verdict is pol.Verdict.NEEDS_APPROVAL:
+        assert decision.rule is not None  # decide always names the rule it asks approval under
+        # Sent on every pass: the gate finds the existing request by action + target + cause.
+        effects.append(AskApproval(key, request, decision.rule, finding.detail))
+        waiting = dataclasses.replace(
+            incident,
+            phase=Phase.AWAITING_APPROVAL,
+            action=action.value,
+            reason=decision.reason.value,
+            message=decision.message,
+        )
+        return waiting, history
+    if decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
+        text = f"{finding.detail}: {decision.message}"
+        effects.append(Escalate(key, incident.target, incident.symptom, decision.reason.value, text))
+        return _escalated(incident, action.value, decision.reason.value, decision.message), history
+    if (incident.reason, incident.action) != (decision.reason.value, action.value):
+        effects.append(Held(key, incident.target, action, decision.reason, decision.message))
+    held = dataclasses.replace(
+        incident,
+        phase=Phase.PENDING,
+        action=action.value,
+        reason=decision.reason.value,
+        message=decision.message,
+    )
+    return held, history
+
+
+def _escalated(incident: Incident, action: str, reason: str, message: str) -> Incident:
+    return dataclasses.replace(
+        incident, phase=Phase.ESCALATED, action=action or incident.action, reason=reason, message=message
+    )
+
+
+# Symptoms of single pods: their remedy is judged by the health of the whole service, so a
+# restarted pod whose replacement fails as well counts as a failed remediation (and a storm of
+# them opens the circuit) rather than as a success because the restarted pod is gone.
+_POD_SYMPTOMS = frozenset({Symptom.POD_FAILED, Symptom.READINESS_FAILING, Symptom.PREDICTED_EXHAUSTION})
+
+
+def _cleared(incident: Incident, findings: Mapping[str, Finding]) -> bool:
+    if incident.symptom in _POD_SYMPTOMS:
+        return not any(
+            f.symptom is incident.symptom and f.subject == incident.subject for f in findings.values()
+        )
+    return incident.key not in findings
+
+
+def action_failed(state: HealingState, incident_key: str, message: str, now: float) -> HealingState:
+    """The executor could not carry out the incident's action (e.g. a PodDisruptionBudget
+    refused an eviction): record a failure and let the next step of the ladder try."""
+    incidents = []
+    history = list(state.history)
+    for incident in state.incidents:
+        if incident.key == incident_key and incident.phase is Phase.VERIFYING:
+            history = _settle(history, incident, pol.Outcome.FAILED)
+            failed = dataclasses.replace(
+                incident,
+                step=incident.step + 1,
+                phase=Phase.PENDING,
+                acted_at=None,
+                reason="ActionFailed",
+                message=message,
+            )
+            incidents.append(failed)
+        else:
+            incidents.append(incident)
+    return HealingState(tuple(incidents), tuple(history), state.policy_error)
+
+
+def _settle(history: list[pol.Record], incident: Incident, outcome: pol.Outcome) -> list[pol.Record]:
+    return [
+        dataclasses.replace(r, outcome=outcome)
+        if r.outcome is pol.Outcome.IN_PROGRESS and r.target == incident.target and r.at == incident.acted_at
+        else r
+        for r in history
+    ]
+
+
+def _prune(history: Sequence[pol.Record], policy: pol.Policy, now: float) -> tuple[pol.Record, ...]:
+    horizon = policy.history_horizon
+    kept = [r for r in history if r.outcome is pol.Outcome.IN_PROGRESS or now - r.at < horizon]
+    return tuple(kept[-HISTORY_LIMIT:])
