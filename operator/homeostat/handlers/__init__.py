@@ -3,4 +3,5 @@
 Importing this package registers every handler with kopf's default registry.
 """
 
+from homeostat.handlers import autoscaling as autoscaling
 from homeostat.handlers import replicatedservice as replicatedservice

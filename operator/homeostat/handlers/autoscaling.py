@@ -1,0 +1,543 @@
+"""kopf wiring for autoscaling and predictive maintenance: one evaluation loop per service.
+
+Every ``spec.autoscaling.interval`` the load metric and its history are read through the
+metrics port, the forecast is fitted in a process pool (an optimised Holt-Winters fit takes
+hundreds of milliseconds of CPU, which would stall every other handler on kopf's event loop),
+``core.scaling`` decides, and the count is written through the scale subresource. Memory trends
+of the service's pods are checked on their own interval the same way.
+
+This is not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer
+would block deleting a service whenever the operator is down. A startup task walks the
+``services`` index instead, as the resync does. Status goes through
+``replicatedservice.write_status`` so the reconcile's keys and conditions are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import datetime
+import functools
+import logging
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import kopf
+
+from homeostat import ports
+from homeostat.core import children as kids
+from homeostat.core import forecast as fc
+from homeostat.core import maintenance as mt
+from homeostat.core import scaling as sc
+from homeostat.core import spec as specs
+from homeostat.handlers import replicatedservice as rs
+
+CONDITION = "Autoscaling"
+TICK = 1.0  # how often the loop looks for due work; intervals are per service
+INVALID_RETRY = 30.0
+_T = TypeVar("_T")
+
+log = logging.getLogger("homeostat.autoscaling")
+
+
+class Autoscaler:
+    """Per-process state of the loop, kept in kopf's memo under ``autoscaler``."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.due: dict[tuple[str, str], float] = {}
+        self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        # kopf posts Events through a queue it only puts into the context of its watch tasks;
+        # the first watch event lends us that context.
+        self.post_context: contextvars.Context | None = None
+
+    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self.pool is None:
+            # spawn, not fork: forking a process that runs an event loop and threads can copy
+            # held locks into the child.
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self.pool
+
+    async def compute(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run CPU-heavy pure code in the pool; a crashed worker is replaced once."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(func, *args, **kwargs)
+        try:
+            return await loop.run_in_executor(self.executor(), call)
+        except concurrent.futures.process.BrokenProcessPool:
+            self.shutdown()
+            return await loop.run_in_executor(self.executor(), call)
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def _autoscaler(memo: Any) -> Autoscaler:
+    state = memo.get("autoscaler")
+    if not isinstance(state, Autoscaler):
+        state = Autoscaler()
+        memo["autoscaler"] = state
+    return state
+
+
+def _runtime(memo: Any) -> rs.Runtime:
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, rs.Runtime):
+        raise kopf.PermanentError("homeostat runtime missing from memo; start with `homeostat run`")
+    return runtime
+
+
+def _scaler(memo: Any) -> ports.Scaler | None:
+    return cast("ports.Scaler | None", memo.get("scaler"))
+
+
+@kopf.on.startup()
+async def start_autoscaling(*, memo: Any, logger: Any, **kwargs: Any) -> None:
+    if "services" not in kwargs:
+        raise kopf.PermanentError("the services index is not available to startup handlers")
+    state = _autoscaler(memo)
+    state.task = asyncio.create_task(_loop(memo, kwargs))
+
+
+@kopf.on.cleanup()
+async def stop_autoscaling(*, memo: Any, **_: Any) -> None:
+    state = _autoscaler(memo)
+    for task in [state.task, *state.running.values()]:
+        if task is not None:
+            task.cancel()
+    state.shutdown()
+
+
+@kopf.on.event(*rs.RSVC, id="autoscaling_events")
+async def lend_event_context(*, memo: Any, **_: Any) -> None:
+    state = _autoscaler(memo)
+    if state.post_context is None:
+        state.post_context = contextvars.copy_context()
+
+
+def _post(memo: Any, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    (log.warning if type_ == "Warning" else log.info)(
+        "%s/%s %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], reason, message
+    )
+    context = _autoscaler(memo).post_context
+    if context is None:
+        return
+    meta = body["metadata"]
+    target = {
+        "apiVersion": kids.API_VERSION,
+        "kind": kids.KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+    context.run(
+        kopf.event,
+        kopf.Body(cast(kopf.RawBody, target)),
+        type=type_,
+        reason=reason,
+        message=message[:1024],
+    )
+
+
+def _latest(store: Any) -> Any:
+    values = list(store) if store is not None else []
+    return values[-1] if values else None
+
+
+def _intervals(body: Mapping[str, Any]) -> dict[str, float]:
+    """The work a service wants and how often; a spec that does not parse is retried slowly
+    (and reported by the evaluation itself)."""
+    spec = body.get("spec") or {}
+    work: dict[str, float] = {}
+    raw_auto = spec.get("autoscaling") or {}
+    status = body.get("status") or {}
+    if (isinstance(raw_auto, Mapping) and raw_auto.get("mode", "Off") != "Off") or status.get("forecast"):
+        try:
+            work["autoscaling"] = sc.parse(raw_auto).interval
+        except specs.SpecError:
+            work["autoscaling"] = INVALID_RETRY
+    if _has_autoscaling_condition(status) and "autoscaling" not in work:
+        work["autoscaling"] = INVALID_RETRY  # to clear what an earlier mode left behind
+    try:
+        memory = mt.parse(spec.get("healing"), spec.get("template"))
+        if memory.enabled or status.get("maintenance"):
+            work["maintenance"] = memory.interval if memory.enabled else INVALID_RETRY
+    except specs.SpecError:
+        work["maintenance"] = INVALID_RETRY
+    return work
+
+
+def _has_autoscaling_condition(status: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == CONDITION for c in status.get("conditions") or [])
+
+
+async def _loop(memo: Any, indexes: Mapping[str, Any]) -> None:
+    state = _autoscaler(memo)
+    while True:
+        try:
+            _schedule(memo, indexes, state, time.time())
+        except Exception:  # the loop must outlive any one bad object
+            log.exception("autoscaling loop")
+        await asyncio.sleep(TICK)
+
+
+def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: float) -> None:
+    seen: set[tuple[str, str]] = set()
+    for store in list(indexes["services"].values()):
+        body = _latest(store)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        uid = body["metadata"]["uid"]
+        for kind, interval in _intervals(body).items():
+            key = (uid, kind)
+            seen.add(key)
+            task = state.running.get(key)
+            if (task is not None and not task.done()) or state.due.get(key, 0.0) > now:
+                continue
+            state.due[key] = now + interval
+            work = _autoscale if kind == "autoscaling" else _maintain
+            state.running[key] = asyncio.create_task(_guarded(work, memo, indexes, body))
+    for key in set(state.due) - seen:
+        state.due.pop(key, None)
+        task = state.running.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+
+async def _guarded(
+    work: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any],
+    memo: Any,
+    indexes: Mapping[str, Any],
+    body: Mapping[str, Any],
+) -> None:
+    try:
+        await work(memo, indexes, body)
+    except asyncio.CancelledError:
+        raise
+    except ports.Unavailable as exc:
+        log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], exc)
+    except Exception:
+        log.exception("evaluating %s/%s", body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _fresh(indexes: Mapping[str, Any], body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The newest copy of the service (the loop's may be an interval old), None once deleted."""
+    meta = body["metadata"]
+    latest = _latest(indexes["services"].get((meta["namespace"], meta["name"])))
+    if latest is None or latest["metadata"].get("uid") != meta["uid"]:
+        return None
+    return cast("Mapping[str, Any]", latest)
+
+
+def _condition(status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": CONDITION,
+        "status": status,
+        "reason": reason,
+        "message": message[:4096],
+        "observedGeneration": generation,
+    }
+
+
+def _previous_condition(body: Mapping[str, Any], runtime: rs.Runtime) -> Mapping[str, Any]:
+    status = runtime.reported.get(body["metadata"]["uid"]) or body.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == CONDITION:
+            return cast("Mapping[str, Any]", cond)
+    return {}
+
+
+def _total(samples: Sequence[ports.Sample]) -> float | None:
+    """The service's load: the sum over the series the query returns; None without data."""
+    if not samples:
+        return None
+    values = [s.value for s in samples]
+    return math.fsum(values) if all(math.isfinite(v) for v in values) else None
+
+
+def _history(series: Sequence[ports.Series]) -> tuple[list[float], list[float]]:
+    """One series from several: values at the same timestamp are summed."""
+    totals: dict[float, float] = {}
+    for one in series:
+        for t, v in one.points:
+            totals[t] = totals.get(t, 0.0) + v
+    times = sorted(totals)
+    return times, [totals[t] for t in times]
+
+
+# --- autoscaling -------------------------------------------------------------------------------
+
+
+async def _autoscale(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
+    body = _fresh(indexes, stale)
+    if body is None:
+        return
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    generation = int(meta.get("generation", 0))
+    raw = body.get("spec") or {}
+    status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    try:
+        auto = sc.parse(raw.get("autoscaling"))
+        service = specs.parse(raw)
+    except specs.SpecError as exc:
+        await rs.write_status(
+            runtime, body, {}, [_condition("False", "InvalidSpec", f"{exc.field}: {exc}", generation)]
+        )
+        return
+    if auto.mode is sc.Mode.OFF:
+        await rs.write_status(
+            runtime,
+            body,
+            {"forecast": None, "autoscaling": None},
+            [_condition("False", sc.Reason.OFF.value, "spec.autoscaling.mode is Off", generation)],
+        )
+        return
+
+    now = time.time()
+    current = service.replicas.desired if service.replicas.desired is not None else service.replicas.effective
+    saved = status.get("autoscaling") or {}
+    previous_state = sc.ScalingState.from_dict(saved.get("scaling"))
+    decision, new_state, model, metric, why = await _evaluate(
+        memo, body, auto, service, current=current, saved=saved, state=previous_state, now=now
+    )
+    condition = _decision_condition(decision, why, generation)
+    applied = False
+    if decision.changed and auto.mode is not sc.Mode.PREVIEW:
+        failure = await _apply(memo, body, decision)
+        if failure is None:
+            applied = True
+        else:
+            condition = _condition("False", failure[0], failure[1], generation)
+            new_state = previous_state  # nothing happened, so nothing to remember
+
+    changes: dict[str, Any] = {
+        "autoscaling": {
+            "lastEvaluated": sc.rfc3339(now),
+            "mode": decision.mode.value,
+            "reason": decision.reason.value,
+            "current": current,
+            "desired": decision.desired,
+            "reactive": decision.reactive,
+            "predictive": decision.predictive,
+            "preview": decision.preview,
+            "metric": None if metric is None else round(metric, 6),
+            "scaling": new_state.to_dict(),
+            "model": None if model is None else model.to_dict(),
+        },
+        "forecast": None if decision.forecast is None else sc.summary_status(decision.forecast),
+    }
+    before = _previous_condition(body, runtime)
+    await rs.write_status(runtime, body, changes, [condition])
+    _announce(memo, body, decision, condition, before=before, applied=applied, saved=saved)
+
+
+async def _evaluate(
+    memo: Any,
+    body: Mapping[str, Any],
+    auto: sc.AutoscalingSpec,
+    service: specs.ServiceSpec,
+    *,
+    current: int,
+    saved: Mapping[str, Any],
+    state: sc.ScalingState,
+    now: float,
+) -> tuple[sc.Decision, sc.ScalingState, fc.ModelState | None, float | None, str]:
+    """Read the metric (and, for a forecast, its history), then let the core decide."""
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    query = sc.render_query(auto.query, namespace=meta["namespace"], service=meta["name"])
+    metric, why = await _metric(runtime.metrics, query)
+    model = fc.ModelState.from_dict(saved.get("model"))
+    forecast: fc.Forecast | None = None
+    if metric is not None and auto.mode in (sc.Mode.PREDICTIVE, sc.Mode.PREVIEW):
+        forecast, model = await _forecast(
+            _autoscaler(memo), runtime.metrics, query=query, auto=auto, model=model, now=now
+        )
+    decision, new_state = sc.decide(
+        auto,
+        current=current,
+        bounds=service.replicas,
+        metric=metric,
+        forecast=forecast,
+        state=state,
+        now=now,
+    )
+    return decision, new_state, model, metric, why
+
+
+async def _apply(memo: Any, body: Mapping[str, Any], decision: sc.Decision) -> tuple[str, str] | None:
+    """Write the count through the scale subresource; the reason and message if that failed."""
+    scaler = _scaler(memo)
+    try:
+        if scaler is None:
+            raise ports.Unavailable("no scaler is configured")
+        await scaler.scale(rs.owner_of(body), decision.desired)
+    except (ports.Rejected, ports.Unavailable) as exc:
+        reason = "ScaleRejected" if isinstance(exc, ports.Rejected) else "ScaleFailed"
+        return reason, f"could not scale {decision.current} -> {decision.desired}: {exc}"
+    return None
+
+
+def _announce(
+    memo: Any,
+    body: Mapping[str, Any],
+    decision: sc.Decision,
+    condition: Mapping[str, Any],
+    *,
+    before: Mapping[str, Any],
+    applied: bool,
+    saved: Mapping[str, Any],
+) -> None:
+    """Events: every applied change, every new preview, and every change of the condition."""
+    if applied:
+        verb = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
+        _post(memo, body, "Normal", verb, f"{decision.reason.value}: {decision.message}")
+    preview = decision.preview
+    if preview is not None and preview != saved.get("preview") and preview != decision.current:
+        _post(memo, body, "Normal", "PreviewScale", decision.message)
+    if (before.get("status"), before.get("reason")) == (condition["status"], condition["reason"]):
+        return
+    if condition["status"] == "False":
+        _post(memo, body, "Warning", condition["reason"], condition["message"])
+    elif decision.reason in (
+        sc.Reason.FORECAST_UNRELIABLE,
+        sc.Reason.FORECAST_MISSING,
+        sc.Reason.HISTORY_TOO_SHORT,
+    ):
+        _post(memo, body, "Normal", decision.reason.value, condition["message"])
+
+
+async def _metric(metrics: ports.MetricsProvider | None, query: str) -> tuple[float | None, str]:
+    if metrics is None:
+        return None, "no metrics provider is configured"
+    try:
+        samples = await metrics.instant(query)
+    except ports.Unavailable as exc:
+        return None, f"the metrics backend is unavailable: {exc}"
+    value = _total(samples)
+    if value is None:
+        return None, "the query returned no data" if not samples else "the query returned NaN"
+    return value, ""
+
+
+async def _forecast(
+    state: Autoscaler,
+    metrics: ports.MetricsProvider | None,
+    *,
+    query: str,
+    auto: sc.AutoscalingSpec,
+    model: fc.ModelState | None,
+    now: float,
+) -> tuple[fc.Forecast | None, fc.ModelState | None]:
+    if metrics is None:
+        return None, model
+    config = auto.forecast
+    try:
+        series = await metrics.range(query, now - config.history, now, config.step)
+    except ports.Unavailable as exc:
+        log.warning("history of %r unavailable: %s", query, exc)
+        return None, model
+    times, values = _history(series)
+    try:
+        return await state.compute(
+            fc.forecast, times, values, now=now, horizon=auto.horizon, config=config, state=model
+        )
+    except Exception:  # a broken pool or a bug in a fit must not stop reactive scaling
+        log.exception("forecast failed")
+        return None, model
+
+
+def _decision_condition(decision: sc.Decision, why: str, generation: int) -> dict[str, Any]:
+    if decision.reason is sc.Reason.METRIC_UNAVAILABLE:
+        message = f"holding {decision.current} replicas: {why or decision.message}"
+        return _condition("False", decision.reason.value, message, generation)
+    return _condition("True", decision.reason.value, decision.message, generation)
+
+
+# --- predictive maintenance ------------------------------------------------------------------
+
+
+async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
+    body = _fresh(indexes, stale)
+    if body is None:
+        return
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    raw = body.get("spec") or {}
+    status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    try:
+        spec = mt.parse(raw.get("healing"), raw.get("template"))
+    except specs.SpecError as exc:
+        await rs.write_status(runtime, body, {"maintenance": {"reason": "InvalidSpec", "message": str(exc)}})
+        return
+    if not spec.enabled:
+        await rs.write_status(runtime, body, {"maintenance": None})
+        return
+    now = time.time()
+    previous = status.get("maintenance") or {}
+    if runtime.metrics is None:
+        await rs.write_status(
+            runtime,
+            body,
+            {"maintenance": {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}},
+        )
+        return
+    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    try:
+        series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
+    except ports.Unavailable as exc:
+        # Requests already recorded stay: losing Prometheus does not make a leak go away.
+        changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
+        await rs.write_status(runtime, body, {"maintenance": changes})
+        return
+    per_pod: dict[str, list[tuple[float, float]]] = {}
+    for one in series:
+        pod = one.labels.get("pod", "")
+        per_pod.setdefault(pod, []).extend(one.points)
+    findings = await _autoscaler(memo).compute(mt.assess_all, sorted(per_pod.items()), spec, now=now)
+    known = {
+        r["key"]: _seconds(r.get("requestedAt"), now) for r in previous.get("requests") or [] if "key" in r
+    }
+    wanted, new = mt.requests(findings, known, now=now)
+    maintenance = {
+        "lastEvaluated": sc.rfc3339(now),
+        "reason": "Evaluated",
+        "message": f"{len(findings)} pod(s) checked, {len(wanted)} predicted to run out within the lead time",
+        "pods": len(findings),
+        "findings": mt.report(findings),
+        "requests": [r.to_dict(sc.rfc3339) for r in wanted],
+    }
+    await rs.write_status(runtime, body, {"maintenance": maintenance})
+    for request in new:
+        _post(memo, body, "Warning", mt.CAUSE, request.message)
+        if runtime.notifier is not None:
+            with contextlib.suppress(ports.Unavailable):
+                await runtime.notifier.notify(
+                    ports.Notification(
+                        namespace=meta["namespace"],
+                        service=meta["name"],
+                        kind=mt.CAUSE,
+                        severity="warning",
+                        title=f"{meta['namespace']}/{meta['name']}: pod predicted to run out of memory",
+                        message=request.message,
+                        key=f"{meta['uid']}/{request.key}",
+                    )
+                )
+
+
+def _seconds(value: Any, default: float) -> float:
+    if not isinstance(value, str):
+        return default
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
