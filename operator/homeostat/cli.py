@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between full reconciles of every service (a safety net behind watch events)",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    run.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("HOMEOSTAT_PROMETHEUS_URL"),
+        help="Prometheus base URL for rollout analysis and autoscaling, e.g. http://prometheus:9090 "
+        "(default: $HOMEOSTAT_PROMETHEUS_URL; unset turns metric-driven features off)",
+    )
     # Listed for --help only: main() hands `simulate` over before parsing, so the operator
     # never imports numpy and statsmodels it does not use yet.
     sub.add_parser(
@@ -107,9 +113,14 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so `homeostat --help` stays fast and works without cluster libraries loaded.
     import kopf
 
-    from homeostat.adapters import kube
+    from homeostat.adapters import kube, kube_scale, metrics
     from homeostat.handlers import replicatedservice
 
+    try:
+        metrics_provider = metrics.from_url(args.prometheus_url)
+    except ValueError as exc:
+        print(f"homeostat: error: --prometheus-url: {exc}", file=sys.stderr)
+        return 2
     try:
         api = kube.load_client(args.kubeconfig)
         version = kube.preflight(api)
@@ -126,12 +137,14 @@ def _run(args: argparse.Namespace) -> int:
     # line per watch event and drowns what the operator actually did.
     logging.getLogger("kopf.objects").addFilter(_drop_handler_success)
     logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
+    logging.getLogger("homeostat").info("metrics backend: %s", metrics_provider or "none configured")
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api),
         credentials=functools.partial(kube.credentials, args.kubeconfig),
         resync_seconds=args.resync_interval,
+        metrics=metrics_provider,
     )
-    memo = kopf.Memo(runtime=runtime)
+    memo = kopf.Memo(runtime=runtime, scaler=kube_scale.KubernetesScaler(api))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(
