@@ -243,6 +243,7 @@ def test_status_shape(schema: dict[str, Any]) -> None:
         "smape",
         "lastFitTime",
         "mode",
+        "fallback",
     }
     assert set(status["lastRemediation"]["properties"]) == {"action", "target", "cause", "outcome", "time"}
     assert status["selector"]["type"] == "string"
