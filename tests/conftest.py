@@ -95,6 +95,22 @@ def crds_installed(cluster: Cluster) -> None:
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
+@pytest.fixture(scope="session")
+def gateway_api(cluster: Cluster) -> None:
+    """Gateway API CRDs (HTTPRoute), for canaries that set exact traffic weights."""
+    crds = local.gateway_api_crds()
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(crds / "gateway.networking.k8s.io_httproutes.yaml"),
+    )
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io"
+    )
+
+
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"

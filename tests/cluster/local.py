@@ -86,6 +86,22 @@ def kwok_source_dir() -> Path:
     return Path(json.loads(out.stdout)["Dir"])
 
 
+def gateway_api_crds() -> Path:
+    """The standard-channel Gateway API CRDs of the pinned release, from its Go module.
+
+    Release YAML cannot be downloaded here, but the module carries the same files.
+    """
+    pin = versions()["GATEWAY_API_VERSION"]
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{pin}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_tool_env(),
+    )
+    return Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard"
+
+
 def _config(kube_version: str) -> str:
     options = {
         "runtime": "binary",

@@ -231,3 +231,52 @@ def test_bad_command_is_reported_and_the_operator_keeps_running(
     wait_for(
         lambda: status(cluster, namespace, "cmd").get("phase") == "Ready", timeout=30, what="Ready again"
     )
+
+
+def test_gateway_api_canary_sets_exact_route_weights(
+    cluster: Cluster, namespace: str, running: OperatorProcess, gateway_api: None
+) -> None:
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "gw-route"},
+        "spec": {
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": "gw-stable", "port": 8080, "weight": 100},
+                        {"name": "gw-canary", "port": 8080, "weight": 0},
+                    ]
+                }
+            ]
+        },
+    }
+    apply(cluster, namespace, route)
+    rollout = {
+        "strategy": "Canary",
+        "canary": {"steps": [{"weight": 20, "pause": "3s"}, {"weight": 60, "pause": "3s"}]},
+        "trafficRouting": {"type": "GatewayAPI", "gatewayAPI": {"httpRoute": "gw-route"}},
+    }
+    apply(cluster, namespace, manifest("gw", rollout, OLD))
+    wait_phase(cluster, namespace, "gw", "Promoted")
+    for name, track in (("gw-stable", "stable"), ("gw-canary", "canary")):
+        svc = get_json(cluster, "service", name, "-n", namespace)
+        assert svc is not None and svc["spec"]["selector"]["homeostat.dev/track"] == track
+
+    apply(cluster, namespace, manifest("gw", rollout, NEW))
+    seen: list[int] = []
+
+    def weights() -> bool:
+        body = get_json(cluster, "httproute", "gw-route", "-n", namespace) or {}
+        refs = body["spec"]["rules"][0]["backendRefs"]
+        canary = next(r["weight"] for r in refs if r["name"] == "gw-canary")
+        if not seen or seen[-1] != canary:
+            seen.append(canary)
+        return rollout_phase(cluster, namespace, "gw") == "Promoted" and canary == 0 and 60 in seen
+
+    wait_for(weights, timeout=90, interval=0.2, what="route weights 20 -> 60 -> 0")
+    assert seen[:3] == [0, 20, 60], seen
+    # Stable keeps its full size while exact weights route traffic (no replica-ratio split).
+    assert image_of(cluster, namespace, "gw") == NEW
+    stable = get_json(cluster, "deployment", "gw", "-n", namespace)
+    assert stable is not None and stable["spec"]["replicas"] == 4

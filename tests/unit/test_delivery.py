@@ -152,6 +152,31 @@ def test_track_view_counts_only_pods_of_the_track_revision(
     assert (view.revision, view.replicas, view.ready) == (REV_OLD, 4, expected_ready)
 
 
+@pytest.mark.parametrize(
+    ("settled", "expected_ready"),
+    [
+        (None, 0),  # nothing known: no pod counts until the controller catches up
+        (ro.TrackView(REV_OLD, 1, 1), 1),  # a scale from 1: the ready pod stays ready
+        (ro.TrackView(REV_NEW, 1, 1), 0),  # the template changed: the ready pod is of another revision
+    ],
+)
+def test_a_lagging_controller_keeps_the_pods_known_ready_only_after_a_scale(
+    settled: ro.TrackView | None, expected_ready: int
+) -> None:
+    body = kids.deployment(OWNER, service_spec(OLD), replicas=3)
+    body["metadata"]["generation"] = 2
+    body["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    assert dl.track_view(body, settled).ready == expected_ready
+
+
+def test_settled_views_remember_caught_up_tracks_and_forget_deleted_ones() -> None:
+    world = stable_world()
+    views = dl.settled_views(
+        OWNER, dataclass_replace(world, settled={"web-canary": ro.TrackView(REV_NEW, 1, 1)})
+    )
+    assert views == {"web": ro.TrackView(REV_OLD, 4, 4)}
+
+
 def test_absent_track() -> None:
     assert dl.track_view(None) == ro.TrackView()
 

@@ -36,6 +36,8 @@ class World:
     pdb: Mapping[str, Any] | None = None
     route: Mapping[str, Any] | None = None  # the HTTPRoute named by the spec (GatewayAPI)
     revisions: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # by revision
+    # The last view of each track taken while its controller had caught up, by Deployment name.
+    settled: Mapping[str, ro.TrackView] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,23 +102,49 @@ def parse_command(annotations: Mapping[str, str] | None) -> ro.Command | None:
 # --- observations ----------------------------------------------------------------------------
 
 
-def track_view(deployment: Mapping[str, Any] | None) -> ro.TrackView:
-    """A track as the rollout machine sees it: ready counts only pods of the track's revision."""
+def caught_up(deployment: Mapping[str, Any]) -> bool:
+    """Whether the Deployment controller has seen our latest write, so its counts describe it."""
+    meta = deployment.get("metadata") or {}
+    status = deployment.get("status") or {}
+    return int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+
+
+def track_view(deployment: Mapping[str, Any] | None, settled: ro.TrackView | None = None) -> ro.TrackView:
+    """A track as the rollout machine sees it: ready counts only pods of the track's revision.
+
+    ``settled`` is the last view taken while the controller had caught up. Until it catches up
+    with a newer write its counts describe an older spec: after a mere scale (same revision) the
+    pods known ready stay ready, otherwise none of them count. Capacity is never overstated,
+    and a step's scale-up does not look like a sudden loss of the pods already serving.
+    """
     if deployment is None:
         return ro.TrackView()
     meta = deployment.get("metadata") or {}
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     wanted = int(spec.get("replicas", 0))
-    caught_up = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+    revision = (meta.get("annotations") or {}).get(kids.ANNOTATION_REVISION)
     ready = 0
-    if caught_up:
+    if caught_up(deployment):
         # While the Deployment rolls, old pods may still be among the ready ones; count the
-        # worst case so capacity is never overstated.
+        # worst case.
         old = max(0, int(status.get("replicas", 0)) - int(status.get("updatedReplicas", 0)))
         ready = max(0, min(int(status.get("readyReplicas", 0)) - old, wanted))
-    revision = (meta.get("annotations") or {}).get(kids.ANNOTATION_REVISION)
+    elif settled is not None and settled.revision == revision:
+        ready = min(settled.ready, wanted)
     return ro.TrackView(revision=revision, replicas=wanted, ready=ready)
+
+
+def settled_views(owner: kids.Owner, world: World) -> dict[str, ro.TrackView]:
+    """The tracks whose controllers have caught up, to remember for the next observation."""
+    views = dict(world.settled)
+    for track, deployment in ((kids.TRACK_STABLE, world.stable), (TRACK_CANARY, world.canary)):
+        name = kids.track_name(owner, track)
+        if deployment is None:
+            views.pop(name, None)
+        elif caught_up(deployment):
+            views[name] = track_view(deployment)
+    return views
 
 
 def route_weight(route: Mapping[str, Any] | None, owner: kids.Owner) -> int | None:
@@ -163,8 +191,8 @@ def observe(
     return ro.Observations(
         desired_revision=kids.revision(spec.template),
         total=spec.replicas.effective,
-        stable=track_view(world.stable),
-        canary=track_view(world.canary),
+        stable=track_view(world.stable, world.settled.get(kids.track_name(owner, kids.TRACK_STABLE))),
+        canary=track_view(world.canary, world.settled.get(kids.track_name(owner, TRACK_CANARY))),
         route_weight=route_weight(world.route, owner),
         active_revision=active_revision(world, owner, recorded_active),
         analysis_available=analysis_available,
@@ -189,7 +217,11 @@ def template_of(revision: str, spec: specs.ServiceSpec, world: World) -> Mapping
         if isinstance(template, Mapping) and kids.revision(template) == revision:
             return template
     for deployment in (world.stable, world.canary):
-        if deployment is not None and track_view(deployment).revision == revision:
+        if (
+            deployment is not None
+            and (deployment.get("metadata") or {}).get("annotations", {}).get(kids.ANNOTATION_REVISION)
+            == revision
+        ):
             return _user_template(deployment)
     return None
 

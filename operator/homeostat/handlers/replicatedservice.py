@@ -66,6 +66,7 @@ class Runtime:
         self.measured: dict[str, dl.Measured] = {}
         self.analyses: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
+        self.settled: dict[Key, dict[str, ro.TrackView]] = {}  # per service, see delivery.track_view
         self.background: set[asyncio.Task[None]] = set()  # referenced, or the loop may drop them
 
 
@@ -413,14 +414,17 @@ async def _world(
     kept = [
         b for b in indexes["revisions"].get((owner.namespace, owner.name)) or [] if kids.owned_by(owner, b)
     ]
-    return dl.World(
+    world = dl.World(
         stable=child("Deployment", owner.name),
         canary=child("Deployment", kids.track_name(owner, dl.TRACK_CANARY)),
         services={name: child("Service", name) for name in names},
         pdb=child("PodDisruptionBudget", owner.name),
         route=route,
         revisions=dl.revisions_by_name(kept),
+        settled=runtime.settled.get((owner.namespace, owner.name), {}),
     )
+    runtime.settled[(owner.namespace, owner.name)] = dl.settled_views(owner, world)
+    return world
 
 
 async def _patch_route(
@@ -557,7 +561,10 @@ async def service_changed(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any
 ) -> None:
     if type == "DELETED":
-        _runtime(memo).reported.pop(body["metadata"]["uid"], None)
+        runtime = _runtime(memo)
+        runtime.reported.pop(body["metadata"]["uid"], None)
+        runtime.measured.pop(body["metadata"]["uid"], None)
+        runtime.settled.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
         return
     await reconcile(body, memo, kwargs, logger)
 
