@@ -69,6 +69,34 @@ def _parser() -> argparse.ArgumentParser:
         help="Prometheus base URL for rollout analysis and autoscaling, e.g. http://prometheus:9090 "
         "(default: $HOMEOSTAT_PROMETHEUS_URL; unset turns metric-driven features off)",
     )
+    run.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_int("HOMEOSTAT_HTTP_PORT") if os.environ.get("HOMEOSTAT_HTTP_PORT") else 8080,
+        help="port for Slack interactivity (POST /slack/interactions) and /healthz; 0 turns it off "
+        "(default: $HOMEOSTAT_HTTP_PORT, else 8080)",
+    )
+    run.add_argument(
+        "--http-bind",
+        default=os.environ.get("HOMEOSTAT_HTTP_BIND", "0.0.0.0"),
+        help="address the HTTP port binds to (default: $HOMEOSTAT_HTTP_BIND, else 0.0.0.0)",
+    )
+    run.add_argument(
+        "--slack-api-url",
+        default=os.environ.get("HOMEOSTAT_SLACK_API_URL"),
+        help="Slack Web API base URL (default: $HOMEOSTAT_SLACK_API_URL, else https://slack.com/api/)",
+    )
+    run.add_argument(
+        "--slack-channel",
+        default=os.environ.get("HOMEOSTAT_SLACK_CHANNEL"),
+        help="default Slack channel for approval requests and notifications ($HOMEOSTAT_SLACK_CHANNEL)",
+    )
+    run.add_argument(
+        "--secrets-dir",
+        default=os.environ.get("HOMEOSTAT_SECRETS_DIR"),
+        help="directory holding the Slack `bot-token` and `signing-secret` files "
+        "($HOMEOSTAT_SECRETS_DIR; without a bot-token Slack is off)",
+    )
     # Listed for --help only: main() hands `simulate` over before parsing, so the operator
     # never imports numpy and statsmodels it does not use yet.
     sub.add_parser(
@@ -138,13 +166,37 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(_drop_handler_success)
     logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
     logging.getLogger("homeostat").info("metrics backend: %s", metrics_provider or "none configured")
+    from homeostat.adapters import approvals as approval_store
+    from homeostat.adapters import notifiers, slack
+    from homeostat.handlers import approvals as approval_handlers
+
+    try:
+        chat = notifiers.from_config(
+            notifiers.SlackConfig(
+                args.slack_api_url or slack.DEFAULT_API_URL, args.slack_channel or "", args.secrets_dir
+            )
+        )
+    except slack.ConfigError as exc:
+        print(f"homeostat: error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("homeostat").info("approvals and notifications: %s", chat.description)
+    gate = approval_store.KubeApprovals(api)
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api),
         credentials=functools.partial(kube.credentials, args.kubeconfig),
         resync_seconds=args.resync_interval,
         metrics=metrics_provider,
+        notifier=chat.notifier,
     )
-    memo = kopf.Memo(runtime=runtime, scaler=kube_scale.KubernetesScaler(api))
+    approvals_runtime = approval_handlers.ApprovalsRuntime(
+        gate, chat.messenger, http_bind=args.http_bind, http_port=args.http_port or None
+    )
+    memo = kopf.Memo(
+        runtime=runtime,
+        scaler=kube_scale.KubernetesScaler(api),
+        approvals=approvals_runtime,
+        approval_gate=gate,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(

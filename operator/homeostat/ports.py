@@ -177,6 +177,16 @@ class Verification(enum.StrEnum):
     MISSING = "missing-headers"
 
 
+@dataclasses.dataclass(frozen=True)
+class Click:
+    """A verified button click: which approval, which button, who (a Slack user id)."""
+
+    ref: appr.Ref
+    verdict: appr.Verdict
+    user: str
+    response_url: str = ""
+
+
 class ApprovalMessenger(Protocol):
     """Asks humans in a chat (Slack) and verifies their answers came from it.
 
@@ -194,7 +204,13 @@ class ApprovalMessenger(Protocol):
         """Tell the one person who clicked why their click did not count (best effort)."""
         ...
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> Verification: ...
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Verification:
+        """Check an interactivity request's signature and age over its raw body."""
+        ...
+
+    def parse_click(self, body: bytes) -> Click | None:
+        """The click in a verified request body, or None if it is not one of our buttons."""
+        ...
 
 
 # --- scaling ---------------------------------------------------------------------------------
@@ -209,3 +225,4 @@ class Scaler(Protocol):
     """
 
     async def scale(self, owner: kids.Owner, replicas: int) -> None: ...
+

@@ -1,0 +1,203 @@
+"""Approval objects over the Kubernetes API: the gate remediation calls, and the store the
+approval handlers and the kubectl plugin read and write.
+
+The gate is create-or-get by a name derived from action + target + cause, so asking on every
+reconcile (or from two operator processes) finds the one request instead of opening another.
+Status writes carry the resourceVersion they were computed from: two clicks racing each other
+end as one write and one ``Conflict``, and the loser re-reads and is judged against the winner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+import urllib3
+
+from homeostat import ports
+from homeostat.adapters import kube
+from homeostat.core import approval as appr
+from homeostat.core import children as kids
+
+
+def _path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{appr.API_VERSION}/namespaces/{namespace}/{appr.PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+class KubeApprovals:
+    """``ports.ApprovalStore`` and ``ports.ApprovalGate`` over the official client (in threads)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, requester: str = kids.MANAGER) -> None:
+        self._api = api
+        self.requester = requester
+
+    def _call(
+        self,
+        path: str,
+        method: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            return self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=kube.TIMEOUT,
+            )
+        except kubernetes.client.ApiException as exc:
+            message = _message(exc)
+            if exc.status == 409:
+                raise ports.Conflict(message) from None
+            if exc.status == 404:
+                raise LookupError(message) from None
+            if exc.status in (400, 403, 422):
+                raise ports.Rejected(f"{exc.status}: {message}") from None
+            raise ports.Unavailable(f"{exc.status}: {message}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ports.Unavailable(str(exc).splitlines()[0][:200]) from None
+
+    async def _run(self, *args: Any) -> Any:
+        return await asyncio.to_thread(self._call, *args)
+
+    # --- ports.ApprovalStore -------------------------------------------------------------------
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            return dict(await self._run(_path(namespace, name), "GET"))
+        except LookupError:
+            return None
+
+    async def create(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        namespace = manifest["metadata"]["namespace"]
+        return dict(await self._run(_path(namespace), "POST", dict(manifest)))
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> Mapping[str, Any]:
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            path = _path(namespace, name) + "/status"
+            return dict(await self._run(path, "PATCH", body, "application/merge-patch+json"))
+        except LookupError as exc:
+            raise ports.Rejected(f"approval {namespace}/{name} no longer exists: {exc}") from None
+
+    # --- ports.ApprovalGate --------------------------------------------------------------------
+
+    async def request(self, namespace: str, request: appr.Request) -> ports.ApprovalTicket:
+        name = appr.object_name(request.action, request.target, request.cause)
+        body = await self.get(namespace, name)
+        if body is None:
+            manifest = await self._manifest(namespace, name, request)
+            try:
+                body = await self.create(manifest)
+            except ports.Conflict:  # another process opened it first: that one is ours too
+                body = await self.get(namespace, name)
+                if body is None:
+                    raise ports.Unavailable(
+                        f"approval {namespace}/{name} vanished while being opened"
+                    ) from None
+        return ticket(body, time.time())
+
+    async def record_outcome(
+        self, ticket: ports.ApprovalTicket, result: appr.ActionResult, message: str
+    ) -> None:
+        outcome = {"result": result.value, "message": message[:1024], "at": appr.format_time(time.time())}
+        await self.patch_status(ticket.namespace, ticket.name, {"outcome": outcome}, None)
+
+    async def _manifest(self, namespace: str, name: str, request: appr.Request) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                kids.LABEL_MANAGED_BY: kids.MANAGER,
+                appr.LABEL_ACTION: request.action,
+            },
+        }
+        if request.service:
+            meta["labels"][appr.LABEL_SERVICE] = request.service
+            owner = await self._service_uid(namespace, request.service)
+            if owner:
+                # Deleting the service deletes its open requests with it.
+                meta["ownerReferences"] = [
+                    {"apiVersion": kids.API_VERSION, "kind": kids.KIND, "name": request.service, "uid": owner}
+                ]
+        return {
+            "apiVersion": appr.API_VERSION,
+            "kind": appr.KIND,
+            "metadata": meta,
+            "spec": request.as_spec(),
+        }
+
+    async def _service_uid(self, namespace: str, service: str) -> str | None:
+        path = f"/apis/{kids.API_VERSION}/namespaces/{namespace}/replicatedservices/{service}"
+        try:
+            return str((await self._run(path, "GET"))["metadata"]["uid"])
+        except LookupError:
+            return None
+
+    # --- for the kubectl plugin ----------------------------------------------------------------
+
+    def whoami(self) -> tuple[str, tuple[str, ...]]:
+        """The caller's user name and groups as the API server authenticated them."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        result = self._call("/apis/authentication.k8s.io/v1/selfsubjectreviews", "POST", review)
+        info = (result.get("status") or {}).get("userInfo") or {}
+        return str(info.get("username") or ""), tuple(info.get("groups") or ())
+
+    def get_sync(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            return dict(self._call(_path(namespace, name), "GET"))
+        except LookupError:
+            return None
+
+    def list_sync(self, namespace: str | None) -> list[Mapping[str, Any]]:
+        path = f"/apis/{appr.API_VERSION}/{appr.PLURAL}" if namespace is None else _path(namespace)
+        return list(self._call(path, "GET").get("items") or [])
+
+    def patch_status_sync(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> Mapping[str, Any]:
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return dict(
+            self._call(_path(namespace, name) + "/status", "PATCH", body, "application/merge-patch+json")
+        )
+
+
+def ticket(body: Mapping[str, Any], now: float) -> ports.ApprovalTicket:
+    """The phase a caller must act on. A pending request past its expiry reads as Expired even
+    before the operator has recorded it: the gate never says yes late."""
+    meta = body["metadata"]
+    state = appr.State.from_storage(body.get("status"))
+    try:
+        state = appr.expire(appr.parse_request(body.get("spec") or {}), state, now)
+    except ValueError as exc:
+        return ports.ApprovalTicket(
+            meta["namespace"], meta["name"], appr.Phase.DENIED, f"invalid approval: {exc}"
+        )
+    return ports.ApprovalTicket(meta["namespace"], meta["name"], state.phase, state.reason)
+
+
+def _message(exc: kubernetes.client.ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
