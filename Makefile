@@ -40,6 +40,9 @@ chart-crds:
 	rm -f charts/homeostat/crds/*.yaml
 	mkdir -p charts/homeostat/crds
 	cp crds/*.yaml charts/homeostat/crds/
+	rm -f charts/homeostat/policies/*.yaml
+	mkdir -p charts/homeostat/policies
+	cp policies/*.yaml charts/homeostat/policies/
 
 lint: venv
 	$(BIN)/ruff check operator tests tools

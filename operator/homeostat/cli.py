@@ -142,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from homeostat.adapters import kube, kube_scale, metrics
+    from homeostat.adapters import kube_healing
     from homeostat.handlers import replicatedservice
 
     try:
@@ -196,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         scaler=kube_scale.KubernetesScaler(api),
         approvals=approvals_runtime,
         approval_gate=gate,
+        healing_actions=kube_healing.KubernetesHealing(api),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(

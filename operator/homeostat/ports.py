@@ -226,3 +226,45 @@ class Scaler(Protocol):
 
     async def scale(self, owner: kids.Owner, replicas: int) -> None: ...
 
+
+# --- healing (ADR 0010) ----------------------------------------------------------------------
+
+
+class EvictionRefused(Exception):
+    """The API server refused an eviction (HTTP 429: a PodDisruptionBudget would be violated).
+    A drain stops at the first refusal and reports it; it never forces the pod out."""
+
+
+class HealingActions(Protocol):
+    """Carries out healing actions. Each is idempotent: repeating it after a crash is harmless.
+
+    Raises ``Unavailable`` when the API server cannot be reached and ``Rejected`` when it
+    refuses the change as invalid.
+    """
+
+    async def delete_pod(self, namespace: str, name: str, *, force: bool) -> bool:
+        """Delete a pod (``force``: grace period 0, for pods on a node that stopped answering).
+        Returns False when it was already gone."""
+        ...
+
+    async def cordon(self, node: str) -> None: ...
+
+    async def drain(self, node: str) -> int:
+        """Cordon, then evict every pod on ``node`` through the Eviction API (DaemonSet and mirror
+        pods stay). Returns how many were evicted; raises ``EvictionRefused`` on a 429."""
+        ...
+
+    async def scale(self, namespace: str, service: str, replicas: int) -> None: ...
+
+    async def set_memory_limit(self, namespace: str, service: str, container: str, limit: str) -> None:
+        """Raise a container's memory limit (and its request in proportion) in the service's
+        template, which rolls out a new revision."""
+        ...
+
+    async def rollback(self, namespace: str, service: str, command_id: str) -> None:
+        """Ask the rollout machinery to return to the stable revision (an abort command)."""
+        ...
+
+    async def approval(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The Approval object named ``name``, to check its recorded deciders before acting."""
+        ...

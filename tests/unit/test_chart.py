@@ -97,14 +97,24 @@ def test_lint_strict_with_every_option() -> None:
 
 def test_renders_the_expected_objects() -> None:
     kinds = sorted(doc["kind"] for doc in render())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "RemediationPolicy",
+        "Service",
+        "ServiceAccount",
+    ]
 
     kinds = sorted(doc["kind"] for doc in render(SCENARIOS["everything"]))
     assert kinds == sorted(
         ["ClusterRole", "ClusterRoleBinding"]
         + ["Role", "RoleBinding", "KopfPeering"] * 2
         + ["Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "ServiceMonitor"]
+        + ["RemediationPolicy"]
     )
+    kinds = sorted(doc["kind"] for doc in render(["--set", "defaultPolicy.enabled=false"]))
+    assert "RemediationPolicy" not in kinds
 
 
 def test_pod_security_standard_restricted(docs: list[dict[str, Any]]) -> None:
@@ -294,3 +304,10 @@ def test_chart_crds_are_copies_of_the_repository_crds() -> None:
         assert chart[name] == content, (
             f"charts/homeostat/crds/{name} differs from crds/{name}: run `make chart-crds`"
         )
+
+
+def test_chart_policies_are_copies_of_the_repository_policies() -> None:
+    repo = {path.name: path.read_bytes() for path in sorted((ROOT / "policies").glob("*.yaml"))}
+    chart = {path.name: path.read_bytes() for path in sorted((CHART / "policies").glob("*.yaml"))}
+    assert repo, "policies/ should ship at least the default policy"
+    assert chart == repo, "charts/homeostat/policies differs from policies/: run `make chart-crds`"

@@ -37,7 +37,6 @@ NAMESPACED = table(
     ("homeostat.dev", "replicatedservices", "get list watch patch update"),
     ("homeostat.dev", "replicatedservices/status", "get patch update"),
     ("homeostat.dev", "replicatedservices/scale", "get patch update"),
-    ("homeostat.dev", "remediationpolicies", "get list watch"),
     ("homeostat.dev", "approvals", "get list watch create patch update"),
     ("homeostat.dev", "approvals/status", "get patch update"),
     ("apps", "deployments", "get list watch create patch update delete"),
@@ -54,6 +53,7 @@ NAMESPACED = table(
 CLUSTER_SCOPED = table(
     ("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"),
     ("", "nodes", "get list watch patch"),
+    ("homeostat.dev", "remediationpolicies", "get list watch"),
 )
 # A namespaced kopf lists namespaces to learn which watched ones exist; a cluster-wide one does not.
 NAMESPACE_DISCOVERY = table(("", "namespaces", "get list watch"))

@@ -107,10 +107,6 @@ that needs it; tests/unit/test_rbac_audit.py pins the exact set. Arguments: (dic
 - apiGroups: ["homeostat.dev"]
   resources: ["replicatedservices/scale"]
   verbs: ["get", "patch", "update"]
-# RemediationPolicies are read-only to the operator.
-- apiGroups: ["homeostat.dev"]
-  resources: ["remediationpolicies"]
-  verbs: ["get", "list", "watch"]
 # Approvals: the operator opens them and records the decision.
 - apiGroups: ["homeostat.dev"]
   resources: ["approvals"]
@@ -176,6 +172,11 @@ Arguments: (dict "root" $ "namespaced" bool).
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+# RemediationPolicies are cluster-scoped (ADR 0010) and read-only to the operator
+# (handlers/healing.py indexes them).
+- apiGroups: ["homeostat.dev"]
+  resources: ["remediationpolicies"]
+  verbs: ["get", "list", "watch"]
 # Node healing: read node conditions, cordon (spec.unschedulable) a failing node.
 - apiGroups: [""]
   resources: ["nodes"]

@@ -5,5 +5,6 @@ Importing this package registers every handler with kopf's default registry.
 
 from homeostat.handlers import approvals as approvals
 from homeostat.handlers import autoscaling as autoscaling
+from homeostat.handlers import healing as healing
 from homeostat.handlers import interactions as interactions
 from homeostat.handlers import replicatedservice as replicatedservice

@@ -1,0 +1,424 @@
+"""kopf wiring for self-healing: watch pods, nodes and policies; run the healing core; act.
+
+One loop (a startup task, not a kopf timer: timers put a finalizer on every service) walks every
+service with ``spec.healing`` about once a second. Everything it reads comes from kopf indexes
+(watch caches), so a pass costs no API calls unless it acts. Decisions are the core's
+(``core.remediation.step`` under ``core.policy.decide``); this module only executes them through
+``ports.HealingActions`` and ``ports.ApprovalGate``, records them (``status.healing``,
+``status.lastRemediation``, an Event and a log line) and persists the state.
+
+Collaborators come from kopf's memo, put there by the CLI: ``healing_actions``
+(``ports.HealingActions``) and, optionally, ``approval_gate`` (``ports.ApprovalGate``). Without a
+gate, actions that need approval simply stay pending: nothing risky ever runs unapproved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from homeostat import ports
+from homeostat.core import approval as appr
+from homeostat.core import children as kids
+from homeostat.core import policy as pol
+from homeostat.core import remediation as rem
+from homeostat.core import spec as specs
+from homeostat.handlers import replicatedservice as rs
+
+INTERVAL = 1.0  # seconds between passes; well under any sensible node grace period
+REQUESTER = "homeostat"
+logger = logging.getLogger("homeostat.healing")
+
+_APPROVAL_VERDICTS = {
+    appr.Phase.PENDING: pol.ApprovalVerdict.PENDING,
+    appr.Phase.APPROVED: pol.ApprovalVerdict.APPROVED,
+    appr.Phase.DENIED: pol.ApprovalVerdict.DENIED,
+    appr.Phase.EXPIRED: pol.ApprovalVerdict.EXPIRED,
+}
+
+
+class Loop:
+    """Per-process memory of the healing loop (everything durable is in status.healing)."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.states: dict[str, rem.HealingState] = {}  # by service uid
+        self.histories: dict[str, tuple[pol.Record, ...]] = {}  # by service uid, for cluster limits
+        self.approvals: dict[tuple[str, str], pol.ApprovalState] = {}  # (uid, incident key)
+        self.tickets: dict[tuple[str, str], ports.ApprovalTicket] = {}
+        self.not_ready_since: dict[str, float] = {}  # node -> when this process first saw it not Ready
+        self.policy_errors: dict[str, str] = {}  # by service uid, reported once per change
+
+
+# --- watch caches ------------------------------------------------------------------------------
+
+
+@kopf.index("", "v1", "pods", labels={kids.LABEL_SERVICE: kopf.PRESENT})  # type: ignore[arg-type]
+def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    meta = body.get("metadata") or {}
+    slim = {
+        "metadata": {
+            k: copy.deepcopy(meta[k]) for k in ("name", "labels", "deletionTimestamp", "uid") if k in meta
+        },
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+    return {(namespace, labels[kids.LABEL_SERVICE]): slim}
+
+
+@kopf.index("", "v1", "nodes")
+def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+    return {
+        name: {
+            "metadata": {"name": name},
+            "spec": {"unschedulable": bool((body.get("spec") or {}).get("unschedulable"))},
+            "status": {"conditions": copy.deepcopy(conditions)},
+        }
+    }
+
+
+@kopf.index(kids.GROUP, kids.VERSION, "remediationpolicies")
+def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {name: copy.deepcopy(dict(spec))}
+
+
+@kopf.on.startup()
+async def start_healing(*, memo: Any, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # Only pods of our services reach this process: filtered by the API server, not after it.
+    settings.watching.label_selectors["", "v1", "pods"] = kids.LABEL_SERVICE
+    loop = Loop()
+    memo["healing_loop"] = loop
+    if memo.get("healing_actions") is None:
+        logger.warning("no healing executor configured; self-healing is off")
+        return
+    loop.task = asyncio.create_task(_forever(memo, kwargs))
+
+
+@kopf.on.cleanup()
+async def stop_healing(*, memo: Any, **_: Any) -> None:
+    loop = memo.get("healing_loop")
+    if isinstance(loop, Loop) and loop.task is not None:
+        loop.task.cancel()
+
+
+async def _forever(memo: Any, indexes: Mapping[str, Any]) -> None:
+    while True:
+        await asyncio.sleep(INTERVAL)
+        try:
+            await heal_all(memo, indexes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad pass must not end self-healing for good
+            logger.exception("healing pass failed")
+
+
+def _values(store: Any) -> list[Any]:
+    return list(store) if store is not None else []
+
+
+def _now() -> float:
+    return datetime.datetime.now(datetime.UTC).timestamp()
+
+
+async def heal_all(memo: Any, indexes: Mapping[str, Any]) -> None:
+    loop: Loop = memo["healing_loop"]
+    now = _now()
+    nodes = _nodes(loop, indexes, now)
+    ready = sum(1 for n in nodes.values() if n.ready)
+    cluster = pol.ClusterView(nodes_total=len(nodes), nodes_ready=ready)
+    for store in list(indexes["services"].values()):
+        bodies = _values(store)
+        if not bodies:
+            continue
+        body = bodies[-1]
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            await _heal(memo, loop, indexes=indexes, body=body, nodes=nodes, cluster=cluster, now=now)
+        except Exception:
+            meta = body["metadata"]
+            logger.exception(f"healing {meta['namespace']}/{meta['name']} failed")
+
+
+def _nodes(loop: Loop, indexes: Mapping[str, Any], now: float) -> dict[str, rem.NodeView]:
+    nodes: dict[str, rem.NodeView] = {}
+    seen = set()
+    for store in list(indexes["healing_nodes"].values()):
+        bodies = _values(store)
+        if not bodies:
+            continue
+        body = bodies[-1]
+        name = body["metadata"]["name"]
+        seen.add(name)
+        probe = rem.NodeView.of(body)
+        if probe.ready:
+            loop.not_ready_since.pop(name, None)
+        else:
+            loop.not_ready_since.setdefault(name, now)
+        nodes[name] = rem.NodeView.of(body, loop.not_ready_since.get(name))
+    for gone in set(loop.not_ready_since) - seen:
+        loop.not_ready_since.pop(gone, None)
+    return nodes
+
+
+def _policy(indexes: Mapping[str, Any], spec: Mapping[str, Any]) -> pol.Policy | str:
+    name = ((spec.get("approvals") or {}).get("policy")) or pol.DEFAULT_POLICY
+    bodies = _values(indexes["healing_policies"].get(name))
+    if not bodies:
+        return f"RemediationPolicy {name} not found; no healing action is taken"
+    try:
+        return pol.parse(name, bodies[-1])
+    except pol.PolicyError as exc:
+        return f"RemediationPolicy {name} is invalid ({exc}); no healing action is taken"
+
+
+def _memory_limits(template: Mapping[str, Any]) -> dict[str, float | None]:
+    limits: dict[str, float | None] = {}
+    for container in ((template.get("spec") or {}).get("containers")) or []:
+        memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        limits[str(container.get("name"))] = rem.quantity(memory)
+    return limits
+
+
+async def _heal(
+    memo: Any,
+    loop: Loop,
+    *,
+    indexes: Mapping[str, Any],
+    body: Mapping[str, Any],
+    nodes: Mapping[str, rem.NodeView],
+    cluster: pol.ClusterView,
+    now: float,
+) -> None:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    uid = meta["uid"]
+    try:
+        healing = rem.parse_healing(spec.get("healing"))
+    except specs.SpecError:
+        return  # the reconcile reports an invalid spec
+    if not healing.enabled:
+        loop.histories.pop(uid, None)
+        return
+    runtime = rs._runtime(memo)
+    policy = _policy(indexes, spec)
+    if isinstance(policy, str):
+        if loop.policy_errors.get(uid) != policy:
+            loop.policy_errors[uid] = policy
+            _event(body, "Warning", "RemediationPolicyMissing", policy)
+        return
+    loop.policy_errors.pop(uid, None)
+    state = loop.states.get(uid) or rem.HealingState.from_storage(status.get("healing"))
+    pods = tuple(
+        rem.PodView.of(p) for p in _values(indexes["healing_pods"].get((meta["namespace"], meta["name"])))
+    )
+    template = spec.get("template") or {}
+    replicas = spec.get("replicas") or {}
+    view = rem.ServiceView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        healing=healing,
+        stable_revision=str(status.get("stableRevision") or ""),
+        current_revision=kids.revision(template),
+        pods=pods,
+        nodes=nodes,
+        memory_limits=_memory_limits(template),
+        replicas=int(replicas.get("desired") or status.get("desiredReplicas") or replicas.get("min") or 1),
+        max_replicas=int(replicas.get("max") or 10),
+        maintenance=rem.maintenance_requests(status),
+    )
+    others = tuple(r for other, history in loop.histories.items() if other != uid for r in history)
+    approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
+    ctx = rem.Context(view, policy, others, cluster, approvals, now)
+    state, effects = rem.step(state, ctx)
+    last: dict[str, Any] | None = None
+    for effect in effects:
+        state, record = await _execute(memo, loop, body, state, effect, now=now)
+        last = record or last
+    loop.states[uid] = state
+    loop.histories[uid] = state.history
+    live = {i.key for i in state.incidents}
+    for owner, key in [k for k in loop.approvals if k[0] == uid and k[1] not in live]:
+        loop.approvals.pop((owner, key), None)
+        loop.tickets.pop((owner, key), None)
+    changes: dict[str, Any] = {"healing": state.as_in_storage()}
+    if last is not None:
+        changes["lastRemediation"] = last
+    await rs.write_status(runtime, body, changes)
+
+
+def _event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    meta = body["metadata"]
+    target = {
+        "apiVersion": kids.API_VERSION,
+        "kind": kids.KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+    kopf.event(kopf.Body(cast(kopf.RawBody, target)), type=type_, reason=reason, message=message[:1000])
+    log = logger.warning if type_ == "Warning" else logger.info
+    log(f"{meta['namespace']}/{meta['name']}: {reason}: {message}")
+
+
+def _last(action: str, target: str, cause: str, outcome: str, now: float) -> dict[str, Any]:
+    when = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"action": action, "target": target, "cause": cause, "outcome": outcome, "time": when}
+
+
+async def _execute(
+    memo: Any, loop: Loop, body: Mapping[str, Any], state: rem.HealingState, effect: rem.Effect, *, now: float
+) -> tuple[rem.HealingState, dict[str, Any] | None]:
+    uid = body["metadata"]["uid"]
+    if isinstance(effect, rem.Execute):
+        actions: ports.HealingActions = memo["healing_actions"]
+        try:
+            done = await _run(actions, body, effect)
+        except (ports.Unavailable, ports.Rejected, ports.EvictionRefused) as exc:
+            text = f"{effect.action.value} on {effect.target} failed: {exc}"
+            _event(body, "Warning", "RemediationFailed", text)
+            await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.FAILED, text)
+            state = rem.action_failed(state, effect.incident, str(exc), now)
+            return state, _last(effect.action.value, effect.target, effect.cause.value, "Failed", now)
+        text = f"{effect.action.value} on {effect.target} ({effect.cause.value}): {done}. {effect.message}"
+        _event(body, "Normal", "Remediation", text)
+        await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.SUCCEEDED, done)
+        return state, _last(effect.action.value, effect.target, effect.cause.value, "Executed", now)
+    if isinstance(effect, rem.AskApproval):
+        await _ask(memo, loop, body, effect, now)
+        return state, None
+    if isinstance(effect, rem.Escalate):
+        _event(body, "Warning", "RemediationEscalated", f"{effect.reason}: {effect.message}")
+        await _notify(memo, body, effect)
+        return state, _last("Escalate", effect.target, effect.cause.value, effect.reason, now)
+    if isinstance(effect, rem.Held):
+        _event(
+            body, "Normal", "RemediationHeld", f"{effect.action.value} on {effect.target}: {effect.message}"
+        )
+        return state, None
+    outcome = "Succeeded" if effect.succeeded else "Failed"
+    _event(body, "Normal", "RemediationVerified", effect.message)
+    return state, _last("Verify", effect.target, effect.cause.value, outcome, now)
+
+
+async def _run(actions: ports.HealingActions, body: Mapping[str, Any], effect: rem.Execute) -> str:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    action = effect.action
+    if action in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS):
+        force = action is pol.Action.RESCHEDULE_PODS
+        deleted = [pod for pod in effect.pods if await actions.delete_pod(namespace, pod, force=force)]
+        return f"deleted {len(deleted)} pod(s): {', '.join(deleted) or 'none left'}"
+    if action is pol.Action.CORDON_NODE:
+        await actions.cordon(effect.node)
+        return f"node {effect.node} cordoned"
+    if action is pol.Action.DRAIN_NODE:
+        evicted = await actions.drain(effect.node)
+        return f"node {effect.node} drained, {evicted} pod(s) evicted"
+    if action is pol.Action.SCALE_UP:
+        await actions.scale(namespace, name, int(effect.value))
+        return f"scaled to {effect.value} replicas"
+    if action is pol.Action.RAISE_MEMORY_LIMIT:
+        await actions.set_memory_limit(namespace, name, effect.container, effect.value)
+        return f"memory limit of {effect.container} raised to {effect.value}"
+    await actions.rollback(namespace, name, effect.value)
+    return f"rollback to the stable revision requested (abort/{effect.value})"
+
+
+def _target(text: str) -> appr.Target:
+    kind, _, rest = text.partition("/")
+    if kind == "Node":
+        return appr.Target(kind, "", rest)
+    namespace, _, name = rest.partition("/")
+    return appr.Target(kind, namespace, name)
+
+
+async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskApproval, now: float) -> None:
+    gate: ports.ApprovalGate | None = memo.get("approval_gate")
+    key = (body["metadata"]["uid"], effect.incident)
+    if gate is None:
+        if key not in loop.approvals:
+            _event(
+                body, "Warning", "ApprovalUnavailable", f"{effect.message}: no approval gate is configured"
+            )
+        loop.approvals[key] = pol.ApprovalState(pol.ApprovalVerdict.PENDING)
+        return
+    rule = effect.rule
+    slack = (body.get("spec") or {}).get("approvals", {}).get("slack") or {}
+    request = appr.Request(
+        action=effect.request.action.value,
+        target=_target(effect.request.target),
+        cause=effect.request.cause,
+        service=effect.request.service,
+        requester=REQUESTER,
+        risk=appr.Risk(rule.risk.value),
+        quorum=rule.quorum,
+        approvers=appr.Approvers(
+            slack=rule.approvers.slack_users | rule.approvers.slack_groups,
+            users=rule.approvers.kube_users,
+            groups=rule.approvers.kube_groups,
+        ),
+        expires_at=now + rule.timeout_seconds,
+        channel=str(slack.get("channel") or ""),
+        evidence={"symptom": effect.message[:500]},
+    )
+    try:
+        ticket = await gate.request(body["metadata"]["namespace"], request)
+    except ports.Unavailable as exc:
+        logger.warning(f"approval gate unavailable: {exc}")
+        return  # stays pending: never executed without an answer
+    first = key not in loop.tickets
+    loop.tickets[key] = ticket
+    deciders: frozenset[str] = frozenset()
+    if ticket.phase is appr.Phase.APPROVED:
+        # Belt and braces: the gate enforced the quorum; the policy checks the recorded deciders
+        # again before anything runs.
+        actions: ports.HealingActions = memo["healing_actions"]
+        stored = await actions.approval(ticket.namespace, ticket.name)
+        decided = appr.State.from_storage((stored or {}).get("status"))
+        deciders = frozenset(str(d.identity) for d in decided.decisions if d.verdict is appr.Verdict.APPROVE)
+    loop.approvals[key] = pol.ApprovalState(_APPROVAL_VERDICTS[ticket.phase], deciders, requester=REQUESTER)
+    if first:
+        _event(
+            body,
+            "Normal",
+            "ApprovalRequested",
+            f"{request.action} on {request.target} needs approval: Approval {ticket.namespace}/{ticket.name}",
+        )
+
+
+async def _record_outcome(
+    memo: Any, loop: Loop, key: tuple[str, str], result: appr.ActionResult, message: str
+) -> None:
+    gate: ports.ApprovalGate | None = memo.get("approval_gate")
+    ticket = loop.tickets.pop(key, None)
+    loop.approvals.pop(key, None)
+    if gate is None or ticket is None:
+        return
+    try:
+        await gate.record_outcome(ticket, result, message)
+    except ports.Unavailable as exc:
+        logger.warning(f"could not record the outcome on Approval {ticket.namespace}/{ticket.name}: {exc}")
+
+
+async def _notify(memo: Any, body: Mapping[str, Any], effect: rem.Escalate) -> None:
+    runtime = rs._runtime(memo)
+    if runtime.notifier is None:
+        return
+    meta = body["metadata"]
+    note = ports.Notification(
+        namespace=meta["namespace"],
+        service=meta["name"],
+        kind="RemediationEscalated",
+        severity="warning",
+        title=f"{meta['namespace']}/{meta['name']}: {effect.cause.value} needs a human",
+        message=effect.message,
+        key=f"{meta['uid']}/{effect.incident}/{effect.reason}",
+    )
+    try:
+        await runtime.notifier.notify(note)
+    except ports.Unavailable as exc:
+        logger.warning(f"could not notify about {effect.incident}: {exc}")
