@@ -1,0 +1,244 @@
+"""The Slack adapter against the local Slack-compatible server (tests/slack/server.py).
+
+Real slack-sdk, real HTTP on 127.0.0.1: what is checked is what the SDK actually sends and how
+the adapter reads Slack's answers, failures and rate limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from homeostat import ports
+from homeostat.adapters import notifiers, slack
+from homeostat.core import approval as ap
+from slack import server as fake
+
+TOKEN = "xoxb-unit-SECRET-token"
+SIGNING = "unit-signing-SECRET"
+REF = ap.Ref("team-a", "drainnode-0123456789abcdef")
+REQUEST = ap.Request(
+    action="DrainNode",
+    target=ap.Target("Node", "", "kwok-node-1"),
+    cause="node NotReady for 5m <script>",
+    service="web",
+    requester="homeostat",
+    risk=ap.Risk.HIGH,
+    quorum=1,
+    approvers=ap.Approvers(slack=frozenset({"U1"})),
+    expires_at=2_000_000_000.0,
+    channel="#ops",
+    evidence={"notReadyFor": "5m", "pods": "3"},
+)
+
+
+@pytest.fixture
+def server() -> Iterator[fake.FakeSlack]:
+    srv = fake.FakeSlack(TOKEN).start()
+    yield srv
+    srv.stop()
+
+
+def client(server: fake.FakeSlack, **kwargs: object) -> slack.SlackApprovals:
+    return slack.SlackApprovals(
+        slack._Secret(TOKEN), slack._Secret(SIGNING), server.api_url, channel="#alerts", **kwargs
+    )  # type: ignore[arg-type]
+
+
+def buttons(message: dict[str, object]) -> list[dict[str, object]]:
+    blocks = message["blocks"]
+    assert isinstance(blocks, list)
+    return [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+
+
+def test_post_carries_context_and_buttons_with_only_the_approval_identity(server: fake.FakeSlack) -> None:
+    ref = asyncio.run(client(server).post(REF, REQUEST, ap.State()))
+    (call,) = server.calls_of("chat.postMessage")
+    assert call.authorized
+    assert ref.channel.startswith("C") and ref.ts in server.messages
+    approve, deny = buttons(server.messages[ref.ts])
+    assert approve["value"] == deny["value"] == "team-a/drainnode-0123456789abcdef"
+    assert (approve["action_id"], deny["action_id"]) == (slack.ACTION_APPROVE, slack.ACTION_DENY)
+    assert "confirm" in approve  # high risk: a confirmation dialog
+    text = str(server.messages[ref.ts]["blocks"])
+    assert (
+        "kwok-node-1" in text
+        and "notReadyFor" in text
+        and "&lt;script&gt;" in text
+        and "<script>" not in text
+    )
+
+
+def test_low_risk_has_no_confirmation(server: fake.FakeSlack) -> None:
+    import dataclasses
+
+    ref = asyncio.run(client(server).post(REF, dataclasses.replace(REQUEST, risk=ap.Risk.LOW), ap.State()))
+    approve, _ = buttons(server.messages[ref.ts])
+    assert "confirm" not in approve
+
+
+def test_update_after_a_decision_removes_the_buttons(server: fake.FakeSlack) -> None:
+    adapter = client(server)
+    ref = asyncio.run(adapter.post(REF, REQUEST, ap.State()))
+    decided = ap.decide(
+        REQUEST, ap.State(), ap.Identity(ap.Channel.SLACK, "U1"), ap.Verdict.APPROVE, 1.9e9
+    ).state
+    asyncio.run(adapter.update(ref, REF, REQUEST, decided))
+    message = server.messages[ref.ts]
+    assert buttons(message) == []
+    assert "Approved" in str(message["blocks"]) and "<@U1>" in str(message["blocks"])
+
+
+def test_rate_limit_is_honoured(server: fake.FakeSlack) -> None:
+    server.rate_limit(calls=1, retry_after=1)
+    started = time.monotonic()
+    asyncio.run(client(server).post(REF, REQUEST, ap.State()))
+    assert time.monotonic() - started >= 1.0  # waited for Retry-After
+    assert [c.status for c in server.calls_of("chat.postMessage", ok_only=False)] == [429, 200]
+
+
+def test_rate_limit_beyond_the_retries_is_unavailable(server: fake.FakeSlack) -> None:
+    server.rate_limit(calls=10, retry_after=0)
+    with pytest.raises(ports.Unavailable, match="ratelimited"):
+        asyncio.run(client(server, rate_limit_retries=1).post(REF, REQUEST, ap.State()))
+
+
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_slack_down_is_unavailable(server: fake.FakeSlack, mode: str) -> None:
+    server.fail(mode)
+    with pytest.raises(ports.Unavailable) as info:
+        asyncio.run(client(server).post(REF, REQUEST, ap.State()))
+    assert TOKEN not in str(info.value)
+
+
+def test_unreachable_slack_is_unavailable() -> None:
+    adapter = slack.SlackApprovals(slack._Secret(TOKEN), slack._Secret(SIGNING), "http://127.0.0.1:9/api/")
+    with pytest.raises(ports.Unavailable):
+        asyncio.run(adapter.post(REF, REQUEST, ap.State()))
+
+
+def test_a_wrong_token_is_reported_without_the_token(server: fake.FakeSlack) -> None:
+    server.token = "xoxb-another"
+    with pytest.raises(ports.Unavailable, match="invalid_auth") as info:
+        asyncio.run(client(server).check())
+    assert TOKEN not in str(info.value)
+
+
+def test_auth_test(server: fake.FakeSlack) -> None:
+    assert asyncio.run(client(server).check()) == "UBOT"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.value = now
+
+    def now(self) -> float:
+        return self.value
+
+
+def test_signature_verification() -> None:
+    now = 1_900_000_000
+    adapter = slack.SlackApprovals(slack._Secret(TOKEN), slack._Secret(SIGNING), clock=Clock(now))
+    body = fake.click_body("team-a", "x", "U1")
+    good = fake.signed_headers(SIGNING, body, now)
+    assert adapter.verify(body, good) is ports.Verification.VALID
+    assert adapter.verify(body + b"x", good) is ports.Verification.BAD_SIGNATURE
+    assert (
+        adapter.verify(body, fake.signed_headers("other-secret", body, now))
+        is ports.Verification.BAD_SIGNATURE
+    )
+    assert adapter.verify(body, fake.signed_headers(SIGNING, body, now - 301)) is ports.Verification.STALE
+    assert adapter.verify(body, fake.signed_headers(SIGNING, body, now + 301)) is ports.Verification.STALE
+    assert adapter.verify(body, fake.signed_headers(SIGNING, body, now - 299)) is ports.Verification.VALID
+    assert (
+        adapter.verify(body, {"Content-Type": "application/x-www-form-urlencoded"})
+        is ports.Verification.MISSING
+    )
+    assert adapter.verify(body, {**good, "X-Slack-Request-Timestamp": "soon"}) is ports.Verification.STALE
+
+
+def test_parse_click() -> None:
+    click = slack.parse_click(
+        fake.click_body("team-a", "drainnode-1", "U1", "deny", response_url="http://h/hooks/1")
+    )
+    assert click == ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Verdict.DENY, "U1", "http://h/hooks/1")
+    assert slack.parse_click(b"payload=not-json") is None
+    assert slack.parse_click(b"") is None
+    assert slack.parse_click(fake.click_body("team-a", "a/b", "U1")) is None
+    assert slack.parse_click(fake.click_body("", "x", "U1")) is None
+
+
+def test_reply_goes_only_to_slack_or_the_configured_origin(server: fake.FakeSlack) -> None:
+    adapter = client(server)
+    asyncio.run(adapter.reply(server.response_url("r1"), "you may not approve <this>"))
+    assert server.replies == [
+        {
+            "hook": "r1",
+            "response_type": "ephemeral",
+            "replace_original": False,
+            "text": "you may not approve &lt;this&gt;",
+        }
+    ]
+    asyncio.run(adapter.reply("http://127.0.0.2:1/hooks/evil", "x"))  # another origin: not contacted
+    assert len(server.replies) == 1
+
+
+def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
+    with pytest.raises(slack.ConfigError, match="bot-token"):
+        slack.load(str(tmp_path), None, None)
+    (tmp_path / "bot-token").write_text(TOKEN + "\n")
+    (tmp_path / "signing-secret").write_text("")
+    with pytest.raises(slack.ConfigError, match="empty") as info:
+        slack.load(str(tmp_path), None, None)
+    assert TOKEN not in str(info.value)
+    (tmp_path / "signing-secret").write_text(SIGNING)
+    adapter = slack.load(str(tmp_path), "http://127.0.0.1:1/api", "#ops")
+    assert TOKEN not in repr(adapter) and SIGNING not in repr(adapter)
+    assert TOKEN not in repr(slack.read_secret(tmp_path, "bot-token"))
+
+
+def test_factory_falls_back_to_nop(tmp_path: Path) -> None:
+    off = notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", None))
+    assert isinstance(off.notifier, notifiers.NopNotifier) and off.messenger is None
+    assert (
+        notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", str(tmp_path))).messenger
+        is None
+    )
+    (tmp_path / "bot-token").write_text(TOKEN)
+    (tmp_path / "signing-secret").write_text(SIGNING)
+    on = notifiers.from_config(notifiers.SlackConfig("http://127.0.0.1:1/api/", "#ops", str(tmp_path)))
+    assert isinstance(on.messenger, slack.SlackApprovals) and on.notifier is on.messenger
+
+
+def test_notifier_drops_repeats_of_one_key(server: fake.FakeSlack) -> None:
+    adapter = client(server)
+    note = ports.Notification(
+        "team-a", "web", "RolloutRolledBack", "critical", "Rolled back", "r2 failed", "k1"
+    )
+
+    async def twice() -> None:
+        await adapter.notify(note)
+        await adapter.notify(note)
+
+    asyncio.run(twice())
+    (call,) = server.calls_of("chat.postMessage")
+    assert call.args["channel"] == "#alerts" and "Rolled back" in call.args["text"]
+
+
+def test_fake_server_file_upload(server: fake.FakeSlack) -> None:
+    """The fake's upload flow works with the SDK's files_upload_v2 (for a chart image later)."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    async def upload() -> None:
+        web = AsyncWebClient(token=TOKEN, base_url=server.api_url)
+        await web.files_upload_v2(
+            content=b"\x89PNG fake", filename="forecast.png", title="forecast", channel="C1"
+        )
+
+    asyncio.run(upload())
+    assert server.calls_of("files.getUploadURLExternal") and server.calls_of("files.completeUploadExternal")
+    assert list(server.uploads.values()) == [b"\x89PNG fake"]
