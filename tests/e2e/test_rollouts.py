@@ -280,3 +280,52 @@ def test_gateway_api_canary_sets_exact_route_weights(
     assert image_of(cluster, namespace, "gw") == NEW
     stable = get_json(cluster, "deployment", "gw", "-n", namespace)
     assert stable is not None and stable["spec"]["replicas"] == 4
+
+
+def test_rolling_update_abort_runs_the_stable_revision_again(
+    cluster: Cluster, namespace: str, running: OperatorProcess
+) -> None:
+    from cluster import local
+
+    rolling = {"strategy": "RollingUpdate"}
+    apply(cluster, namespace, manifest("ru", rolling, OLD))
+    wait_for(lambda: status(cluster, namespace, "ru").get("phase") == "Ready", timeout=60, what="Ready")
+    stable = status(cluster, namespace, "ru")["stableRevision"]
+    broken = manifest("ru", rolling, NEW)
+    # KWOK's chaos stage fails every container of the new revision: it never becomes ready.
+    broken["spec"]["template"]["metadata"]["labels"][local.POD_FAILURE_LABEL] = "true"
+    apply(cluster, namespace, broken)
+    wait_for(lambda: image_of(cluster, namespace, "ru") == NEW, timeout=30, what="new revision rolling")
+    assert status(cluster, namespace, "ru")["stableRevision"] == stable
+
+    command(cluster, namespace, "ru", "abort")
+    wait_for(lambda: image_of(cluster, namespace, "ru") == OLD, timeout=30, what="stable template back")
+    held = wait_for(
+        lambda: (
+            status(cluster, namespace, "ru")
+            if status(cluster, namespace, "ru").get("phase") == "Degraded"
+            and status(cluster, namespace, "ru").get("readyReplicas") == 4
+            else None
+        ),
+        timeout=60,
+        what="Degraded, serving the stable revision",
+    )
+    degraded = next(c for c in held["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "RolledBack" and stable in degraded["message"]
+    assert held["rollback"]["stableRevision"] == stable
+    assert "RolledBack" in reasons(cluster, namespace, "ru")
+
+    # A new template is a new rollout; the old abort annotation is not applied to it.
+    third = "registry.k8s.io/pause:3.8"
+    apply(cluster, namespace, manifest("ru", rolling, third))
+    done = wait_for(
+        lambda: (
+            status(cluster, namespace, "ru")
+            if status(cluster, namespace, "ru").get("phase") == "Ready"
+            else None
+        ),
+        timeout=60,
+        what="Ready at the third revision",
+    )
+    assert image_of(cluster, namespace, "ru") == third
+    assert done["stableRevision"] == done["currentRevision"] != stable

@@ -365,3 +365,78 @@ def dataclass_replace(world: dl.World, **changes: Any) -> dl.World:
     import dataclasses
 
     return dataclasses.replace(world, **changes)
+
+
+# --- rolling updates -------------------------------------------------------------------------
+
+ROLLING_WORLD = stable_world()
+
+
+def rolling(
+    tpl: dict[str, Any],
+    *,
+    stable: str | None = REV_OLD,
+    rollback: dict[str, Any] | None = None,
+    command: str | None = None,
+    world: dl.World = ROLLING_WORLD,
+) -> dl.RollingPlan:
+    return dl.rolling_update(
+        service_spec(tpl),
+        stable_revision=stable,
+        rollback=rollback,
+        command=dl.parse_command({dl.ANNOTATION_COMMAND: command} if command else {}),
+        world=world,
+        owner=OWNER,
+        now=T0,
+    )
+
+
+def test_rolling_update_without_a_command_deploys_the_spec() -> None:
+    plan = rolling(NEW)
+    assert plan.spec.template == NEW
+    assert (plan.rollback, plan.event, plan.degraded_by) == (None, None, None)
+    assert plan.keep_revision is not None and plan.keep_revision["data"]["template"] == NEW
+
+
+def test_abort_deploys_the_stable_template_and_says_why() -> None:
+    plan = rolling(NEW, command="abort/heal-1")
+    assert plan.spec.template == OLD
+    assert plan.rollback == {"revision": REV_NEW, "stableRevision": REV_OLD, "command": "heal-1", "at": T0}
+    assert plan.event is not None and plan.event.reason == "RolledBack"
+    assert plan.degraded_by is not None and plan.degraded_by[0] == "RolledBack"
+
+
+@pytest.mark.parametrize(
+    ("tpl", "stable", "command", "refusal"),
+    [
+        (OLD, REV_OLD, "abort/1", "no revision newer than the stable one"),
+        (NEW, None, "abort/1", "no revision newer than the stable one"),
+        (NEW, REV_OLD, "pause/1", "only takes abort"),
+    ],
+)
+def test_refused_commands_are_reported_once(
+    tpl: dict[str, Any], stable: str | None, command: str, refusal: str
+) -> None:
+    plan = rolling(tpl, stable=stable, command=command)
+    assert plan.spec.template == tpl
+    assert plan.event is not None and plan.event.reason == "CommandIgnored" and refusal in plan.event.message
+    again = rolling(tpl, stable=stable, command=command, rollback=dict(plan.rollback or {}))
+    assert again.event is None
+
+
+def test_a_lost_stable_template_refuses_the_abort() -> None:
+    world = dataclass_replace(stable_world(keep=False), stable=None)
+    plan = rolling(NEW, command="abort/1", world=world)
+    assert plan.spec.template == NEW
+    assert plan.event is not None and "no longer known" in plan.event.message
+
+
+def test_the_hold_lasts_until_the_template_changes_and_the_abort_is_not_reapplied() -> None:
+    held = dict(rolling(NEW, command="abort/heal-1").rollback or {})
+    same = rolling(NEW, command="abort/heal-1", rollback=held)
+    assert same.spec.template == OLD and same.event is None
+    newer = template("web:3")
+    moved_on = rolling(newer, command="abort/heal-1", rollback=held)
+    assert moved_on.spec.template == newer
+    assert moved_on.rollback == {"command": "heal-1"}
+    assert moved_on.event is None and moved_on.degraded_by is None

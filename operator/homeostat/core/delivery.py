@@ -457,3 +457,78 @@ def revisions_by_name(bodies: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[
         if rev:
             kept[str(rev)] = body
     return kept
+
+
+# --- rolling updates -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RollingPlan:
+    """What a RollingUpdate service deploys: its spec, or the stable revision after an abort."""
+
+    spec: specs.ServiceSpec  # the spec to build children from (its template may be the stable one)
+    rollback: Mapping[str, Any] | None  # ``status.rollback``: the revision held back, and why
+    event: ro.PostEvent | None
+    degraded_by: tuple[str, str] | None
+    keep_revision: Mapping[str, Any] | None  # a ControllerRevision to create for the spec's template
+
+
+def rolling_update(
+    spec: specs.ServiceSpec,
+    *,
+    stable_revision: str | None,
+    rollback: Mapping[str, Any] | None,
+    command: ro.Command | None,
+    world: World,
+    owner: kids.Owner,
+    now: float,
+) -> RollingPlan:
+    """A RollingUpdate service has no steps to walk, but it can still be rolled back.
+
+    An ``abort`` command (from a human or from self-healing) while the spec's revision is not
+    the stable one deploys the stable revision's kept template instead, and keeps doing so
+    until the template changes: the failed template stays in the spec for people to read, and a
+    new template starts a new rollout.
+    """
+    desired = kids.revision(spec.template)
+    applied = (rollback or {}).get("command")
+    # The annotation outlives the rollback it asked for: the applied id is remembered even after
+    # a new template ends the hold, or the same abort would hit the next revision too.
+    held: dict[str, Any] | None = {"command": applied} if applied else None
+    if rollback and rollback.get("revision") == desired:
+        held = dict(rollback)
+    event: ro.PostEvent | None = None
+    if command is not None and applied != command.id:
+        refusal = None
+        if command.kind is not ro.CommandKind.ABORT:
+            refusal = "a RollingUpdate service only takes abort"
+        elif desired == stable_revision or stable_revision is None:
+            refusal = "no revision newer than the stable one is being rolled out"
+        elif template_of(stable_revision, spec, world) is None:
+            refusal = f"the pod template of stable revision {stable_revision} is no longer known"
+        if refusal is None:
+            held = {"revision": desired, "stableRevision": stable_revision, "command": command.id, "at": now}
+            text = f"revision {desired} rolled back to {stable_revision} by abort ({command.id})"
+            event = ro.PostEvent("Warning", "RolledBack", text)
+        else:
+            event = ro.PostEvent(
+                "Warning", "CommandIgnored", f"{command.kind.value} ({command.id}) ignored: {refusal}"
+            )
+            # Remember the id so the refusal is reported once, not on every reconcile.
+            held = {**(held or {}), "command": command.id}
+    deploy = spec
+    degraded_by = None
+    if held and held.get("revision") == desired:
+        template = template_of(str(held["stableRevision"]), spec, world)
+        if template is not None:
+            deploy = dataclasses.replace(spec, template=template)
+            degraded_by = (
+                rec.Reason.ROLLED_BACK.value,
+                f"revision {desired} was rolled back to {held['stableRevision']}; "
+                "change the template to roll out again",
+            )
+    keep = None
+    if desired not in world.revisions:
+        numbers = [int(r.get("revision", 0)) for r in world.revisions.values()]
+        keep = kids.controller_revision(owner, spec.template, max(numbers, default=0) + 1)
+    return RollingPlan(deploy, held, event, degraded_by, keep)

@@ -273,6 +273,7 @@ _CARRIED = (
     "pendingApprovals",
     "stableRevision",
     "activeRevision",
+    "rollback",
 )
 # Condition types the basic reconcile writes; any other type belongs to another writer and is
 # passed through as it was, so one writer's status patch never erases another's condition.

@@ -221,25 +221,9 @@ async def _reconcile_locked(
     previous = runtime.reported.get(owner.uid) or body.get("status") or {}
     observed = _observed(owner, indexes)
     deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
-    spec: specs.ServiceSpec | specs.SpecError
-    try:
-        spec = specs.parse(body.get("spec") or {})
-    except specs.SpecError as exc:
-        spec = exc
-    delivery: _Delivery | None = None
-    applies: tuple[rec.Apply, ...] = ()
-    deletes: tuple[kids.ChildRef, ...] = ()
-    if isinstance(spec, specs.ServiceSpec) and spec.strategy is not specs.Strategy.ROLLING_UPDATE:
-        try:
-            delivery = await _plan_delivery(
-                owner, body, spec, previous=previous, runtime=runtime, indexes=indexes
-            )
-            applies, deletes = delivery.plan.applies, delivery.plan.deletes
-        except specs.SpecError as exc:
-            spec = exc
-    elif isinstance(spec, specs.ServiceSpec):
-        applies = rec.plan(owner, spec, observed)
-        deletes = rec.stale_children(owner, spec, observed)
+    planned = await _plan(owner, body, previous=previous, observed=observed, runtime=runtime, indexes=indexes)
+    spec, applies, deletes = planned.spec, planned.applies, planned.deletes
+    delivery, rolling = planned.delivery, planned.rolling
     outcome = await _execute(runtime, applies, deletes, logger)
     if delivery is not None and delivery.plan.route is not None and not outcome.errors:
         await _patch_route(runtime, owner, delivery.plan.route, outcome, logger)
@@ -255,11 +239,17 @@ async def _reconcile_locked(
         previous=previous,
         now=now,
         view=None if delivery is None else delivery.plan.view,
-        degraded_by=None if delivery is None else delivery.degraded_by,
+        degraded_by=delivery.degraded_by
+        if delivery is not None
+        else rolling.degraded_by
+        if rolling
+        else None,
     )
     status = dict(result.status)
     if delivery is not None:
         status = delivery.status(status, now)
+    elif rolling is not None:
+        status["rollback"] = rolling.rollback
     # Event bodies often predate our own last status write; comparing with them would rewrite
     # the same status over and over. The periodic resync (verify) checks the stored status.
     written = runtime.reported.get(owner.uid)
@@ -271,6 +261,8 @@ async def _reconcile_locked(
     logger.debug(f"reconciled {owner.namespace}/{owner.name}: {len(applies)} applied, status {outcome_text}")
     runtime.reported[owner.uid] = status
     events = [(e.type, e.reason, e.message) for e in result.events]
+    if rolling is not None and rolling.event is not None:
+        events.append((rolling.event.type, rolling.event.reason, rolling.event.message))
     if delivery is not None:
         # One-shot actions go out only after the state that records them is stored: a crash
         # in between loses a message rather than sending it twice after the restart.
@@ -285,6 +277,40 @@ async def _reconcile_locked(
     if outcome.errors:
         # Transient API trouble: let kopf back off and retry instead of waiting for a resync.
         raise kopf.TemporaryError("; ".join(outcome.errors.values()), delay=5)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    spec: specs.ServiceSpec | specs.SpecError  # the spec children were built from
+    applies: tuple[rec.Apply, ...] = ()
+    deletes: tuple[kids.ChildRef, ...] = ()
+    delivery: _Delivery | None = None  # Canary and BlueGreen
+    rolling: dl.RollingPlan | None = None  # RollingUpdate
+
+
+async def _plan(
+    owner: kids.Owner,
+    body: Mapping[str, Any],
+    *,
+    previous: Mapping[str, Any],
+    observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
+    runtime: Runtime,
+    indexes: Mapping[str, Any],
+) -> _Planned:
+    try:
+        spec = specs.parse(body.get("spec") or {})
+        if spec.strategy is not specs.Strategy.ROLLING_UPDATE:
+            delivery = await _plan_delivery(
+                owner, body, spec, previous=previous, runtime=runtime, indexes=indexes
+            )
+            return _Planned(spec, delivery.plan.applies, delivery.plan.deletes, delivery=delivery)
+        rolling = await _plan_rolling(owner, body, spec, previous=previous, runtime=runtime, indexes=indexes)
+    except specs.SpecError as exc:
+        return _Planned(exc)
+    applies = rec.plan(owner, rolling.spec, observed)
+    if rolling.keep_revision is not None:
+        applies = (*applies, rec.Apply(rolling.keep_revision, rec.Reason.CREATED))
+    return _Planned(rolling.spec, applies, rec.stale_children(owner, rolling.spec, observed), rolling=rolling)
 
 
 async def _execute(
@@ -385,6 +411,28 @@ async def _plan_delivery(
             f"revision {plan.state.revision} was rolled back: {detail}",
         )
     return _Delivery(plan, rollout_spec, degraded_by)
+
+
+async def _plan_rolling(
+    owner: kids.Owner,
+    body: Mapping[str, Any],
+    spec: specs.ServiceSpec,
+    *,
+    previous: Mapping[str, Any],
+    runtime: Runtime,
+    indexes: Mapping[str, Any],
+) -> dl.RollingPlan:
+    command = dl.parse_command((body.get("metadata") or {}).get("annotations"))
+    world = await _world(owner, ro.RolloutSpec(), runtime, indexes)
+    return dl.rolling_update(
+        spec,
+        stable_revision=previous.get("stableRevision"),
+        rollback=previous.get("rollback"),
+        command=command,
+        world=world,
+        owner=owner,
+        now=time.time(),
+    )
 
 
 async def _world(
