@@ -229,15 +229,25 @@ class PodView:
         )
 
 
+PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeView:
     name: str
     ready: bool
     not_ready_since: float | None = None
     unschedulable: bool = False
+    pressure: tuple[str, ...] = ()  # pressure conditions that are True
+    pressure_since: float | None = None
 
     @classmethod
-    def of(cls, body: Mapping[str, Any], first_seen_not_ready: float | None = None) -> NodeView:
+    def of(
+        cls,
+        body: Mapping[str, Any],
+        first_seen_not_ready: float | None = None,
+        first_seen_pressure: float | None = None,
+    ) -> NodeView:
         """``first_seen_not_ready`` is when the watcher first saw the node not Ready: a
         condition's lastTransitionTime can be stale or wrong (simulated nodes report their
         creation time), so the later of the two is trusted, which only ever delays action."""
@@ -250,11 +260,26 @@ class NodeView:
         if not ready:
             candidates = [t for t in (timestamp(cond.get("lastTransitionTime")), first_seen_not_ready) if t]
             since = max(candidates) if candidates else first_seen_not_ready
+        conditions = status.get("conditions") or []
+        pressure = tuple(
+            sorted(
+                c["type"]
+                for c in conditions
+                if c.get("type") in PRESSURE_CONDITIONS and c.get("status") == "True"
+            )
+        )
+        pressure_since = None
+        if pressure:
+            times = [timestamp(c.get("lastTransitionTime")) for c in conditions if c.get("type") in pressure]
+            known = [t for t in (*times, first_seen_pressure) if t]
+            pressure_since = max(known) if known else None
         return cls(
             name=str((body.get("metadata") or {}).get("name", "")),
             ready=ready,
             not_ready_since=since,
             unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+            pressure=pressure,
+            pressure_since=pressure_since,
         )
 
 
@@ -315,6 +340,7 @@ class Symptom(enum.StrEnum):
     READINESS_FAILING = "ReadinessFailing"
     NODE_NOT_READY = "NodeNotReady"
     NODE_DOWN_LONG = "NodeNotReadyLong"
+    NODE_PRESSURE = "NodePressure"
     PREDICTED_EXHAUSTION = "PredictedExhaustion"
 
 
@@ -436,6 +462,8 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
                         f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s",
                     )
                 )
+    if spec.node_failure:
+        findings.extend(_pressure(view, live, now))
     if spec.maintenance:
         names = {p.name for p in live}
         for req in view.maintenance:
@@ -450,6 +478,27 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
                     )
                 )
     return tuple(findings)
+
+
+def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
+    """Ready nodes under memory, disk or PID pressure for longer than the grace period, with pods
+    of the service on them: the kubelet will start evicting on its own terms, so move the pods
+    first, through the Eviction API and the disruption budget."""
+    found = []
+    for node in sorted(view.nodes.values(), key=lambda n: n.name):
+        if not node.ready or not node.pressure or node.pressure_since is None:
+            continue
+        if now - node.pressure_since < view.healing.grace:
+            continue
+        stuck = tuple(sorted(p.name for p in live if p.node == node.name))
+        if stuck:
+            detail = (
+                f"node {node.name} under {', '.join(node.pressure)}; {len(stuck)} pod(s) of {view.name} on it"
+            )
+            found.append(
+                Finding(Symptom.NODE_PRESSURE, f"Node/{node.name}", f"Node/{node.name}", detail, pods=stuck)
+            )
+    return found
 
 
 def ladder(
@@ -469,6 +518,8 @@ def ladder(
         return (pol.Action.RESCHEDULE_PODS,) if spec.node_action is NodeAction.RESCHEDULE else ()
     if finding.symptom is Symptom.NODE_DOWN_LONG:
         return (pol.Action.CORDON_NODE,)
+    if finding.symptom is Symptom.NODE_PRESSURE:
+        return (pol.Action.DRAIN_NODE,)
     if finding.symptom is Symptom.PREDICTED_EXHAUSTION:
         return (maintenance_action or pol.Action.RESTART_POD,)
     return ()
@@ -579,6 +630,9 @@ class Execute:
     node: str = ""
     container: str = ""
     value: str = ""  # the new memory limit, the new replica count, or the rollback's unique id
+    # A drain resumed on a later pass: evictions a disruption budget refused are tried again
+    # while the verify window lasts. Not a new action: no record, no rate-limit cost.
+    resume: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -718,6 +772,19 @@ def _advance(
             effects.append(Resolved(key, incident.target, incident.symptom, True, text))
             return None, history
         if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
+            if incident.action == pol.Action.DRAIN_NODE.value and finding is not None:
+                node = incident.target.removeprefix("Node/")
+                effects.append(
+                    Execute(
+                        key,
+                        pol.Action.DRAIN_NODE,
+                        incident.target,
+                        incident.symptom,
+                        finding.detail,
+                        node=node,
+                        resume=True,
+                    )
+                )
             return incident, history
         history = _settle(history, incident, pol.Outcome.FAILED)
         incident = dataclasses.replace(incident, step=incident.step + 1, phase=Phase.PENDING, acted_at=None)

@@ -53,6 +53,8 @@ class Loop:
         self.approvals: dict[tuple[str, str], pol.ApprovalState] = {}  # (uid, incident key)
         self.tickets: dict[tuple[str, str], ports.ApprovalTicket] = {}
         self.not_ready_since: dict[str, float] = {}  # node -> when this process first saw it not Ready
+        self.pressure_since: dict[str, float] = {}  # node -> when this process first saw it under pressure
+        self.blocked: dict[tuple[str, str], str] = {}  # (uid, incident) -> last refused eviction reported
         self.policy_errors: dict[str, str] = {}  # by service uid, reported once per change
 
 
@@ -74,7 +76,8 @@ def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_
 
 @kopf.index("", "v1", "nodes")
 def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+    wanted = ("Ready", *rem.PRESSURE_CONDITIONS)
+    conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") in wanted]
     return {
         name: {
             "metadata": {"name": name},
@@ -90,13 +93,20 @@ def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
 
 
 @kopf.on.startup()
-async def start_healing(*, memo: Any, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+async def start_healing(*, memo: Any, settings: kopf.OperatorSettings, **_: Any) -> None:
     # Only pods of our services reach this process: filtered by the API server, not after it.
     settings.watching.label_selectors["", "v1", "pods"] = kids.LABEL_SERVICE
-    loop = Loop()
-    memo["healing_loop"] = loop
+    memo["healing_loop"] = Loop()
     if memo.get("healing_actions") is None:
         logger.warning("no healing executor configured; self-healing is off")
+
+
+@kopf.on.event(*rs.RSVC, id="healing_start")
+async def ensure_healing(*, memo: Any, **kwargs: Any) -> None:
+    """Start the loop from the first service event rather than at startup: a task inherits the
+    context it is created in, and kopf.event only works in the context of a handler."""
+    loop = memo.get("healing_loop")
+    if not isinstance(loop, Loop) or loop.task is not None or memo.get("healing_actions") is None:
         return
     loop.task = asyncio.create_task(_forever(memo, kwargs))
 
@@ -158,13 +168,19 @@ def _nodes(loop: Loop, indexes: Mapping[str, Any], now: float) -> dict[str, rem.
         name = body["metadata"]["name"]
         seen.add(name)
         probe = rem.NodeView.of(body)
-        if probe.ready:
-            loop.not_ready_since.pop(name, None)
-        else:
-            loop.not_ready_since.setdefault(name, now)
-        nodes[name] = rem.NodeView.of(body, loop.not_ready_since.get(name))
+        for since, flag in (
+            (loop.not_ready_since, not probe.ready),
+            (loop.pressure_since, bool(probe.pressure)),
+        ):
+            if flag:
+                since.setdefault(name, now)
+            else:
+                since.pop(name, None)
+        nodes[name] = rem.NodeView.of(body, loop.not_ready_since.get(name), loop.pressure_since.get(name))
     for gone in set(loop.not_ready_since) - seen:
         loop.not_ready_since.pop(gone, None)
+    for gone in set(loop.pressure_since) - seen:
+        loop.pressure_since.pop(gone, None)
     return nodes
 
 
@@ -278,12 +294,27 @@ async def _execute(
         actions: ports.HealingActions = memo["healing_actions"]
         try:
             done = await _run(actions, body, effect)
-        except (ports.Unavailable, ports.Rejected, ports.EvictionRefused) as exc:
+        except ports.EvictionRefused as exc:
+            # The budget protects the service: stop here, report once, try again on a later
+            # pass while the verify window lasts; never force the pod out.
+            if loop.blocked.get((uid, effect.incident)) != str(exc):
+                loop.blocked[(uid, effect.incident)] = str(exc)
+                _event(body, "Warning", "DrainBlocked", str(exc))
+            return state, None
+        except (ports.Unavailable, ports.Rejected) as exc:
+            if effect.resume:
+                logger.warning(f"resuming the drain of {effect.node}: {exc}")
+                return state, None
             text = f"{effect.action.value} on {effect.target} failed: {exc}"
             _event(body, "Warning", "RemediationFailed", text)
             await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.FAILED, text)
             state = rem.action_failed(state, effect.incident, str(exc), now)
             return state, _last(effect.action.value, effect.target, effect.cause.value, "Failed", now)
+        if effect.resume:
+            if not done.endswith(" 0 pod(s) evicted"):
+                _event(body, "Normal", "DrainResumed", f"{done} after the disruption budget allowed it")
+            return state, None
+        loop.blocked.pop((uid, effect.incident), None)
         text = f"{effect.action.value} on {effect.target} ({effect.cause.value}): {done}. {effect.message}"
         _event(body, "Normal", "Remediation", text)
         await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.SUCCEEDED, done)
