@@ -26,6 +26,8 @@ from cluster import local
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# Simulated workload metrics and a real Prometheus scraping them (fixtures in tests/prom.py).
+pytest_plugins = ["prom"]
 
 
 class Cluster(Protocol):
@@ -58,6 +60,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def plugin(cluster: Cluster, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """``kubectl homeostat ...``: kubectl finds the plugin on PATH, as a user's kubectl would."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    kubectl = local.BIN / "kubectl"
+    return subprocess.run(
+        # kubectl refuses flags before a plugin's name; after it they reach the plugin.
+        [
+            str(kubectl) if kubectl.exists() else "kubectl",
+            "homeostat",
+            *args,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:

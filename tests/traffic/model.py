@@ -351,11 +351,19 @@ def render(world: World) -> str:
 
 
 def demand_history(
-    pattern: Pattern, namespace: str, service: str, *, start: float, end: float, step: float
+    pattern: Pattern,
+    namespace: str,
+    service: str,
+    *,
+    start: float,
+    end: float,
+    step: float,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> str:
     """OpenMetrics text of ``homeostat_sim_demand_rps`` from ``start`` to ``end`` (unix seconds),
-    one sample per ``step``, for ``promtool tsdb create-blocks-from openmetrics``."""
-    labels = _labels([("namespace", namespace), ("service", service)])
+    one sample per ``step``, for ``promtool tsdb create-blocks-from openmetrics``. Pass the
+    scrape's ``job`` and ``instance`` as ``extra_labels`` to continue the live series."""
+    labels = _labels([("namespace", namespace), ("service", service), *sorted((extra_labels or {}).items())])
     lines = [
         "# HELP homeostat_sim_demand_rps Requests per second offered to the service.",
         "# TYPE homeostat_sim_demand_rps gauge",

@@ -1,0 +1,217 @@
+"""A real Prometheus for tests, scraping the traffic simulator, plus the pytest fixtures for both.
+
+Rollout analysis, autoscaling and healing must be tested against the real query engine (rate
+windows, staleness, histogram_quantile), not canned answers, so this starts Debian's
+``/usr/bin/prometheus`` on a free 127.0.0.1 port with its own TSDB directory, scraping every
+second. ``stop()``/``start()`` keep the data directory, so "Prometheus is down" tests get their
+history back after a restart, and ``backfill()`` seeds hours of past samples through
+``promtool tsdb create-blocks-from openmetrics`` before the server starts (see ADR 0007).
+
+Registered as a pytest plugin from conftest.py; fixtures:
+
+- ``traffic_simulator`` (session): ``traffic.simulator.Simulator`` watching the test cluster.
+- ``prometheus`` (session): a shared server scraping it. Do not stop it; use the factory.
+- ``prometheus_factory``: ``make(backfill=[...], start=True) -> PrometheusServer`` for tests
+  that stop, restart or seed their own server; each is stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from traffic import simulator
+
+PROMETHEUS = os.environ.get("HOMEOSTAT_PROMETHEUS_BIN", "/usr/bin/prometheus")
+PROMTOOL = os.environ.get("HOMEOSTAT_PROMTOOL_BIN", "/usr/bin/promtool")
+
+CONFIG = """\
+global:
+  scrape_interval: {interval}
+  scrape_timeout: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+  - job_name: homeostat-sim
+    honor_labels: true
+    static_configs:
+      - targets: [{targets}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrometheusServer:
+    """One Prometheus process; ``data_dir`` outlives ``stop()`` so a restart keeps history."""
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        workdir: Path | None = None,
+        scrape_interval: str = "1s",
+        port: int | None = None,
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="homeostat-prom-"))
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.workdir / "prometheus.yml"
+        quoted = ", ".join(f'"{t}"' for t in targets)
+        self.config.write_text(CONFIG.format(interval=scrape_interval, targets=quoted))
+        self.log_path = self.workdir / "prometheus.log"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> PrometheusServer:
+        if self.running():
+            return self
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.data_dir}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                # Backfilled history may be weeks old: keep it.
+                "--storage.tsdb.retention.time=3650d",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"prometheus exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"prometheus not ready after {timeout:.0f}s:\n{self.logs()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def backfill(self, openmetrics: str, max_block_duration: str = "24h") -> str:
+        """Turn OpenMetrics text (samples with timestamps, ending in ``# EOF``) into TSDB blocks
+        in the data directory. Only while stopped: the server loads the blocks when it starts."""
+        if self.running():
+            raise RuntimeError("backfill needs Prometheus stopped; blocks are loaded at start")
+        with tempfile.NamedTemporaryFile("w", suffix=".om", dir=self.workdir, delete=False) as source:
+            source.write(openmetrics)
+        try:
+            result = subprocess.run(
+                [
+                    PROMTOOL,
+                    "tsdb",
+                    "create-blocks-from",
+                    "openmetrics",
+                    f"--max-block-duration={max_block_duration}",
+                    source.name,
+                    str(self.data_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        finally:
+            os.unlink(source.name)
+        if result.returncode != 0:
+            raise RuntimeError(f"promtool failed ({result.returncode}): {result.stderr or result.stdout}")
+        return result.stdout
+
+    def wait_for_target_up(self, timeout: float = 30) -> None:
+        """Until the first scrape succeeded, so queries for "now" have data."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                query = urllib.parse.urlencode({"query": 'up{job="homeostat-sim"} == 1'})
+                with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=2) as response:
+                    if b'"value"' in response.read():
+                        return
+            time.sleep(0.2)
+        raise RuntimeError(f"no successful scrape within {timeout:.0f}s:\n{self.logs()[-3000:]}")
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def traffic_simulator(cluster: object) -> Iterator[simulator.Simulator]:
+    if not Path(PROMETHEUS).exists():
+        pytest.skip(f"{PROMETHEUS} not installed (Debian package prometheus)")
+    sim = simulator.Simulator(cluster.kubeconfig).start()  # type: ignore[attr-defined]
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(traffic_simulator: simulator.Simulator) -> Iterator[PrometheusServer]:
+    server = PrometheusServer([traffic_simulator.target]).start()
+    server.wait_for_target_up()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def prometheus_factory(
+    traffic_simulator: simulator.Simulator,
+) -> Iterator[Callable[..., PrometheusServer]]:
+    made: list[PrometheusServer] = []
+
+    def make(backfill: Sequence[str] = (), start: bool = True) -> PrometheusServer:
+        server = PrometheusServer([traffic_simulator.target])
+        made.append(server)
+        for text in backfill:
+            server.backfill(text)
+        if start:
+            server.start()
+            server.wait_for_target_up()
+        return server
+
+    yield make
+    for server in made:
+        server.cleanup()
