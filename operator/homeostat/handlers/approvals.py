@@ -407,6 +407,7 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         runtime.shown.pop(uid, None)
         return
     runtime = runtime_of(memo)
+    _ensure_started(runtime)
     ref = _ref(body)
     status = body.get("status") or {}
     try:
@@ -443,12 +444,23 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
 
 @kopf.on.startup()
 async def start_approvals(*, memo: Any, logger: Any, **kwargs: Any) -> None:
-    """The expiry clock and the Slack worker, as plain tasks (kopf timers add finalizers)."""
+    """Hand the approvals index to the runtime; the worker starts with the first event."""
     runtime = memo.get(MEMO_KEY)
     if not isinstance(runtime, ApprovalsRuntime):
         logger.info("approvals are not configured in this process")
         return
     runtime.index = kwargs.get("approvals")
+
+
+def _ensure_started(runtime: ApprovalsRuntime) -> None:
+    """The expiry clock and the Slack worker, as plain tasks (kopf timers add finalizers).
+
+    Started from inside a watch-event handler rather than at startup: tasks inherit the
+    context they are created in, and only handler contexts carry kopf's event poster, which
+    the worker needs for the audit Events.
+    """
+    if runtime.tasks:
+        return
     runtime.tasks.append(asyncio.create_task(_worker(runtime)))
     runtime.tasks.append(asyncio.create_task(_clock(runtime)))
 
