@@ -9,6 +9,7 @@ Event or an Approval's status.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from cluster import local
-from conftest import VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
 from homeostat.core import approval as ap
 from slack import server as fake
 
@@ -506,3 +507,54 @@ def test_secrets_never_appear_in_logs_events_or_status(cluster: Cluster, operato
         assert secret not in logs
         assert secret not in every_event
         assert secret not in every_approval
+
+
+def test_gate_opens_one_request_per_incident(
+    cluster: Cluster, operator: OperatorProcess, slack_server: fake.FakeSlack, ns: str
+) -> None:
+    """The gate remediation calls: create-or-get by action + target + cause, phase as the answer."""
+    import asyncio
+
+    from homeostat.adapters import approvals, kube
+
+    cluster.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / "web.yaml"))
+    gate = approvals.KubeApprovals(kube.load_client(str(cluster.kubeconfig)))
+    request = ap.Request(
+        action="DrainNode",
+        target=ap.Target("Node", "", "kwok-node-2"),
+        cause="NotReady since 18:00",
+        service="web",
+        requester="homeostat",
+        risk=ap.Risk.HIGH,
+        quorum=1,
+        approvers=ap.Approvers(slack=frozenset({APPROVER})),
+        expires_at=time.time() + 600,
+        channel="#ops",
+        evidence={"notReadyFor": "6m"},
+    )
+
+    async def ask_concurrently() -> list[Any]:
+        return list(await asyncio.gather(*(gate.request(ns, request) for _ in range(5))))
+
+    tickets = asyncio.run(ask_concurrently())
+    assert {t.name for t in tickets} == {ap.object_name(request.action, request.target, request.cause)}
+    assert {t.phase for t in tickets} == {ap.Phase.PENDING}
+    (item,) = (get_json(cluster, "approvals", "-n", ns) or {})["items"]
+    owners = item["metadata"].get("ownerReferences") or []
+    assert [(o["kind"], o["name"]) for o in owners] == [("ReplicatedService", "web")]
+    name = tickets[0].name
+    posted(cluster, ns, name)
+    assert len(posts_for(slack_server, ns, name)) == 1
+
+    assert click(operator, slack_server, ns, name, APPROVER)[0] == 200
+    wait_for(
+        lambda: asyncio.run(gate.request(ns, request)).phase is ap.Phase.APPROVED,
+        timeout=20,
+        what="gate says approved",
+    )
+    ticket = asyncio.run(gate.request(ns, request))
+    asyncio.run(gate.record_outcome(ticket, ap.ActionResult.SUCCEEDED, "drained kwok-node-2: 3 pods evicted"))
+    assert status(cluster, ns, name)["outcome"]["result"] == "Succeeded"
+    # Another cause on the same target is another incident: a new request.
+    other = asyncio.run(gate.request(ns, dataclasses.replace(request, cause="NotReady since 19:00")))
+    assert other.name != name and other.phase is ap.Phase.PENDING
