@@ -558,3 +558,120 @@ def test_gate_opens_one_request_per_incident(
     # Another cause on the same target is another incident: a new request.
     other = asyncio.run(gate.request(ns, dataclasses.replace(request, cause="NotReady since 19:00")))
     assert other.name != name and other.phase is ap.Phase.PENDING
+
+
+@pytest.fixture
+def voter_policy(cluster: Cluster) -> Iterator[None]:
+    """The chart's ValidatingAdmissionPolicy, with the operator under test (kwok-admin) exempt."""
+    rendered = subprocess.run(
+        [
+            local.tool("helm"),
+            "template",
+            "hs",
+            str(REPO / "charts" / "homeostat"),
+            "--show-only",
+            "templates/approval-votes-policy.yaml",
+            "--set",
+            "approvals.enforceVoterIdentity=true",
+            "--set",
+            f"approvals.operatorUsername={kubectl_user(cluster)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    yield
+    cluster.kubectl("delete", "-f", "-", input=rendered, check=False)
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    import yaml
+
+    cluster.kubectl("create", "serviceaccount", account, "-n", namespace)
+    token = cluster.kubectl("create", "token", account, "-n", namespace).stdout.strip()
+    config = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    context["context"]["user"] = account
+    config["contexts"] = [context]
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def as_user(kubeconfig: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        [local.tool("kubectl"), *args, "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        input=input,
+    )
+
+
+def test_kubectl_votes_need_rbac_and_are_bound_to_the_caller(
+    cluster: Cluster, operator: OperatorProcess, ns: str, voter_policy: None, tmp_path: Path
+) -> None:
+    voter = f"system:serviceaccount:{ns}:voter"
+    kubeconfig = service_account_kubeconfig(cluster, ns, "voter", tmp_path / "voter.yaml")
+    name = create(cluster, ns, channel="", approvers={"users": [voter]})
+    wait_for(lambda: status(cluster, ns, name).get("phase") == "Pending", timeout=20, what="Pending")
+
+    # Allowed by the request, but RBAC does not let it write approvals/status yet.
+    cluster.kubectl("create", "role", "read-approvals", "-n", ns, "--verb=get,list", "--resource=approvals")
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "read-approvals",
+        "-n",
+        ns,
+        "--role=read-approvals",
+        f"--serviceaccount={ns}:voter",
+    )
+    refused = as_user(kubeconfig, "homeostat", "approve", name, "-n", ns)
+    assert refused.returncode == 1 and "RBAC forbids" in refused.stderr, refused.stdout + refused.stderr
+    assert not status(cluster, ns, name).get("votes")
+
+    cluster.kubectl("create", "role", "vote", "-n", ns, "--verb=get,patch", "--resource=approvals/status")
+    cluster.kubectl("create", "rolebinding", "vote", "-n", ns, "--role=vote", f"--serviceaccount={ns}:voter")
+    # Forging another user's vote, or the decision itself, is refused by the API server.
+    forged = {
+        "status": {
+            "votes": [
+                {"id": "f1", "user": "kwok-admin", "verdict": "approve", "at": ap.format_time(time.time())}
+            ]
+        }
+    }
+
+    def forge() -> subprocess.CompletedProcess[str] | None:
+        patch = json.dumps(forged)
+        args = ("patch", "approval", name, "-n", ns, "--subresource=status", "--type=merge", "-p", patch)
+        result = as_user(kubeconfig, *args)
+        return result if result.returncode != 0 and "as yourself" in result.stderr else None
+
+    refusal = wait_for(forge, timeout=30, what="the admission policy to refuse a forged vote")
+    assert "Forbidden" in refusal.stderr
+    self_approved = {"status": {"phase": "Approved", "reason": "trust me"}}
+    result = as_user(
+        kubeconfig,
+        "patch",
+        "approval",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(self_approved),
+    )
+    assert result.returncode != 0 and "only the operator" in result.stderr, result.stderr
+    assert status(cluster, ns, name)["phase"] == "Pending"
+
+    accepted = as_user(kubeconfig, "homeostat", "approve", name, "-n", ns)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    st = status(cluster, ns, name)
+    (decision,) = st["decisions"]
+    assert st["phase"] == "Approved" and (decision["user"], decision["channel"]) == (voter, "kubectl")
