@@ -1,4 +1,4 @@
-"""``kubectl homeostat``: decide approvals (and, later, steer rollouts) from a terminal.
+"""``kubectl homeostat``: decide approvals and steer rollouts from a terminal.
 
 Installed as the ``kubectl-homeostat`` console script, which kubectl finds on PATH as a plugin.
 A decision is a vote written to the Approval's status subresource: Kubernetes RBAC on
@@ -7,8 +7,13 @@ as the API server authenticated them (a SelfSubjectReview), against the request'
 the requester rule, quorum and expiry, exactly as for a Slack click. The plugin then waits for
 the operator's answer and prints it.
 
+Rollout commands (pause, resume, promote, abort) write the service's
+``homeostat.dev/rollout-command`` annotation as ``<command>/<id>``: RBAC on patching
+ReplicatedServices decides who may, the operator applies each id once, and the plugin waits for
+the Event that says whether it was applied or why not.
+
 Each subcommand is one ``add_*`` function that registers its parser and one ``cmd_*`` function
-that runs it, so rollout commands (pause, resume, promote, abort) can be added beside these.
+that runs it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import kubernetes
 from homeostat import ports
 from homeostat.adapters import approvals, kube
 from homeostat.core import approval as appr
+from homeostat.core import children as kids
+from homeostat.core import delivery as dl
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
@@ -40,6 +47,7 @@ class Context:
 
     approvals: Any  # adapters.approvals.KubeApprovals (sync methods)
     namespace: str
+    workloads: Any = None  # adapters.kube.KubernetesWorkloads (sync methods)
     out: Any = sys.stdout
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
@@ -206,9 +214,108 @@ def _answer(ctx: Context, name: str, vote_id: str) -> tuple[int, str] | None:
     return None
 
 
+# --- rollouts ----------------------------------------------------------------------------------
+
+_ROLLOUT_COMMANDS = {
+    "pause": ("pause", "hold the rollout where it is"),
+    "resume": ("resume", "continue a paused rollout"),
+    "promote": ("promote-step", "move a canary to its next step (--full: promote to stable now)"),
+    "abort": ("abort", "roll back to the stable revision"),
+}
+
+
+def add_rollouts(sub: Any) -> None:
+    for verb, (_, text) in _ROLLOUT_COMMANDS.items():
+        cmd = sub.add_parser(verb, help=text, parents=[common()])
+        cmd.add_argument("name", help="the ReplicatedService")
+        if verb == "promote":
+            cmd.add_argument("--full", action="store_true", help="skip the remaining steps and promote")
+        cmd.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the operator")
+        cmd.set_defaults(run=cmd_rollout, verb=verb)
+    status = sub.add_parser("status", help="show a service's rollout", parents=[common()])
+    status.add_argument("name", help="the ReplicatedService")
+    status.set_defaults(run=cmd_status)
+
+
+def _service_ref(ctx: Context, name: str) -> kids.ChildRef:
+    return kids.ChildRef(kids.API_VERSION, kids.KIND, ctx.namespace, name)
+
+
+def cmd_rollout(args: argparse.Namespace, ctx: Context) -> int:
+    kind = "promote-full" if getattr(args, "full", False) else _ROLLOUT_COMMANDS[args.verb][0]
+    ref = _service_ref(ctx, args.name)
+    if ctx.workloads.read_sync(ref) is None:
+        raise PluginError(f"no ReplicatedService {args.name!r} in namespace {ctx.namespace}")
+    command_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ctx.clock()))}-{uuid.uuid4().hex[:6]}"
+    try:
+        ctx.workloads.merge_patch_sync(
+            ref, {"metadata": {"annotations": {dl.ANNOTATION_COMMAND: f"{kind}/{command_id}"}}}
+        )
+    except ports.Rejected as exc:
+        raise PluginError(str(exc)) from None
+    except ports.Unavailable as exc:
+        if str(exc).startswith("403"):
+            raise PluginError(
+                f"you may not steer rollouts in namespace {ctx.namespace}: RBAC forbids patching "
+                "replicatedservices"
+            ) from None
+        raise
+    print(
+        f"{kind} ({command_id}) sent to {ctx.namespace}/{args.name}; waiting for the operator…", file=ctx.out
+    )
+    deadline = ctx.clock() + args.timeout
+    while ctx.clock() < deadline:
+        for event in ctx.workloads.events_sync(ref):
+            message = str(event.get("message") or "")
+            if f"({command_id})" in message:
+                print(f"{event.get('reason')}: {message}", file=ctx.out)
+                return EXIT_OK if event.get("reason") in ("CommandApplied", "RolledBack") else EXIT_REFUSED
+        ctx.sleep(0.5)
+    print(
+        f"no answer from the operator within {args.timeout:.0f}s; the command stays on the service",
+        file=ctx.out,
+    )
+    return EXIT_NO_ANSWER
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    body = ctx.workloads.read_sync(_service_ref(ctx, args.name))
+    if body is None:
+        raise PluginError(f"no ReplicatedService {args.name!r} in namespace {ctx.namespace}")
+    status = body.get("status") or {}
+    rollout = status.get("rollout") or {}
+    analysis = rollout.get("analysis") or {}
+    failure = rollout.get("failure") or {}
+    strategy = ((body.get("spec") or {}).get("rollout") or {}).get("strategy", "RollingUpdate")
+    rows = [
+        ("Service", f"{ctx.namespace}/{args.name}"),
+        ("Strategy", strategy),
+        ("Phase", str(status.get("phase", "-"))),
+        ("Rollout", str(rollout.get("phase", "-"))),
+        ("Paused", str(rollout.get("pauseReason") or "-")),
+        ("Revision", str(rollout.get("revision") or status.get("currentRevision") or "-")),
+        ("Stable", str(status.get("stableRevision") or "-")),
+        ("Step", str(rollout.get("step", 0) + 1) if rollout else "-"),
+        (
+            "Weight",
+            f"{rollout.get('achievedWeight', 0)}% (asked {rollout.get('weight', 0)}%)" if rollout else "-",
+        ),
+        (
+            "Analysis",
+            f"{analysis.get('runs', 0)} runs, {analysis.get('failures', 0)} failed, "
+            f"{analysis.get('inconclusives', 0)} inconclusive, last {analysis.get('lastVerdict') or '-'}",
+        ),
+        ("Failure", str(failure.get("message") or "-")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}", file=ctx.out)
+    return EXIT_OK
+
+
 # --- entry point -------------------------------------------------------------------------------
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_approvals, add_decisions)
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_approvals, add_decisions, add_rollouts)
 
 
 def common(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
@@ -226,7 +333,7 @@ def common(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
         prog="kubectl homeostat",
-        description="Decide Homeostat approval requests from the command line.",
+        description="Decide Homeostat approval requests and steer rollouts from the command line.",
         parents=[common(None)],
     )
     sub = main_parser.add_subparsers(dest="command", required=True)
@@ -250,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except kube.ConfigError as exc:
         sys.stderr.write(f"kubectl homeostat: error: {exc}\n")
         return EXIT_REFUSED
-    ctx = Context(approvals.KubeApprovals(api), args.namespace or _current_namespace(args.kubeconfig))
+    ctx = Context(
+        approvals.KubeApprovals(api),
+        args.namespace or _current_namespace(args.kubeconfig),
+        workloads=kube.KubernetesWorkloads(api),
+    )
     try:
         return int(args.run(args, ctx))
     except PluginError as exc:

@@ -8,13 +8,12 @@ judged by Prometheus are in test_rollout_analysis.py.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, plugin, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,9 +72,11 @@ def reasons(cluster: Cluster, namespace: str, name: str) -> list[str]:
 
 
 def command(cluster: Cluster, namespace: str, name: str, kind: str) -> None:
-    cluster.kubectl(
-        "annotate", "rsvc", name, "-n", namespace, "--overwrite", f"{COMMAND}={kind}/{time.time_ns()}"
-    )
+    """Steer a rollout the way a user does: ``kubectl homeostat <verb> NAME``."""
+    verb = {"promote-step": ["promote"], "promote-full": ["promote", "--full"]}.get(kind, [kind])
+    done = plugin(cluster, verb[0], name, "-n", namespace, *verb[1:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CommandApplied" in done.stdout or "RolledBack" in done.stdout, done.stdout
 
 
 CANARY = {
@@ -194,6 +195,12 @@ def test_manual_pause_promote_and_abort(cluster: Cluster, namespace: str, runnin
     wait_phase(cluster, namespace, "man", "Paused")
     command(cluster, namespace, "man", "abort")
     aborted = wait_phase(cluster, namespace, "man", "Aborted")
+    shown = plugin(cluster, "status", "man", "-n", namespace)
+    assert shown.returncode == 0 and "Aborted" in shown.stdout, shown.stdout + shown.stderr
+    refused = plugin(cluster, "resume", "man", "-n", namespace, "--timeout", "20")
+    assert refused.returncode == 1 and "CommandIgnored" in refused.stdout, refused.stdout
+    missing = plugin(cluster, "pause", "nope", "-n", namespace)
+    assert missing.returncode == 1 and "no ReplicatedService 'nope'" in missing.stderr
     assert image_of(cluster, namespace, "man") == NEW
     stable = get_json(cluster, "deployment", "man", "-n", namespace)
     assert stable is not None and stable["spec"]["replicas"] == 4
@@ -205,6 +212,7 @@ def test_manual_pause_promote_and_abort(cluster: Cluster, namespace: str, runnin
     assert aborted["rollout"]["cause"] == "Aborted"
     seen = reasons(cluster, namespace, "man")
     assert seen.count("CommandApplied") == 4, seen
+    assert seen.count("CommandIgnored") == 1, seen
 
 
 def test_bad_command_is_reported_and_the_operator_keeps_running(
@@ -288,10 +296,19 @@ def test_rolling_update_abort_runs_the_stable_revision_again(
     from cluster import local
 
     rolling = {"strategy": "RollingUpdate"}
-    apply(cluster, namespace, manifest("ru", rolling, OLD))
+
+    def manifest_ru(image: str) -> dict[str, Any]:
+        # Pods of the broken revision are ready for a second or two before they fail, as real
+        # crashing containers are: only pods ready for 5 s count as available.
+        return {
+            **manifest("ru", rolling, image),
+            "spec": {**manifest("ru", rolling, image)["spec"], "minReadySeconds": 5},
+        }
+
+    apply(cluster, namespace, manifest_ru(OLD))
     wait_for(lambda: status(cluster, namespace, "ru").get("phase") == "Ready", timeout=60, what="Ready")
     stable = status(cluster, namespace, "ru")["stableRevision"]
-    broken = manifest("ru", rolling, NEW)
+    broken = manifest_ru(NEW)
     # KWOK's chaos stage fails every container of the new revision: it never becomes ready.
     broken["spec"]["template"]["metadata"]["labels"][local.POD_FAILURE_LABEL] = "true"
     apply(cluster, namespace, broken)
@@ -317,7 +334,7 @@ def test_rolling_update_abort_runs_the_stable_revision_again(
 
     # A new template is a new rollout; the old abort annotation is not applied to it.
     third = "registry.k8s.io/pause:3.8"
-    apply(cluster, namespace, manifest("ru", rolling, third))
+    apply(cluster, namespace, manifest_ru(third))
     done = wait_for(
         lambda: (
             status(cluster, namespace, "ru")

@@ -64,6 +64,7 @@ def stored(manifest: dict[str, Any], ready: int | None = None) -> dict[str, Any]
         "replicas": replicas,
         "updatedReplicas": replicas,
         "readyReplicas": ready,
+        "availableReplicas": ready,
     }
     return body
 
@@ -134,12 +135,64 @@ def test_malformed_commands_name_the_annotation(value: str) -> None:
 @pytest.mark.parametrize(
     ("status", "generation", "expected_ready"),
     [
-        ({"observedGeneration": 1, "replicas": 4, "updatedReplicas": 4, "readyReplicas": 4}, 1, 4),
-        ({"observedGeneration": 1, "replicas": 4, "updatedReplicas": 4, "readyReplicas": 2}, 1, 2),
+        (
+            {
+                "observedGeneration": 1,
+                "replicas": 4,
+                "updatedReplicas": 4,
+                "readyReplicas": 4,
+                "availableReplicas": 4,
+            },
+            1,
+            4,
+        ),
+        (
+            {
+                "observedGeneration": 1,
+                "replicas": 4,
+                "updatedReplicas": 4,
+                "readyReplicas": 2,
+                "availableReplicas": 2,
+            },
+            1,
+            2,
+        ),
+        # Ready but not yet available (minReadySeconds): not counted.
+        (
+            {
+                "observedGeneration": 1,
+                "replicas": 4,
+                "updatedReplicas": 4,
+                "readyReplicas": 4,
+                "availableReplicas": 1,
+            },
+            1,
+            1,
+        ),
         # Rolling: two old pods may be among the four ready ones.
-        ({"observedGeneration": 2, "replicas": 5, "updatedReplicas": 3, "readyReplicas": 4}, 2, 2),
+        (
+            {
+                "observedGeneration": 2,
+                "replicas": 5,
+                "updatedReplicas": 3,
+                "readyReplicas": 4,
+                "availableReplicas": 4,
+            },
+            2,
+            2,
+        ),
         # The controller has not seen the latest spec: its counts say nothing about it.
-        ({"observedGeneration": 1, "replicas": 4, "updatedReplicas": 4, "readyReplicas": 4}, 2, 0),
+        (
+            {
+                "observedGeneration": 1,
+                "replicas": 4,
+                "updatedReplicas": 4,
+                "readyReplicas": 4,
+                "availableReplicas": 4,
+            },
+            2,
+            0,
+        ),
     ],
 )
 def test_track_view_counts_only_pods_of_the_track_revision(

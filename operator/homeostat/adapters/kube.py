@@ -163,6 +163,28 @@ class KubernetesWorkloads:
             if not str(exc).startswith("404"):
                 raise
 
+    def read_sync(self, ref: kids.ChildRef) -> Mapping[str, Any] | None:
+        """A blocking read, for command-line tools that have no event loop."""
+        try:
+            return dict(self._call(_path(ref.api_version, ref.kind, ref.namespace, ref.name), "GET"))
+        except ports.Unavailable as exc:
+            if str(exc).startswith("404"):
+                return None
+            raise
+
+    def merge_patch_sync(self, ref: kids.ChildRef, patch: Mapping[str, Any]) -> None:
+        """A blocking JSON merge patch, for command-line tools that have no event loop."""
+        path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
+        self._call(path, "PATCH", dict(patch), "application/merge-patch+json")
+
+    def events_sync(self, ref: kids.ChildRef) -> list[Mapping[str, Any]]:
+        """Events about one object, oldest first."""
+        selector = f"involvedObject.kind={ref.kind},involvedObject.name={ref.name}"
+        path = f"/api/v1/namespaces/{ref.namespace}/events"
+        listing = self._call(path, "GET", query=[("fieldSelector", selector)])
+        items = list((listing or {}).get("items") or [])
+        return sorted(items, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+
     async def get(self, ref: kids.ChildRef) -> Mapping[str, Any] | None:
         path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
         try:

@@ -122,6 +122,7 @@ def deployment(
         "metadata": meta,
         "spec": {
             "replicas": spec.replicas.effective if replicas is None else replicas,
+            "minReadySeconds": spec.min_ready_seconds,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": track_labels},
             "template": {"metadata": pod_meta, "spec": template["spec"]},

@@ -128,8 +128,11 @@ def track_view(deployment: Mapping[str, Any] | None, settled: ro.TrackView | Non
     if caught_up(deployment):
         # While the Deployment rolls, old pods may still be among the ready ones; count the
         # worst case.
+        # Available, not just ready: with minReadySeconds a pod that crashes soon after
+        # starting never counts.
         old = max(0, int(status.get("replicas", 0)) - int(status.get("updatedReplicas", 0)))
-        ready = max(0, min(int(status.get("readyReplicas", 0)) - old, wanted))
+        usable = min(int(status.get("readyReplicas", 0)), int(status.get("availableReplicas", 0)))
+        ready = max(0, min(usable - old, wanted))
     elif settled is not None and settled.revision == revision:
         ready = min(settled.ready, wanted)
     return ro.TrackView(revision=revision, replicas=wanted, ready=ready)

@@ -69,6 +69,7 @@ class ServiceSpec:
     replicas: Replicas = Replicas()
     disruption_budget: DisruptionBudget = DisruptionBudget()
     strategy: Strategy = Strategy.ROLLING_UPDATE
+    min_ready_seconds: int = 0
 
 
 def parse_duration(value: str, field: str) -> float:
@@ -181,4 +182,5 @@ def parse(raw: Mapping[str, Any]) -> ServiceSpec:
         replicas=_parse_replicas(raw.get("replicas")),
         disruption_budget=_parse_budget(raw.get("disruptionBudget")),
         strategy=strategy,
+        min_ready_seconds=_int(raw.get("minReadySeconds", 0), "spec.minReadySeconds"),
     )
