@@ -293,6 +293,27 @@ def test_unusable_forecasts_fall_back_to_reactive(predicted: fc.Forecast | None,
     assert decision.forecast.mode is sc.Mode.REACTIVE
 
 
+@pytest.mark.parametrize(
+    ("mase", "smape", "trusted"),
+    [
+        (0.5, 8.0, True),  # beats seasonal naive
+        (58.0, 2.1, True),  # loses to it on a near-perfect season, but misses by 2%
+        (58.0, 5.0, True),
+        (1.4, 5.1, False),
+        (None, 2.0, True),  # seasonal-naive error exactly zero: MASE undefined, sMAPE decides
+        (None, None, False),
+        (3.0, None, False),
+    ],
+)
+def test_a_forecast_is_trusted_on_relative_or_absolute_accuracy(
+    mase: float | None, smape: float | None, trusted: bool
+) -> None:
+    decision, _ = decide(spec(), current=5, metric=500.0, predicted=forecast(900.0, mase=mase, smape=smape))
+    assert (decision.desired, decision.reason) == (
+        (9, sc.Reason.PREDICTIVE) if trusted else (5, sc.Reason.FORECAST_UNRELIABLE)
+    )
+
+
 def test_mase_bound_is_configurable() -> None:
     decision, _ = decide(spec(max_mase=1.5), current=5, metric=500.0, predicted=forecast(900.0, mase=1.4))
     assert decision.desired == 9

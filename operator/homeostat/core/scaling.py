@@ -114,6 +114,10 @@ class AutoscalingSpec:
     # Backtest MASE above this and the forecast is not trusted. It is scaled by the in-sample
     # seasonal-naive error, so 1 means "no better than copying yesterday".
     max_mase: float = 1.0
+    # ...unless the backtest error is small in absolute terms: on a nearly perfectly seasonal
+    # load the seasonal-naive error MASE divides by is close to zero, and any model "loses" to
+    # it by a large factor while missing by a percent or two.
+    max_smape: float = 5.0
 
     @property
     def horizon(self) -> float:
@@ -438,10 +442,16 @@ def _untrusted(spec: AutoscalingSpec, forecast: fc.Forecast | None) -> tuple[Rea
     if forecast.method is fc.Method.NAIVE:
         # A naive forecast repeats the current load, which the reactive part already follows.
         return Reason.FORECAST_UNRELIABLE, f"{forecast.fallback}: {forecast.message}"
+    accurate = forecast.smape is not None and forecast.smape <= spec.max_smape
+    if accurate:
+        return None, ""
     if forecast.mase is None:
         return Reason.FORECAST_UNRELIABLE, "no backtest yet"
     if forecast.mase > spec.max_mase:
-        return Reason.FORECAST_UNRELIABLE, f"backtest MASE {forecast.mase:.2f} above {spec.max_mase:g}"
+        smape = (
+            "" if forecast.smape is None else f" and sMAPE {forecast.smape:.1f}% above {spec.max_smape:g}%"
+        )
+        return Reason.FORECAST_UNRELIABLE, f"backtest MASE {forecast.mase:.2f} above {spec.max_mase:g}{smape}"
     return None, ""
 
 

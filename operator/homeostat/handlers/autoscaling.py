@@ -40,6 +40,8 @@ from homeostat.handlers import replicatedservice as rs
 CONDITION = "Autoscaling"
 TICK = 1.0  # how often the loop looks for due work; intervals are per service
 INVALID_RETRY = 30.0
+SAMPLES_PER_BIN = 8
+MAX_POINTS = 10_000
 _T = TypeVar("_T")
 
 log = logging.getLogger("homeostat.autoscaling")
@@ -182,15 +184,20 @@ def _has_autoscaling_condition(status: Mapping[str, Any]) -> bool:
 async def _loop(memo: Any, indexes: Mapping[str, Any]) -> None:
     state = _autoscaler(memo)
     while True:
+        wake = time.time() + TICK
         try:
-            _schedule(memo, indexes, state, time.time())
+            wake = min(wake, _schedule(memo, indexes, state, time.time()))
         except Exception:  # the loop must outlive any one bad object
             log.exception("autoscaling loop")
-        await asyncio.sleep(TICK)
+        # Woken at the next due time, not on a coarse tick: the forecast horizon covers one
+        # interval between evaluations, and a late evaluation would eat into the startup delay.
+        await asyncio.sleep(max(0.01, wake - time.time()))
 
 
-def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: float) -> None:
+def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: float) -> float:
+    """Start the evaluations that are due; return when the next one falls due."""
     seen: set[tuple[str, str]] = set()
+    wake = math.inf
     for store in list(indexes["services"].values()):
         body = _latest(store)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -200,9 +207,15 @@ def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: flo
             key = (uid, kind)
             seen.add(key)
             task = state.running.get(key)
-            if (task is not None and not task.done()) or state.due.get(key, 0.0) > now:
+            if task is not None and not task.done():
                 continue
-            state.due[key] = now + interval
+            due = state.due.get(key)
+            if due is not None and due > now:
+                wake = min(wake, due)
+                continue
+            # A fixed cadence (due + interval), so evaluations do not drift later and later.
+            state.due[key] = due + interval if due is not None and due + interval > now else now + interval
+            wake = min(wake, state.due[key])
             work = _autoscale if kind == "autoscaling" else _maintain
             state.running[key] = asyncio.create_task(_guarded(work, memo, indexes, body))
     for key in set(state.due) - seen:
@@ -210,6 +223,7 @@ def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: flo
         task = state.running.pop(key, None)
         if task is not None:
             task.cancel()
+    return wake
 
 
 async def _guarded(
@@ -441,8 +455,13 @@ async def _forecast(
     if metrics is None:
         return None, model
     config = auto.forecast
+    # Several samples per forecast bin, so a bin holds the mean load over its whole width rather
+    # than one instant of it (a single sample per bin can sit anywhere in the bin and shift the
+    # predicted rise by most of a step); capped well below Prometheus' 11,000 points a series.
+    resolution = max(config.step / SAMPLES_PER_BIN, config.history / MAX_POINTS)
+    start = math.floor((now - config.history) / resolution) * resolution
     try:
-        series = await metrics.range(query, now - config.history, now, config.step)
+        series = await metrics.range(query, start, now, resolution)
     except ports.Unavailable as exc:
         log.warning("history of %r unavailable: %s", query, exc)
         return None, model
