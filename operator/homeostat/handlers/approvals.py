@@ -30,6 +30,7 @@ from homeostat.core import children as kids
 APPROVALS = (appr.GROUP, appr.VERSION, appr.PLURAL)
 MEMO_KEY = "approvals"
 MAX_BACKOFF = 60.0
+WORKERS = 4
 _CONFLICT_RETRIES = 8
 
 audit_log = logging.getLogger("homeostat.audit")
@@ -64,6 +65,7 @@ class ApprovalsRuntime:
         self.posted: dict[str, ports.MessageRef] = {}
         self.shown: dict[str, str] = {}
         self.retry_at: dict[Key, float] = {}
+        self.expiring: set[Key] = set()
         self.attempts: dict[Key, int] = {}
         self.jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self.index: Any = None
@@ -241,7 +243,13 @@ def open_pending() -> Decider:
 
 
 def report(
-    body: Mapping[str, Any], ref: appr.Ref, results: list[appr.Result], identity: str, channel: str
+    body: Mapping[str, Any],
+    ref: appr.Ref,
+    results: list[appr.Result],
+    identity: str,
+    channel: str,
+    *,
+    written: bool = False,
 ) -> None:
     """Audit every accepted or refused decision: a log line always, an Event for accepted ones."""
     for result in results:
@@ -269,6 +277,10 @@ def report(
             kind = "Warning" if state.phase in (appr.Phase.DENIED, appr.Phase.EXPIRED) else "Normal"
             service_event(body, kind, reason, f"{ref.name}: {result.message}")
         else:
+            if result.rejection is appr.Rejection.EXPIRED and written:
+                # The click found the request past its expiry and recorded the timeout.
+                audit("expired", ref, phase=state.phase.value, message=state.reason)
+                service_event(body, "Warning", "ApprovalExpired", f"{ref.name}: {state.reason}")
             service_event(body, "Warning", "ApprovalDecisionRefused", f"{ref.name}: {result.message}")
 
 
@@ -330,7 +342,11 @@ async def sync_slack(runtime: ApprovalsRuntime, ref: appr.Ref) -> None:
                 audit("slack-updated", ref, phase=state.phase.value)
             runtime.attempts.pop(key, None)
             runtime.retry_at.pop(key, None)
-        except (ports.Unavailable, ports.Rejected) as exc:
+        except ports.Rejected as exc:
+            # Retrying cannot help (no channel configured): say so once and stop.
+            _log.warning("approval %s cannot be posted to Slack: %s", ref, exc)
+            await _record_slack(runtime, ref, {"lastError": str(exc)[:256]})
+        except ports.Unavailable as exc:
             attempts = runtime.attempts.get(key, 0) + 1
             runtime.attempts[key] = attempts
             delay = min(MAX_BACKOFF, 2.0 ** min(attempts, 6))
@@ -363,7 +379,7 @@ async def apply_click(runtime: ApprovalsRuntime, click: ports.Click) -> None:
     if done.body is None:
         await _reply(runtime, click, "This approval request no longer exists.")
         return
-    report(done.body, click.ref, done.results, str(identity), appr.Channel.SLACK.value)
+    report(done.body, click.ref, done.results, str(identity), appr.Channel.SLACK.value, written=done.written)
     for result in done.results:
         if result.outcome is appr.Outcome.REJECTED:
             await _reply(runtime, click, result.message)
@@ -461,7 +477,10 @@ def _ensure_started(runtime: ApprovalsRuntime) -> None:
     """
     if runtime.tasks:
         return
-    runtime.tasks.append(asyncio.create_task(_worker(runtime)))
+    # A few workers, so one slow Slack call (a long Retry-After) does not hold up other requests'
+    # clicks; the per-approval locks keep each request's work in order.
+    for _ in range(WORKERS):
+        runtime.tasks.append(asyncio.create_task(_worker(runtime)))
     runtime.tasks.append(asyncio.create_task(_clock(runtime)))
 
 
@@ -499,7 +518,8 @@ async def _clock(runtime: ApprovalsRuntime) -> None:
                 expires = appr.parse_time((body.get("spec") or {}).get("expiresAt"), "spec.expiresAt")
             except ValueError:
                 continue
-            if phase == appr.Phase.PENDING.value and now >= expires:
+            if phase == appr.Phase.PENDING.value and now >= expires and key not in runtime.expiring:
+                runtime.expiring.add(key)
                 runtime.submit(_expire_job(runtime, ref))
         for key, at in list(runtime.retry_at.items()):
             if now >= at:
@@ -510,7 +530,10 @@ async def _clock(runtime: ApprovalsRuntime) -> None:
 
 def _expire_job(runtime: ApprovalsRuntime, ref: appr.Ref) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
-        done = await transact(runtime, ref, expire_due(runtime))
+        try:
+            done = await transact(runtime, ref, expire_due(runtime))
+        finally:
+            runtime.expiring.discard((ref.namespace, ref.name))
         if done.written and done.body is not None:
             report(done.body, ref, done.results, "timeout", "timeout")
             await sync_slack(runtime, ref)
