@@ -322,3 +322,47 @@ def test_prometheus_down_holds_replicas_and_says_why(setup: Setup) -> None:
     warnings = [e for e in setup.events("steady") if e["reason"] == "MetricUnavailable"]
     assert warnings and warnings[0]["type"] == "Warning"
     assert json.dumps(body["status"]).count("MetricUnavailable") >= 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "accepted", "message"),
+    [
+        (
+            {
+                "autoscaling": {
+                    **autoscaling("Predictive"),
+                    "forecast": {"seasonality": "Daily", "period": "5m"},
+                }
+            },
+            False,
+            "spec.autoscaling.forecast.period may only be set when seasonality is Auto",
+        ),
+        (
+            {"autoscaling": {**autoscaling("Predictive"), "forecast": {"step": "0s"}}},
+            False,
+            "spec.autoscaling.forecast.step must be a positive duration",
+        ),
+        (
+            {"healing": {"predictiveMaintenance": {"memory": {"leadTime": "0s"}}}},
+            False,
+            "spec.healing.predictiveMaintenance.memory.leadTime must be a positive duration",
+        ),
+        ({"healing": {"predictiveMaintenance": {"memory": {}}}}, True, ""),  # no node-risk query needed
+        ({"healing": {"predictiveMaintenance": {"query": "risk", "threshold": 0.5}}}, True, ""),
+        (
+            {"healing": {"predictiveMaintenance": {"threshold": 0.5}}},
+            False,
+            "spec.healing.predictiveMaintenance.query is required",
+        ),
+    ],
+)
+def test_api_validation_of_the_new_fields(
+    cluster: Cluster, crds_installed: None, spec: dict[str, Any], accepted: bool, message: str
+) -> None:
+    manifest = service("validated", **spec)
+    manifest["metadata"]["namespace"] = "default"
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(manifest), check=False
+    )
+    assert (result.returncode == 0) is accepted, result.stderr
+    assert message in result.stderr
