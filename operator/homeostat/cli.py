@@ -141,8 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so `homeostat --help` stays fast and works without cluster libraries loaded.
     import kopf
 
-    from homeostat.adapters import kube, kube_scale, metrics
-    from homeostat.adapters import kube_healing
+    from homeostat.adapters import kube, kube_healing, kube_scale, metrics
     from homeostat.handlers import replicatedservice
 
     try:

@@ -9,6 +9,7 @@ asserts (rate limits, circuit breaker, verify window) are the ones it set.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from cluster import local
-from conftest import Cluster, OperatorProcess, get_json, wait_for
+from conftest import VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -184,3 +185,231 @@ def test_pods_on_a_not_ready_node_run_elsewhere_within_grace_plus_15s(
     history = _healing(local_cluster, namespace, "web").get("history") or []
     assert [r["action"] for r in history] == ["ReschedulePods"], history
     assert history[0]["target"] == f"Node/{chaos_node}"
+
+
+def test_a_storm_is_held_by_the_rate_limit_and_the_circuit_breaker(
+    local_cluster: local.LocalCluster, namespace: str, operator_process: OperatorProcess, policy_name: str
+) -> None:
+    limit, replicas = 3, 8
+    policy = _policy(
+        policy_name,
+        rateLimits={"perService": {"maxActions": limit, "window": "10m"}},
+        verifyWindow="8s",
+        circuitBreaker={"failures": limit, "window": "10m"},
+    )
+    _apply(
+        local_cluster,
+        policy,
+        _service("storm", namespace, policy_name, replicas, {"crashLoop": {"window": "10m"}}),
+    )
+    wait_for(
+        lambda: sum(_running_ready(p) for p in _pods(local_cluster, namespace, "storm")) == replicas,
+        timeout=90,
+        what=f"{replicas} ready pods",
+    )
+    originals = {p["metadata"]["name"] for p in _pods(local_cluster, namespace, "storm")}
+    local_cluster.kubectl(
+        "label",
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        "homeostat.dev/service=storm",
+        f"{local.POD_FAILURE_LABEL}=true",
+    )
+
+    def circuit_open() -> list[dict[str, Any]] | None:
+        incidents = _healing(local_cluster, namespace, "storm").get("incidents") or []
+        opened = [i for i in incidents if i.get("reason") == "CircuitOpen"]
+        return opened if len(opened) == replicas - limit else None
+
+    opened = wait_for(circuit_open, timeout=60, what="the circuit to open on the remaining incidents")
+    assert {i["phase"] for i in opened} == {"Escalated"}
+    time.sleep(5)  # the loop runs every second: give it time to (wrongly) act again
+
+    history = _healing(local_cluster, namespace, "storm").get("history") or []
+    assert [r["action"] for r in history] == ["RestartPod"] * limit, history
+    # Each restart was judged by the service's health after the verify window: still failing.
+    assert [r["outcome"] for r in history] == ["Failed"] * limit
+    remaining = {p["metadata"]["name"] for p in _pods(local_cluster, namespace, "storm")} & originals
+    assert len(originals - remaining) == limit, "exactly the rate limit's worth of pods were deleted"
+    escalations = [
+        e for e in _events(local_cluster, namespace, "RemediationEscalated") if "CircuitOpen" in e["message"]
+    ]
+    assert len(escalations) == replicas - limit
+
+
+def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
+    local_cluster: local.LocalCluster,
+    namespace: str,
+    operator_process: OperatorProcess,
+    policy_name: str,
+    chaos_node: str,
+) -> None:
+    policy = _policy(
+        policy_name,
+        verifyWindow="2m",
+        actions={
+            "DrainNode": {
+                "risk": "high",
+                "mode": "approve",
+                "approvers": {"kubernetes": {"groups": ["system:masters"]}},
+                "quorum": 1,
+                "timeout": "10m",
+            }
+        },
+    )
+    service = _service(
+        "db", namespace, policy_name, 3, {"nodeFailure": {"gracePeriod": "2s"}}, node=chaos_node
+    )
+    service["spec"]["disruptionBudget"] = {"maxUnavailable": 1}
+    _apply(local_cluster, policy, service)
+
+    def on_chaos() -> list[str] | None:
+        pods = _pods(local_cluster, namespace, "db")
+        names = [
+            p["metadata"]["name"]
+            for p in pods
+            if p["spec"].get("nodeName") == chaos_node and _running_ready(p)
+        ]
+        return names if len(pods) == 3 and all(_running_ready(p) for p in pods) and len(names) >= 2 else None
+
+    before = wait_for(on_chaos, timeout=90, what="ready pods, at least two on the chaos node")
+    wait_for(
+        lambda: (
+            (get_json(local_cluster, "pdb", "db", "-n", namespace) or {})
+            .get("status", {})
+            .get("disruptionsAllowed")
+            == 1
+        ),
+        what="the PDB to allow one disruption",
+    )
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    pressure = {
+        "type": "MemoryPressure",
+        "status": "True",
+        "reason": "KubeletHasInsufficientMemory",
+        "message": "simulated by the test",
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now,
+    }
+    local_cluster.kubectl(
+        "patch",
+        "node",
+        chaos_node,
+        "--subresource=status",
+        "-p",
+        json.dumps({"status": {"conditions": [pressure]}}),
+    )
+
+    def approval() -> dict[str, Any] | None:
+        items = (get_json(local_cluster, "approvals", "-n", namespace) or {}).get("items") or []
+        return items[0] if items else None
+
+    request = wait_for(approval, timeout=30, what="an Approval for the drain")
+    assert request["spec"]["action"] == "DrainNode"
+    assert request["spec"]["target"]["name"] == chaos_node
+    time.sleep(4)  # pending: nothing may happen yet
+    still = [
+        p["metadata"]["name"]
+        for p in _pods(local_cluster, namespace, "db")
+        if p["spec"].get("nodeName") == chaos_node
+    ]
+    assert sorted(still) == sorted(before), "pods were moved before anyone approved"
+    node = get_json(local_cluster, "node", chaos_node) or {}
+    assert not node["spec"].get("unschedulable"), "the node was cordoned before anyone approved"
+
+    plugin = str(VENV_BIN / "kubectl-homeostat")
+    approve = subprocess.run(
+        [
+            plugin,
+            "approve",
+            request["metadata"]["name"],
+            "-n",
+            namespace,
+            "--kubeconfig",
+            str(local_cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert approve.returncode == 0, approve.stdout + approve.stderr
+
+    def drained() -> bool:
+        pods = [
+            p for p in _pods(local_cluster, namespace, "db") if not p["metadata"].get("deletionTimestamp")
+        ]
+        return (
+            not [p for p in pods if p["spec"].get("nodeName") == chaos_node]
+            and sum(map(_running_ready, pods)) == 3
+        )
+
+    wait_for(drained, timeout=90, what=f"{chaos_node} drained")
+    assert (get_json(local_cluster, "node", chaos_node) or {})["spec"].get("unschedulable") is True
+    # One disruption at a time: the budget refused at least one eviction along the way.
+    assert _events(local_cluster, namespace, "DrainBlocked"), "the PDB never refused an eviction"
+    history = _healing(local_cluster, namespace, "db").get("history") or []
+    assert [r["action"] for r in history] == ["DrainNode"]
+    decided = (get_json(local_cluster, "approval", request["metadata"]["name"], "-n", namespace) or {})[
+        "status"
+    ]
+    assert decided["phase"] == "Approved"
+
+
+def test_a_crash_looping_new_revision_is_rolled_back(
+    local_cluster: local.LocalCluster, namespace: str, operator_process: OperatorProcess, policy_name: str
+) -> None:
+    service = _service("api", namespace, policy_name, 3, {"crashLoop": {"window": "10m"}})
+    # A pod counts as available only after 5 s ready; the bad revision's pods crash sooner, so
+    # it never becomes the stable revision (as a real crash loop after start-up would not).
+    service["spec"]["minReadySeconds"] = 5
+    _apply(local_cluster, _policy(policy_name), service)
+
+    def stable() -> str | None:
+        body = get_json(local_cluster, "rsvc", "api", "-n", namespace) or {}
+        status = body.get("status") or {}
+        return status.get("stableRevision") if status.get("phase") == "Ready" else None
+
+    good = wait_for(stable, timeout=90, what="a stable revision")
+    # The new revision's pods fail a second or two after they run (the chaos label is in the
+    # template).
+    bad_labels = {"app": "api", local.POD_FAILURE_LABEL: "true"}
+    local_cluster.kubectl(
+        "patch",
+        "rsvc",
+        "api",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"template": {"metadata": {"labels": bad_labels}}}}),
+    )
+
+    def rolled_back() -> dict[str, Any] | None:
+        body = get_json(local_cluster, "rsvc", "api", "-n", namespace) or {}
+        return (body.get("status") or {}).get("rollback") or None
+
+    rollback = wait_for(rolled_back, timeout=60, what="the rollback")
+    assert rollback["stableRevision"] == good
+    assert rollback["revision"] != good
+
+    def recovered() -> bool:
+        # Failed pods of the bad revision stay behind as records (a ReplicaSet scaled to zero
+        # does not delete them); what serves must be the stable revision only.
+        pods = [p for p in _pods(local_cluster, namespace, "api") if p["status"].get("phase") != "Failed"]
+        pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        revisions = {p["metadata"]["labels"].get("homeostat.dev/revision") for p in pods}
+        return revisions == {good} and sum(map(_running_ready, pods)) == 3
+
+    wait_for(recovered, timeout=90, what="3 ready pods at the stable revision")
+
+    def verified() -> list[dict[str, Any]] | None:
+        history = _healing(local_cluster, namespace, "api").get("history") or []
+        return history if history and history[-1]["outcome"] != "InProgress" else None
+
+    history = wait_for(verified, timeout=30, what="the rollback to be verified")
+    assert [(r["action"], r["outcome"]) for r in history] == [("Rollback", "Succeeded")], history
+    annotations = (get_json(local_cluster, "rsvc", "api", "-n", namespace) or {})["metadata"]["annotations"]
+    assert annotations["homeostat.dev/rollout-command"].startswith("abort/")

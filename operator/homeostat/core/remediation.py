@@ -323,6 +323,7 @@ class ServiceView:
     replicas: int = 1
     max_replicas: int = 1
     maintenance: tuple[MaintenanceRequest, ...] = ()
+    rolled_back: str = ""  # a revision the rollout machinery holds back (status.rollback.revision)
 
     @property
     def ref(self) -> str:
@@ -384,7 +385,11 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
         if not n.ready and n.not_ready_since is not None and now - n.not_ready_since >= spec.grace
     }
     new_revision_crash = ""
-    live = [p for p in view.pods if not p.deleting]
+    # Pods of a revision that was rolled back are remnants (a ReplicaSet scaled to zero leaves
+    # its failed pods behind): the rollback already answered them.
+    live = [
+        p for p in view.pods if not p.deleting and not (view.rolled_back and p.revision == view.rolled_back)
+    ]
     for pod in live:
         pod_ref = f"Pod/{view.namespace}/{pod.name}"
         on_failed_node = pod.node in failed_nodes or (

@@ -248,6 +248,7 @@ async def _heal(
         replicas=int(replicas.get("desired") or status.get("desiredReplicas") or replicas.get("min") or 1),
         max_replicas=int(replicas.get("max") or 10),
         maintenance=rem.maintenance_requests(status),
+        rolled_back=str((status.get("rollback") or {}).get("revision") or ""),
     )
     others = tuple(r for other, history in loop.histories.items() if other != uid for r in history)
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
