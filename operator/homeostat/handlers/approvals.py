@@ -297,6 +297,8 @@ async def sync_slack(runtime: ApprovalsRuntime, ref: appr.Ref) -> None:
     if messenger is None:
         return
     key = (ref.namespace, ref.name)
+    if runtime.retry_at.get(key, 0.0) > runtime.clock():
+        return  # backing off: the clock retries when it is time, whatever events arrive meanwhile
     async with runtime.slack_locks[key]:
         body = await runtime.store.get(ref.namespace, ref.name)
         if body is None:
