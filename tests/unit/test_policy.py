@@ -1,0 +1,387 @@
+"""Table-driven tests of RemediationPolicy parsing and of ``policy.decide``.
+
+Each row of a table is one situation and the verdict (and reason) the policy must give; the
+order of the guards (deny before asking, throttle before asking, approval before acting) is
+what these rows pin down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from homeostat.core import policy as pol
+
+ROOT = Path(__file__).resolve().parents[2]
+A = pol.Action
+NOW = 10_000.0
+
+RULES: dict[str, Any] = {
+    "RestartPod": {"risk": "low", "mode": "auto"},
+    "ReschedulePods": {"risk": "low", "mode": "auto"},
+    "CordonNode": {"risk": "medium", "mode": "auto"},
+    "DrainNode": {
+        "risk": "high",
+        "mode": "approve",
+        "approvers": {"kubernetes": {"users": ["alice", "bob"]}},
+        "quorum": 1,
+        "timeout": "1h",
+    },
+    "RaiseMemoryLimit": {
+        "risk": "critical",
+        "mode": "approve",
+        "approvers": {"slack": {"users": ["U1", "U2"]}},
+        "quorum": 2,
+    },
+    "ScaleUp": {
+        "risk": "medium",
+        "mode": "approve",
+        "approvers": {"kubernetes": {"groups": ["ops"]}},
+        "onTimeout": "Approve",
+    },
+    "Rollback": {"risk": "low", "mode": "deny"},
+}
+SPEC: dict[str, Any] = {
+    "actions": RULES,
+    "rateLimits": {
+        "perService": {"maxActions": 2, "window": "10m"},
+        "perNamespace": {"maxActions": 3, "window": "10m"},
+        "perCluster": {"maxActions": 4, "window": "10m"},
+    },
+    "blastRadius": {"minHealthyNodes": "60%", "maxConcurrentActions": 2},
+    "cooldown": "5m",
+    "verifyWindow": "2m",
+    "circuitBreaker": {"failures": 2, "window": "30m"},
+}
+POLICY = pol.parse("test", SPEC)
+HEALTHY = pol.ClusterView(nodes_total=5, nodes_ready=5)
+
+
+def request(
+    action: pol.Action, target: str = "Pod/ns/p1", service: str = "web", namespace: str = "ns"
+) -> pol.Request:
+    subject = target if target.startswith("Node/") else f"ReplicatedService/{namespace}/{service}"
+    return pol.Request(action, target, subject, namespace, service, "Test")
+
+
+def record(
+    at: float,
+    target: str = "Pod/ns/other",
+    outcome: pol.Outcome = pol.Outcome.SUCCEEDED,
+    *,
+    service: str = "web",
+    namespace: str = "ns",
+    subject: str | None = None,
+) -> pol.Record:
+    return pol.Record(
+        A.RESTART_POD,
+        target,
+        subject or f"ReplicatedService/{namespace}/{service}",
+        namespace,
+        service,
+        at,
+        outcome,
+    )
+
+
+APPROVED = pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"kubectl:alice"}), "homeostat")
+
+DECIDE_CASES = [
+    # (id, request, history, view, approval, verdict, reason)
+    ("auto low", request(A.RESTART_POD), [], HEALTHY, None, pol.Verdict.EXECUTE, pol.Reason.ALLOWED),
+    ("deny mode", request(A.ROLLBACK), [], HEALTHY, None, pol.Verdict.DENIED, pol.Reason.POLICY_DENIES),
+    (
+        "high asks",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        None,
+        pol.Verdict.NEEDS_APPROVAL,
+        pol.Reason.AWAITING_APPROVAL,
+    ),
+    (
+        "pending stays",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.PENDING),
+        pol.Verdict.NEEDS_APPROVAL,
+        pol.Reason.AWAITING_APPROVAL,
+    ),
+    (
+        "approved runs",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        APPROVED,
+        pol.Verdict.EXECUTE,
+        pol.Reason.APPROVED,
+    ),
+    (
+        "denied is final",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.DENIED),
+        pol.Verdict.DENIED,
+        pol.Reason.APPROVAL_DENIED,
+    ),
+    (
+        "expired denies by default",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.EXPIRED),
+        pol.Verdict.DENIED,
+        pol.Reason.APPROVAL_EXPIRED,
+    ),
+    (
+        "expired approves when the policy says so",
+        request(A.SCALE_UP, "ReplicatedService/ns/web"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.EXPIRED),
+        pol.Verdict.EXECUTE,
+        pol.Reason.APPROVED_ON_TIMEOUT,
+    ),
+    (
+        "requester cannot approve",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"homeostat"}), "homeostat"),
+        pol.Verdict.NEEDS_APPROVAL,
+        pol.Reason.QUORUM_NOT_MET,
+    ),
+    (
+        "critical needs two",
+        request(A.RAISE_MEMORY_LIMIT, "Container/ns/web/app"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"slack:U1"}), "homeostat"),
+        pol.Verdict.NEEDS_APPROVAL,
+        pol.Reason.QUORUM_NOT_MET,
+    ),
+    (
+        "critical with two",
+        request(A.RAISE_MEMORY_LIMIT, "Container/ns/web/app"),
+        [],
+        HEALTHY,
+        pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"slack:U1", "slack:U2"}), "homeostat"),
+        pol.Verdict.EXECUTE,
+        pol.Reason.APPROVED,
+    ),
+    (
+        "cooldown",
+        request(A.RESTART_POD),
+        [record(NOW - 60, "Pod/ns/p1")],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.COOLDOWN,
+    ),
+    (
+        "cooldown over",
+        request(A.RESTART_POD),
+        [record(NOW - 301, "Pod/ns/p1")],
+        HEALTHY,
+        None,
+        pol.Verdict.EXECUTE,
+        pol.Reason.ALLOWED,
+    ),
+    (
+        "service limit",
+        request(A.RESTART_POD),
+        [record(NOW - 10), record(NOW - 20)],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.RATE_LIMIT,
+    ),
+    (
+        "service limit window slides",
+        request(A.RESTART_POD),
+        [record(NOW - 10), record(NOW - 601)],
+        HEALTHY,
+        None,
+        pol.Verdict.EXECUTE,
+        pol.Reason.ALLOWED,
+    ),
+    (
+        "namespace limit",
+        request(A.RESTART_POD),
+        [record(NOW - 10), record(NOW - 20, service="a"), record(NOW - 30, service="b")],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.RATE_LIMIT,
+    ),
+    (
+        "cluster limit",
+        request(A.RESTART_POD),
+        [record(NOW - i, service=f"s{i}", namespace=f"n{i}") for i in range(1, 5)],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.RATE_LIMIT,
+    ),
+    (
+        "concurrency",
+        request(A.RESTART_POD),
+        [
+            record(NOW - 700, service="a", namespace="x", outcome=pol.Outcome.IN_PROGRESS),
+            record(NOW - 700, service="b", namespace="y", outcome=pol.Outcome.IN_PROGRESS),
+        ],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.CONCURRENCY,
+    ),
+    (
+        "blast radius: 3 of 5 is 60 %",
+        request(A.CORDON_NODE, "Node/n1"),
+        [],
+        pol.ClusterView(5, 3),
+        None,
+        pol.Verdict.EXECUTE,
+        pol.Reason.ALLOWED,
+    ),
+    (
+        "blast radius: 2 of 5 is too few",
+        request(A.RESCHEDULE_PODS, "Node/n1"),
+        [],
+        pol.ClusterView(5, 2),
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.BLAST_RADIUS,
+    ),
+    (
+        "blast radius spares pod actions",
+        request(A.RESTART_POD),
+        [],
+        pol.ClusterView(5, 0),
+        None,
+        pol.Verdict.EXECUTE,
+        pol.Reason.ALLOWED,
+    ),
+    (
+        "circuit open",
+        request(A.RESTART_POD, "Pod/ns/new"),
+        [record(NOW - 900, outcome=pol.Outcome.FAILED), record(NOW - 800, outcome=pol.Outcome.FAILED)],
+        HEALTHY,
+        None,
+        pol.Verdict.THROTTLED,
+        pol.Reason.CIRCUIT_OPEN,
+    ),
+    (
+        "circuit closes when failures age out",
+        request(A.RESTART_POD, "Pod/ns/new"),
+        [record(NOW - 1801, outcome=pol.Outcome.FAILED), record(NOW - 800, outcome=pol.Outcome.FAILED)],
+        HEALTHY,
+        None,
+        pol.Verdict.EXECUTE,
+        pol.Reason.ALLOWED,
+    ),
+    (
+        "circuit open even when approved",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [
+            record(NOW - 900, "Node/n1", pol.Outcome.FAILED, subject="Node/n1"),
+            record(NOW - 800, "Node/n1", pol.Outcome.FAILED, subject="Node/n1"),
+        ],
+        HEALTHY,
+        APPROVED,
+        pol.Verdict.THROTTLED,
+        pol.Reason.CIRCUIT_OPEN,
+    ),
+    (
+        "approved but rate limited",
+        request(A.DRAIN_NODE, "Node/n1"),
+        [record(NOW - 10), record(NOW - 20)],
+        HEALTHY,
+        APPROVED,
+        pol.Verdict.THROTTLED,
+        pol.Reason.RATE_LIMIT,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", DECIDE_CASES, ids=[case[0] for case in DECIDE_CASES])
+def test_decide(case: tuple[Any, ...]) -> None:
+    _, req, history, view, approval, verdict, reason = case
+    decision = pol.decide(POLICY, req, history, view, NOW, approval=approval)
+    assert (decision.verdict, decision.reason) == (verdict, reason), decision.message
+    assert decision.message
+
+
+def test_an_action_left_out_is_denied() -> None:
+    policy = pol.parse("sparse", {"actions": {"RestartPod": {"risk": "low", "mode": "auto"}}})
+    decision = pol.decide(policy, request(A.DRAIN_NODE, "Node/n1"), [], HEALTHY, NOW)
+    assert (decision.verdict, decision.reason) == (pol.Verdict.DENIED, pol.Reason.NOT_IN_POLICY)
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    spec = yaml.safe_load(yaml.safe_dump(SPEC))
+    node = spec
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return spec
+
+
+BAD = [
+    ("actions.DrainNode.mode", "auto", "spec.actions.DrainNode.mode", "cannot run automatically"),
+    ("actions.RaiseMemoryLimit.quorum", 1, "spec.actions.RaiseMemoryLimit.quorum", "two-person rule"),
+    ("actions.DrainNode.approvers", {}, "spec.actions.DrainNode.approvers", "at least one approver"),
+    ("actions.DrainNode.onTimeout", "Approve", "spec.actions.DrainNode.onTimeout", "low or medium"),
+    ("actions.DrainNode.risk", "extreme", "spec.actions.DrainNode.risk", "must be one of"),
+    ("actions.Reboot", {"risk": "low", "mode": "auto"}, "spec.actions", "must be one of"),
+    ("cooldown", "soon", "spec.cooldown", "duration"),
+    ("cooldown", "0s", "spec.cooldown", "positive"),
+    ("blastRadius.minHealthyNodes", "150%", "spec.blastRadius.minHealthyNodes", "percentage"),
+    (
+        "rateLimits.perService",
+        {"maxActions": -1, "window": "1m"},
+        "spec.rateLimits.perService.maxActions",
+        "between",
+    ),
+    ("circuitBreaker.failures", 0, "spec.circuitBreaker.failures", "between"),
+    ("actions.DrainNode.quorum", True, "spec.actions.DrainNode.quorum", "integer"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field", "words"), BAD, ids=[f"{b[0]}={b[1]}" for b in BAD])
+def test_bad_policies_name_the_field(path: str, value: Any, field: str, words: str) -> None:
+    with pytest.raises(pol.PolicyError) as info:
+        pol.parse("bad", _with(path, value))
+    assert info.value.field == field
+    assert words in info.value.message
+
+
+def test_the_shipped_default_policy_parses_and_is_conservative() -> None:
+    doc = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+    assert doc["metadata"]["name"] == pol.DEFAULT_POLICY
+    policy = pol.parse(doc["metadata"]["name"], doc["spec"])
+    assert set(policy.actions) == set(pol.Action)
+    for action in (A.RESTART_POD, A.ROLLBACK, A.RESCHEDULE_PODS):
+        assert (policy.actions[action].risk, policy.actions[action].mode) == (pol.Risk.LOW, pol.Mode.AUTO)
+    assert policy.actions[A.DRAIN_NODE].mode is pol.Mode.APPROVE
+    assert policy.actions[A.RAISE_MEMORY_LIMIT].mode is pol.Mode.APPROVE
+    assert all(rule.on_timeout is pol.OnTimeout.DENY for rule in policy.actions.values())
+
+
+def test_records_round_trip_and_bad_ones_are_dropped() -> None:
+    original = record(NOW, outcome=pol.Outcome.FAILED)
+    assert pol.Record.from_storage(original.as_in_storage()) == original
+    assert pol.Record.from_storage({"action": "Explode"}) is None
+
+
+def test_min_healthy_as_a_count() -> None:
+    policy = pol.parse("count", _with("blastRadius.minHealthyNodes", 4))
+    cordon = request(A.CORDON_NODE, "Node/n1")
+    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 3), NOW).reason is pol.Reason.BLAST_RADIUS
+    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 4), NOW).verdict is pol.Verdict.EXECUTE
