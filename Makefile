@@ -68,6 +68,7 @@ demo: venv binaries
 
 bench: venv binaries
 	$(BIN)/python tests/bench/reconcile.py
+	$(BIN)/python tests/bench/rollback.py
 
 kind-up:
 	kind create cluster --config kind-config.yaml
