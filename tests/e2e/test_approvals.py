@@ -419,6 +419,10 @@ def test_slack_down_stays_pending_and_kubectl_approves(
             timeout=30,
             what="retries against the failing Slack",
         )
+        # Backing off: a few calls in five seconds, not a tight loop.
+        calls_before = len(slack_server.calls_of("chat.postMessage", ok_only=False))
+        time.sleep(5)
+        assert len(slack_server.calls_of("chat.postMessage", ok_only=False)) - calls_before <= 4
         st = status(cluster, ns, name)
         assert st["phase"] == "Pending" and not st.get("decisions") and not st["slack"].get("posted")
         assert "internal_error" in st["slack"]["lastError"]
