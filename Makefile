@@ -69,6 +69,8 @@ demo: venv binaries
 bench: venv binaries
 	$(BIN)/python tests/bench/reconcile.py
 	$(BIN)/python tests/bench/rollback.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'  # pmdarima, for the real load trace it ships
+	$(BIN)/python tests/bench/forecast.py
 
 kind-up:
 	kind create cluster --config kind-config.yaml
