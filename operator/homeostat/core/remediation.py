@@ -792,6 +792,11 @@ def _advance(
                 )
             return incident, history
         history = _settle(history, incident, pol.Outcome.FAILED)
+        if finding is None:
+            # Its own target is gone, but the subject still shows the symptom: not effective.
+            text = f"{incident.action} did not clear {incident.symptom.value} on {incident.subject}"
+            effects.append(Resolved(key, incident.target, incident.symptom, False, text))
+            return None, history
         incident = dataclasses.replace(incident, step=incident.step + 1, phase=Phase.PENDING, acted_at=None)
     if finding is None:
         # Cleared without (further) action; an approval still awaited is simply never used.

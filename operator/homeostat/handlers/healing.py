@@ -333,7 +333,10 @@ async def _execute(
         )
         return state, None
     outcome = "Succeeded" if effect.succeeded else "Failed"
-    _event(body, "Normal", "RemediationVerified", effect.message)
+    if effect.succeeded:
+        _event(body, "Normal", "RemediationVerified", effect.message)
+    else:
+        _event(body, "Warning", "RemediationIneffective", effect.message)
     return state, _last("Verify", effect.target, effect.cause.value, outcome, now)
 
 
