@@ -228,3 +228,22 @@ def test_prometheus_down_holds_the_rollout_until_it_returns(
         server.start()
     done = wait_phase(cluster, namespace, "blind", "Promoted")
     assert done["rollout"]["analysis"]["lastVerdict"] == "Pass"
+
+
+def test_slo_burn_rate_fails_a_revision_that_spends_the_error_budget(
+    cluster: Cluster, analysed: tuple[OperatorProcess, PrometheusServer, str]
+) -> None:
+    _, _, namespace = analysed
+    slo = {
+        "strategy": "Canary",
+        "canary": {"steps": [{"weight": 50, "pause": "6s"}]},
+        "analysis": {**ANALYSIS, "metrics": []},
+        # 5 % errors against a 99.9 % objective burn the budget 50 times too fast.
+        "slo": {"errorRatioQuery": ERROR_RATIO, "objective": 0.999, "maxBurnRate": 14.4},
+    }
+    apply(cluster, namespace, service("slo", slo, GOOD))
+    wait_phase(cluster, namespace, "slo", "Promoted")
+    apply(cluster, namespace, service("slo", slo, BAD, error_rate=0.05))
+    done = wait_phase(cluster, namespace, "slo", "RolledBack")
+    assert done["rollout"]["failure"]["metric"] == "slo-burn-rate"
+    assert done["rollout"]["failure"]["value"] == pytest.approx(50, rel=0.1)

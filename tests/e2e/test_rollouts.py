@@ -346,3 +346,36 @@ def test_rolling_update_abort_runs_the_stable_revision_again(
     )
     assert image_of(cluster, namespace, "ru") == third
     assert done["stableRevision"] == done["currentRevision"] != stable
+
+
+def test_scaling_during_a_canary_splits_the_new_total_by_weight(
+    cluster: Cluster, namespace: str, running: OperatorProcess
+) -> None:
+    held = {"strategy": "Canary", "canary": {"steps": [{"weight": 25}]}}
+    apply(cluster, namespace, manifest("split", held, OLD))
+    wait_phase(cluster, namespace, "split", "Promoted")
+    apply(cluster, namespace, manifest("split", held, NEW))
+    wait_phase(cluster, namespace, "split", "Paused")
+    # The scale subresource (kubectl scale, an HPA, Homeostat's autoscaler) sets the total; the
+    # rollout only splits it: 25 % of 8 is 2 canary pods, and stable carries the other 6.
+    cluster.kubectl("scale", "rsvc", "split", "-n", namespace, "--replicas=8")
+
+    def split() -> tuple[int, int] | None:
+        stable = get_json(cluster, "deployment", "split", "-n", namespace) or {}
+        canary = get_json(cluster, "deployment", "split-canary", "-n", namespace) or {}
+        sizes = (stable.get("spec", {}).get("replicas"), canary.get("spec", {}).get("replicas"))
+        return sizes if sizes == (6, 2) else None
+
+    wait_for(split, timeout=60, what="stable 6 + canary 2")
+    shown = wait_for(
+        lambda: (
+            status(cluster, namespace, "split")
+            if status(cluster, namespace, "split").get("desiredReplicas") == 8
+            else None
+        ),
+        timeout=30,
+        what="desired 8",
+    )
+    assert shown["canary"]["weight"] == 25  # 2 of 8 ready pods
+    row = cluster.kubectl("get", "rsvc", "split", "-n", namespace).stdout
+    assert "Paused" in row and " 25 " in row, row
