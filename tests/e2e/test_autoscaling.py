@@ -205,7 +205,8 @@ def next_crossing(after: float) -> float:
 
 def test_predictive_adds_capacity_a_startup_delay_before_demand_exceeds_it(setup: Setup) -> None:
     # Preview watches the same demand in the same cycle and must change nothing.
-    crossing = next_crossing(time.time() + 30)
+    # Far enough ahead for the operator to start its fitting process and fit both services.
+    crossing = next_crossing(time.time() + 45)
     assert crossing % STEP == pytest.approx(2.0)
     watches = {}
     for name, mode in (("predictive", "Predictive"), ("preview", "Preview")):
