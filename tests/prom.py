@@ -179,10 +179,13 @@ class PrometheusServer:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def traffic_simulator(cluster: object) -> Iterator[simulator.Simulator]:
+def _need_prometheus() -> None:
     if not Path(PROMETHEUS).exists():
         pytest.skip(f"{PROMETHEUS} not installed (Debian package prometheus)")
+
+
+@pytest.fixture(scope="session")
+def traffic_simulator(cluster: object) -> Iterator[simulator.Simulator]:
     sim = simulator.Simulator(cluster.kubeconfig).start()  # type: ignore[attr-defined]
     yield sim
     sim.stop()
@@ -190,6 +193,7 @@ def traffic_simulator(cluster: object) -> Iterator[simulator.Simulator]:
 
 @pytest.fixture(scope="session")
 def prometheus(traffic_simulator: simulator.Simulator) -> Iterator[PrometheusServer]:
+    _need_prometheus()
     server = PrometheusServer([traffic_simulator.target]).start()
     server.wait_for_target_up()
     yield server
@@ -200,6 +204,7 @@ def prometheus(traffic_simulator: simulator.Simulator) -> Iterator[PrometheusSer
 def prometheus_factory(
     traffic_simulator: simulator.Simulator,
 ) -> Iterator[Callable[..., PrometheusServer]]:
+    _need_prometheus()
     made: list[PrometheusServer] = []
 
     def make(backfill: Sequence[str] = (), start: bool = True) -> PrometheusServer:
@@ -215,3 +220,36 @@ def prometheus_factory(
     yield make
     for server in made:
         server.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python tests/prom.py TARGET...``: a Prometheus for ``make demo``, until Ctrl-C."""
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(
+        description="Prometheus scraping the given 127.0.0.1 targets every second"
+    )
+    parser.add_argument(
+        "targets", nargs="+", help="host:port of a /metrics endpoint, e.g. the traffic simulator"
+    )
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the TSDB here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    server = PrometheusServer(args.targets, workdir=args.workdir, port=args.port).start()
+    server.wait_for_target_up()
+    print(f"Prometheus at {server.url} (data in {server.data_dir})", flush=True)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    if args.workdir is None:
+        server.cleanup()
+    else:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":  # run as a script, tests/ is on sys.path already
+    raise SystemExit(main())
