@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +414,58 @@ def test_a_crash_looping_new_revision_is_rolled_back(
     assert [(r["action"], r["outcome"]) for r in history] == [("Rollback", "Succeeded")], history
     annotations = (get_json(local_cluster, "rsvc", "api", "-n", namespace) or {})["metadata"]["annotations"]
     assert annotations["homeostat.dev/rollout-command"].startswith("abort/")
+
+
+BAD_POLICIES = [
+    (
+        {
+            "DrainNode": {
+                "risk": "critical",
+                "mode": "approve",
+                "approvers": {"kubernetes": {"users": ["a", "b"]}},
+            }
+        },
+        "spec.actions.DrainNode: a critical action needs a quorum of at least 2 approvers (two-person rule)",
+    ),
+    (
+        {"DrainNode": {"risk": "high", "mode": "auto"}},
+        "spec.actions.DrainNode: a high or critical risk action cannot run automatically",
+    ),
+    (
+        {"CordonNode": {"risk": "medium", "mode": "approve"}},
+        "spec.actions.CordonNode: mode approve needs at least one approver",
+    ),
+    (
+        {"DrainNode": {"risk": "high", "mode": "deny", "onTimeout": "Approve"}},
+        "spec.actions.DrainNode: onTimeout Approve is allowed only for low or medium risk",
+    ),
+    ({"RestartPod": {"risk": "low", "mode": "auto", "timeout": "0s"}}, "must be a positive duration"),
+    ({"RestartPod": {"risk": "whatever", "mode": "auto"}}, "Unsupported value"),
+]
+
+
+@pytest.mark.parametrize(("actions", "message"), BAD_POLICIES, ids=[m for _, m in BAD_POLICIES])
+def test_bad_policies_are_rejected_with_clear_messages(
+    cluster: Cluster, crds_installed: None, actions: dict[str, Any], message: str
+) -> None:
+    policy = {
+        "apiVersion": "homeostat.dev/v1alpha1",
+        "kind": "RemediationPolicy",
+        "metadata": {"name": f"bad-{uuid.uuid4().hex[:6]}"},
+        "spec": {"actions": actions},
+    }
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(policy), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_the_default_policy_is_accepted(cluster: Cluster, crds_installed: None) -> None:
+    path = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert result.returncode == 0, result.stderr
+    bad_percent = yaml.safe_load(path.read_text())
+    bad_percent["spec"]["blastRadius"]["minHealthyNodes"] = "150%"
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=json.dumps(bad_percent), check=False
+    )
+    assert "minHealthyNodes must be a non-negative count or a percentage from 0% to 100%" in result.stderr
