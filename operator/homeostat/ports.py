@@ -163,6 +163,10 @@ class ApprovalStore(Protocol):
         """Merge-patch the status; with ``resource_version``, raise ``Conflict`` if it moved on."""
         ...
 
+    async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event about ``involved`` (apiVersion, kind, namespace, name, uid)."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True)
 class MessageRef:

@@ -10,7 +10,9 @@ end as one write and one ``Conflict``, and the loser re-reads and is judged agai
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +24,8 @@ from homeostat import ports
 from homeostat.adapters import kube
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
+
+_INSTANCE = socket.gethostname()[:128]
 
 
 def _path(namespace: str, name: str | None = None) -> str:
@@ -97,6 +101,29 @@ class KubeApprovals:
             return dict(await self._run(path, "PATCH", body, "application/merge-patch+json"))
         except LookupError as exc:
             raise ports.Rejected(f"approval {namespace}/{name} no longer exists: {exc}") from None
+
+    async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = involved["namespace"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": dict(involved),
+            "type": type,
+            "reason": reason,
+            "message": message,
+            "source": {"component": kids.MANAGER},
+            "reportingComponent": kids.MANAGER,
+            "reportingInstance": _INSTANCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._run(f"/api/v1/namespaces/{namespace}/events", "POST", event)
+        except LookupError as exc:
+            raise ports.Rejected(str(exc)) from None
 
     # --- ports.ApprovalGate --------------------------------------------------------------------
 

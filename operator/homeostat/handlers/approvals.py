@@ -18,8 +18,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
 import kopf
 
@@ -70,6 +70,7 @@ class ApprovalsRuntime:
         self.jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self.index: Any = None
         self.tasks: list[asyncio.Task[Any]] = []
+        self.background: set[asyncio.Task[None]] = set()
 
     def known(self, ref: appr.Ref) -> Mapping[str, Any] | None:
         """The latest body of an Approval this process has seen (from the kopf index)."""
@@ -81,6 +82,12 @@ class ApprovalsRuntime:
 
     def submit(self, job: Callable[[], Awaitable[None]]) -> None:
         self.jobs.put_nowait(job)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a fire-and-forget coroutine, keeping a reference so it is not collected early."""
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def runtime_of(memo: Any) -> ApprovalsRuntime:
@@ -102,28 +109,47 @@ def audit(event: str, ref: appr.Ref, **fields: Any) -> None:
     audit_log.info(json.dumps({"audit": event, "approval": str(ref), **fields}, sort_keys=True, default=str))
 
 
-def service_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """An Event on the ReplicatedService the request is about (or on the Approval if none)."""
+def service_event(
+    runtime: ApprovalsRuntime, body: Mapping[str, Any], type: str, reason: str, message: str
+) -> None:
+    """An Event on the ReplicatedService the request is about (or on the Approval if none).
+
+    Posted through the store rather than ``kopf.event``: clicks are decided by workers that may
+    run in a standby replica or outside any kopf handler, where kopf's Event poster is missing.
+    """
     meta, spec = body["metadata"], body.get("spec") or {}
-    target: dict[str, Any]
     service = spec.get("service")
     if service:
         uid = next(
             (o.get("uid") for o in meta.get("ownerReferences") or () if o.get("kind") == kids.KIND),
             None,
         )
-        target = {
+        involved = {
             "apiVersion": kids.API_VERSION,
             "kind": kids.KIND,
-            "metadata": {"name": service, "namespace": meta["namespace"], **({"uid": uid} if uid else {})},
+            "name": service,
+            "namespace": meta["namespace"],
         }
     else:
-        target = {
+        uid = meta.get("uid")
+        involved = {
             "apiVersion": appr.API_VERSION,
             "kind": appr.KIND,
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "name": meta["name"],
+            "namespace": meta["namespace"],
         }
-    kopf.event(kopf.Body(cast(kopf.RawBody, target)), type=type, reason=reason, message=message[:1000])
+    if uid:
+        involved["uid"] = uid
+    runtime.spawn(_post_event(runtime, involved, type, reason, message[:1000]))
+
+
+async def _post_event(
+    runtime: ApprovalsRuntime, involved: Mapping[str, Any], type: str, reason: str, message: str
+) -> None:
+    try:
+        await runtime.store.post_event(involved, type, reason, message)
+    except (ports.Unavailable, ports.Rejected) as exc:
+        _log.warning("could not post the %s Event for %s: %s", reason, involved.get("name"), exc)
 
 
 # --- transactions ------------------------------------------------------------------------------
@@ -243,12 +269,13 @@ def open_pending() -> Decider:
 
 
 def report(
+    runtime: ApprovalsRuntime,
     body: Mapping[str, Any],
     ref: appr.Ref,
     results: list[appr.Result],
+    *,
     identity: str,
     channel: str,
-    *,
     written: bool = False,
 ) -> None:
     """Audit every accepted or refused decision: a log line always, an Event for accepted ones."""
@@ -275,13 +302,15 @@ def report(
                 appr.Phase.PENDING: "ApprovalVoted",
             }[state.phase]
             kind = "Warning" if state.phase in (appr.Phase.DENIED, appr.Phase.EXPIRED) else "Normal"
-            service_event(body, kind, reason, f"{ref.name}: {result.message}")
+            service_event(runtime, body, kind, reason, f"{ref.name}: {result.message}")
         else:
             if result.rejection is appr.Rejection.EXPIRED and written:
                 # The click found the request past its expiry and recorded the timeout.
                 audit("expired", ref, phase=state.phase.value, message=state.reason)
-                service_event(body, "Warning", "ApprovalExpired", f"{ref.name}: {state.reason}")
-            service_event(body, "Warning", "ApprovalDecisionRefused", f"{ref.name}: {result.message}")
+                service_event(runtime, body, "Warning", "ApprovalExpired", f"{ref.name}: {state.reason}")
+            service_event(
+                runtime, body, "Warning", "ApprovalDecisionRefused", f"{ref.name}: {result.message}"
+            )
 
 
 # --- Slack ---------------------------------------------------------------------------------------
@@ -381,7 +410,15 @@ async def apply_click(runtime: ApprovalsRuntime, click: ports.Click) -> None:
     if done.body is None:
         await _reply(runtime, click, "This approval request no longer exists.")
         return
-    report(done.body, click.ref, done.results, str(identity), appr.Channel.SLACK.value, written=done.written)
+    report(
+        runtime,
+        done.body,
+        click.ref,
+        done.results,
+        identity=str(identity),
+        channel=appr.Channel.SLACK.value,
+        written=done.written,
+    )
     for result in done.results:
         if result.outcome is appr.Outcome.REJECTED:
             await _reply(runtime, click, result.message)
@@ -425,7 +462,6 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         runtime.shown.pop(uid, None)
         return
     runtime = runtime_of(memo)
-    _ensure_started(runtime)
     ref = _ref(body)
     status = body.get("status") or {}
     try:
@@ -448,6 +484,7 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
                 expiresAt=appr.format_time(request.expires_at),
             )
             service_event(
+                runtime,
                 done.body,
                 "Normal",
                 "ApprovalRequested",
@@ -456,27 +493,26 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
     if status.get("votes"):
         done = await transact(runtime, ref, decide_votes(runtime))
         if done.body is not None:
-            report(done.body, ref, done.results, "kubectl", appr.Channel.KUBECTL.value)
+            report(
+                runtime, done.body, ref, done.results, identity="kubectl", channel=appr.Channel.KUBECTL.value
+            )
     runtime.submit(lambda: sync_slack(runtime, ref))
 
 
 @kopf.on.startup()
 async def start_approvals(*, memo: Any, logger: Any, **kwargs: Any) -> None:
-    """Hand the approvals index to the runtime; the worker starts with the first event."""
+    """The expiry clock and the workers, as plain tasks (kopf timers add finalizers). They run in
+    every replica: a standby's HTTP port still takes clicks, and the status write with its
+    resourceVersion check keeps decisions single across replicas."""
     runtime = memo.get(MEMO_KEY)
     if not isinstance(runtime, ApprovalsRuntime):
         logger.info("approvals are not configured in this process")
         return
     runtime.index = kwargs.get("approvals")
+    _ensure_started(runtime)
 
 
 def _ensure_started(runtime: ApprovalsRuntime) -> None:
-    """The expiry clock and the Slack worker, as plain tasks (kopf timers add finalizers).
-
-    Started from inside a watch-event handler rather than at startup: tasks inherit the
-    context they are created in, and only handler contexts carry kopf's event poster, which
-    the worker needs for the audit Events.
-    """
     if runtime.tasks:
         return
     # A few workers, so one slow Slack call (a long Retry-After) does not hold up other requests'
@@ -537,7 +573,7 @@ def _expire_job(runtime: ApprovalsRuntime, ref: appr.Ref) -> Callable[[], Awaita
         finally:
             runtime.expiring.discard((ref.namespace, ref.name))
         if done.written and done.body is not None:
-            report(done.body, ref, done.results, "timeout", "timeout")
+            report(runtime, done.body, ref, done.results, identity="timeout", channel="timeout")
             await sync_slack(runtime, ref)
 
     return job
