@@ -132,7 +132,7 @@ DETECT = [
     ("back-off", view(pod("a", waiting="CrashLoopBackOff")), [S.CRASH_LOOP]),
     (
         "back-off in a new revision",
-        view(pod("a", revision="r2", waiting="CrashLoopBackOff")),
+        view(pod("a", revision="r2", waiting="CrashLoopBackOff"), current_revision="r2"),
         [S.CRASH_LOOP_NEW_REVISION],
     ),
     (
@@ -141,6 +141,19 @@ DETECT = [
         [S.CRASH_LOOP],
     ),
     ("OOM kill", view(pod("a", last_reason="OOMKilled", last_finished_ago=60)), [S.OOM_KILLED]),
+    (
+        "failed pod of an older revision is not a new-revision crash",
+        view(pod("a", revision="r0", phase="Failed", exit_code=1), current_revision="r2"),
+        [S.POD_FAILED],
+    ),
+    (
+        "a pod killed for memory is an OOM, not a crash loop",
+        view(
+            pod("a", revision="r2", restarts=5, last_reason="OOMKilled", last_finished_ago=5),
+            current_revision="r2",
+        ),
+        [S.OOM_KILLED],
+    ),
     (
         "OOM kill of an older revision",
         view(pod("a", revision="r0", last_reason="OOMKilled", last_finished_ago=60)),

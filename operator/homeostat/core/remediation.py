@@ -375,6 +375,21 @@ def _crashing(pod: PodView, spec: HealingSpec, now: float) -> str:
     return ""
 
 
+def _oom(view: ServiceView, pod: PodView, now: float) -> list[Finding]:
+    """OOM kills of the current revision within the crash window (older revisions are being
+    replaced already, by the raised limit or otherwise)."""
+    if not view.healing.oom or pod.revision not in ("", view.current_revision):
+        return []
+    found = []
+    for c in pod.containers:
+        recent = c.last_finished is not None and now - c.last_finished <= view.healing.crash_window
+        if "OOMKilled" in (c.last_reason, c.terminated_reason) and recent:
+            target = f"Container/{view.namespace}/{view.name}/{c.name}"
+            detail = f"container {c.name} of pod {pod.name} was OOM-killed"
+            found.append(Finding(Symptom.OOM_KILLED, view.ref, target, detail, container=c.name))
+    return found
+
+
 def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
     """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
     spec = view.healing
@@ -395,35 +410,22 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
         on_failed_node = pod.node in failed_nodes or (
             pod.node in view.nodes and not view.nodes[pod.node].ready
         )
+        ooms = _oom(view, pod, now)
+        if ooms:
+            # An OOM kill is a crash with a known cause: raise the limit, do not roll back.
+            findings.extend(f for f in ooms if f.key not in {g.key for g in findings})
+            continue
         why = _crashing(pod, spec, now) if spec.crash_loop else ""
-        is_new = bool(view.stable_revision) and pod.revision not in ("", view.stable_revision)
+        # New: the revision the spec asks for, not yet proven stable. Pods of older revisions
+        # (still draining away) are neither new nor a reason to roll back.
+        is_new = bool(view.stable_revision) and pod.revision == view.current_revision != view.stable_revision
         if why and is_new and spec.crash_action is CrashLoopAction.ROLLBACK:
             new_revision_crash = new_revision_crash or f"pod {pod.name} of new revision {pod.revision}: {why}"
             continue
-        if why and pod.phase == "Failed":
-            findings.append(
-                Finding(Symptom.POD_FAILED, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,))
-            )
-            continue
         if why:
-            findings.append(
-                Finding(Symptom.CRASH_LOOP, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,))
-            )
+            symptom = Symptom.POD_FAILED if pod.phase == "Failed" else Symptom.CRASH_LOOP
+            findings.append(Finding(symptom, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,)))
             continue
-        if spec.oom and pod.revision in ("", view.current_revision):
-            for c in pod.containers:
-                recent = c.last_finished is not None and now - c.last_finished <= spec.crash_window
-                if "OOMKilled" in (c.last_reason, c.terminated_reason) and recent:
-                    target = f"Container/{view.namespace}/{view.name}/{c.name}"
-                    finding = Finding(
-                        Symptom.OOM_KILLED,
-                        view.ref,
-                        target,
-                        f"container {c.name} of pod {pod.name} was OOM-killed",
-                        container=c.name,
-                    )
-                    if finding.key not in {f.key for f in findings}:
-                        findings.append(finding)
         if (
             spec.crash_loop
             and pod.phase == "Running"
