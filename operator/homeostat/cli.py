@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="kopf peering name for HA; without it the operator runs standalone",
     )
     run.add_argument(
+        "--peering-lifetime",
+        type=float,
+        default=float(os.environ.get("HOMEOSTAT_PEERING_LIFETIME") or 60),
+        help="seconds a replica's keep-alive counts; a killed active replica is replaced after at most this",
+    )
+    run.add_argument(
         "--priority",
         type=int,
         default=_env_int("HOMEOSTAT_PRIORITY"),
@@ -198,9 +204,12 @@ def _run(args: argparse.Namespace) -> int:
         approval_gate=gate,
         healing_actions=kube_healing.KubernetesHealing(api),
     )
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = int(args.peering_lifetime)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(
+                settings=settings,
                 standalone=args.peering is None,
                 peering_name=args.peering,
                 priority=_priority(args),
