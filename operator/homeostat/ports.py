@@ -200,6 +200,11 @@ class ApprovalMessenger(Protocol):
 
     async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> MessageRef: ...
 
+    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> MessageRef | None:
+        """The request's message if one was posted since ``since`` (unix seconds): after a crash
+        between posting and recording the message, this finds it instead of posting again."""
+        ...
+
     async def update(
         self, message: MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
     ) -> None: ...

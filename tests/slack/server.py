@@ -4,8 +4,10 @@ The operator talks to it through the real slack-sdk (``--slack-api-url http://12
 so what is tested is the request the SDK really sends. It records every call, checks the bot
 token like Slack does (``invalid_auth``), and can be told to fail: HTTP 500, a dropped
 connection, or 429 with ``Retry-After``. Methods: ``auth.test``, ``chat.postMessage``,
-``chat.update``, ``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal``,
-and ``response_url`` hooks (``/hooks/<id>``) for ephemeral replies to a click.
+``chat.update``, ``conversations.list``, ``conversations.history`` (with message metadata),
+``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal``, and
+``response_url`` hooks (``/hooks/<id>``) for ephemeral replies to a click. ``hang`` mode accepts
+a ``chat.postMessage`` but holds the answer back, to stand for a client that dies in between.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class FakeSlack:
         self.messages: dict[str, dict[str, Any]] = {}  # ts -> latest message
         self.replies: list[dict[str, Any]] = []  # bodies posted to response_url hooks
         self.uploads: dict[str, bytes] = {}
-        self.mode = "ok"  # ok | error | drop | ratelimit
+        self.mode = "ok"  # ok | error | drop | ratelimit | hang
+        self.hang_seconds = 30.0
+        self.channels: dict[str, str] = {_channel_id(f"#{n}"): n for n in ("ops", "homeostat", "alerts")}
         self.retry_after = 1
         self.rate_limited_calls = 0  # how many calls to answer 429 before recovering (ratelimit mode)
         self._ts = itertools.count(1)
@@ -89,7 +93,8 @@ class FakeSlack:
             self._server.server_close()
 
     def fail(self, mode: str) -> None:
-        """``error`` (HTTP 500), ``drop`` (close the connection unanswered) or ``ok`` again."""
+        """``error`` (HTTP 500), ``drop`` (close the connection unanswered), ``hang`` (accept a
+        post, answer only after ``hang_seconds``) or ``ok`` again."""
         self.mode = mode
 
     def rate_limit(self, calls: int, retry_after: int = 1) -> None:
@@ -148,7 +153,11 @@ class FakeSlack:
         if not authorized:
             self._send(request, 200, {"ok": False, "error": "invalid_auth"})
             return
-        self._send(request, 200, self._answer(method, args))
+        answer = self._answer(method, args)
+        if mode == "hang" and method == "chat.postMessage":
+            time.sleep(self.hang_seconds)
+        with contextlib.suppress(OSError):  # the client may be gone by now
+            self._send(request, 200, answer)
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -163,12 +172,15 @@ class FakeSlack:
             if not args.get("channel"):
                 return {"ok": False, "error": "channel_not_found"}
             channel = _channel_id(str(args["channel"]))
+            if str(args["channel"]).startswith("#"):
+                self.channels.setdefault(channel, str(args["channel"])[1:])
             ts = f"{int(time.time())}.{next(self._ts):06d}"
             message = {
                 "ts": ts,
                 "channel": channel,
                 "text": args.get("text"),
                 "blocks": args.get("blocks") or [],
+                "metadata": args.get("metadata"),
             }
             with self._lock:
                 self.messages[ts] = message
@@ -184,6 +196,24 @@ class FakeSlack:
                     "blocks": args.get("blocks") or [],
                 }
             return {"ok": True, "channel": args.get("channel"), "ts": ts}
+        if method == "conversations.list":
+            channels = [{"id": i, "name": n, "is_channel": True} for i, n in sorted(self.channels.items())]
+            return {"ok": True, "channels": channels, "response_metadata": {"next_cursor": ""}}
+        if method == "conversations.history":
+            oldest = float(args.get("oldest") or 0)
+            with self._lock:
+                found = [
+                    {k: v for k, v in m.items() if k != "metadata" or args.get("include_all_metadata")}
+                    for m in self.messages.values()
+                    if m["channel"] == args.get("channel") and float(m["ts"]) >= oldest
+                ]
+            found.sort(key=lambda m: float(m["ts"]), reverse=True)
+            return {
+                "ok": True,
+                "messages": found,
+                "has_more": False,
+                "response_metadata": {"next_cursor": ""},
+            }
         if method == "files.getUploadURLExternal":
             file_id = f"F{next(self._ts):08d}"
             return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}

@@ -7,6 +7,7 @@ the adapter reads Slack's answers, failures and rate limits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +75,6 @@ def test_post_carries_context_and_buttons_with_only_the_approval_identity(server
 
 
 def test_low_risk_has_no_confirmation(server: fake.FakeSlack) -> None:
-    import dataclasses
-
     ref = asyncio.run(client(server).post(REF, dataclasses.replace(REQUEST, risk=ap.Risk.LOW), ap.State()))
     approve, _ = buttons(server.messages[ref.ts])
     assert "confirm" not in approve
@@ -242,3 +241,17 @@ def test_fake_server_file_upload(server: fake.FakeSlack) -> None:
     asyncio.run(upload())
     assert server.calls_of("files.getUploadURLExternal") and server.calls_of("files.completeUploadExternal")
     assert list(server.uploads.values()) == [b"\x89PNG fake"]
+
+
+def test_find_recognises_our_message_by_its_metadata(server: fake.FakeSlack) -> None:
+    adapter = client(server)
+    since = time.time()
+    posted = asyncio.run(adapter.post(REF, REQUEST, ap.State()))
+    assert asyncio.run(adapter.find(REF, REQUEST, since)) == posted
+    other = ap.Ref("team-a", "drainnode-ffffffffffffffff")
+    assert asyncio.run(adapter.find(other, REQUEST, since)) is None
+    by_id = dataclasses.replace(REQUEST, channel=posted.channel)
+    assert asyncio.run(adapter.find(REF, by_id, since)) == posted
+    assert asyncio.run(adapter.find(REF, REQUEST, since + 3600)) is None  # only recent messages
+    unknown = dataclasses.replace(REQUEST, channel="#nowhere")
+    assert asyncio.run(adapter.find(REF, unknown, since)) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -40,6 +41,9 @@ _TIMEOUT = 10  # seconds per Slack call
 _SECTION_LIMIT = 2900  # Slack refuses section text over 3000 characters
 _HOOK_HOSTS = frozenset({"hooks.slack.com"})
 _KEPT_KEYS = 1024  # notification keys remembered to drop repeats
+_MAX_PAGES = 10  # of conversations.list / conversations.history when looking for a message
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+METADATA_EVENT = "homeostat_approval"
 
 # slack-sdk builds debug lines for every call when its logger is left at NOTSET; keep it quiet.
 _SDK_LOGGER = logging.getLogger("homeostat.adapters.slack.sdk")
@@ -131,8 +135,55 @@ class SlackApprovals:
             channel=channel,
             text=summary(request, state),
             blocks=blocks(ref, request, state),
+            # Lets ``find`` recognise the message later; only the approval's identity, no secrets.
+            metadata={"event_type": METADATA_EVENT, "event_payload": {"approval": str(ref)}},
         )
         return ports.MessageRef(str(response.get("channel") or channel), str(response["ts"]))
+
+    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> ports.MessageRef | None:
+        channel = request.channel or self.channel
+        if not channel:
+            return None
+        channel_id = channel if _CHANNEL_ID.match(channel) else await self._channel_id(channel.lstrip("#"))
+        if channel_id is None:
+            return None
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            response = await self._call(
+                "conversations.history",
+                channel=channel_id,
+                oldest=f"{since - 60:.6f}",  # a little slack for clock skew between us and Slack
+                include_all_metadata=True,
+                limit=200,
+                **({"cursor": cursor} if cursor else {}),
+            )
+            for message in response.get("messages") or ():
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if metadata.get("event_type") == METADATA_EVENT and payload.get("approval") == str(ref):
+                    return ports.MessageRef(channel_id, str(message["ts"]))
+            cursor = str((response.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                break
+        return None
+
+    async def _channel_id(self, name: str) -> str | None:
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            response = await self._call(
+                "conversations.list",
+                types="public_channel,private_channel",
+                exclude_archived=True,
+                limit=200,
+                **({"cursor": cursor} if cursor else {}),
+            )
+            for item in response.get("channels") or ():
+                if item.get("name") == name:
+                    return str(item["id"])
+            cursor = str((response.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                break
+        return None
 
     async def update(
         self, message: ports.MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State

@@ -348,7 +348,7 @@ async def sync_slack(runtime: ApprovalsRuntime, ref: appr.Ref) -> None:
             if message is None:
                 if state.phase.terminal or not (request.channel or getattr(messenger, "channel", "")):
                     return  # decided before Slack ever heard of it (kubectl), or no channel
-                message = await messenger.post(ref, request, state)
+                message = await _post_once(runtime, messenger, ref, request, state=state, stored=stored)
                 runtime.posted[uid] = message
                 runtime.shown[uid] = _shown(state)
                 await _record_slack(
@@ -386,6 +386,30 @@ async def sync_slack(runtime: ApprovalsRuntime, ref: appr.Ref) -> None:
                 "Slack for approval %s failed (attempt %d, retry in %.0fs): %s", ref, attempts, delay, exc
             )
             await _record_slack(runtime, ref, {"attempts": attempts, "lastError": str(exc)[:256]})
+
+
+async def _post_once(
+    runtime: ApprovalsRuntime,
+    messenger: ports.ApprovalMessenger,
+    ref: appr.Ref,
+    request: appr.Request,
+    *,
+    state: appr.State,
+    stored: Mapping[str, Any],
+) -> ports.MessageRef:
+    """Post the request, unless an earlier post whose ts was never recorded (a crash between
+    posting and recording, or Slack failing after accepting it) can be found first."""
+    since = stored.get("postingSince")
+    if since:
+        found = await messenger.find(ref, request, appr.parse_time(since, "status.slack.postingSince"))
+        if found is not None:
+            audit("slack-found", ref, channel=found.channel, ts=found.ts)
+            return found
+    else:
+        # Recorded before posting, or no post happens: it tells a restarted operator to look first.
+        marker = {"postingSince": appr.format_time(runtime.clock())}
+        await runtime.store.patch_status(ref.namespace, ref.name, {"slack": marker}, None)
+    return await messenger.post(ref, request, state)
 
 
 async def _record_slack(runtime: ApprovalsRuntime, ref: appr.Ref, slack: Mapping[str, Any]) -> None:
