@@ -8,13 +8,14 @@ CACHE ?= $(or $(HOMEOSTAT_CACHE),$(HOME)/.cache/homeostat)
 CLUSTER ?= homeostat
 export HOMEOSTAT_CACHE := $(CACHE)
 
-.PHONY: help venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench \
+.PHONY: help venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench chaos \
         chart-crds kind-up kind-down clean
 
 help:
 	@echo "make demo     - local cluster + operator + sample service (the main job)"
 	@echo "make test     - lint, types, layer contracts, unit and e2e tests (builds the cluster on first run)"
 	@echo "make bench    - benchmarks with figures and ratios"
+	@echo "make chaos    - the long fault suite (SIGKILL trials, fuzzed specs, HA handover)"
 	@echo "make cluster-up / cluster-down - the local control plane alone"
 	@echo "make kind-up / kind-down       - a kind cluster, for machines with Docker"
 
@@ -65,6 +66,12 @@ test: lint typecheck layers venv binaries
 
 demo: venv binaries
 	bash tests/demo.sh
+
+# The long fault suite: 50 SIGKILL trials of rollouts, 500 fuzzed specs, the HA handover.
+# `make test` runs the same tests with 10 trials and 100 specs.
+chaos: venv binaries
+	HOMEOSTAT_CHAOS_TRIALS=50 HOMEOSTAT_FUZZ_EXAMPLES=500 $(BIN)/pytest -m e2e -q -s \
+	  tests/e2e/test_rollout_chaos.py tests/e2e/test_fuzz.py tests/e2e/test_ha.py
 
 bench: venv binaries
 	$(BIN)/python tests/bench/reconcile.py
