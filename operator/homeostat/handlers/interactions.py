@@ -124,7 +124,9 @@ async def start(runtime: approvals.ApprovalsRuntime) -> Any:
     try:
         await site.start()
     except OSError as exc:
-        _log.error(
+        # Loud when Slack is configured (its buttons need this port), quiet when it is not.
+        log = _log.error if runtime.messenger is not None else _log.warning
+        log(
             "cannot serve HTTP on %s:%s (%s): Slack buttons will not work in this process",
             runtime.http_bind,
             runtime.http_port,
