@@ -48,9 +48,11 @@ def create_ready(cluster: Cluster, namespace: str, body: dict[str, Any]) -> str:
     name = body["metadata"]["name"]
 
     def ready() -> str | None:
-        status = (get_json(cluster, "rsvc", name, "-n", namespace) or {}).get("status") or {}
+        current = get_json(cluster, "rsvc", name, "-n", namespace) or {}
+        status = current.get("status") or {}
         if (
-            status.get("phase") == "Ready"
+            status.get("observedGeneration") == current["metadata"]["generation"]
+            and status.get("phase") == "Ready"
             and status.get("readyReplicas") == body["spec"]["replicas"]["desired"]
         ):
             return str(status["currentRevision"])
@@ -158,6 +160,18 @@ def test_rates_error_ratio_and_memory_per_revision(
     nan = instant(provider, f'sum(rate(homeostat_sim_requests_total{{{sel},service="good"}}[10s])) * 0 / 0')
     assert len(nan) == 1 and math.isnan(nan[0].value)
     assert instant(provider, f'homeostat_sim_demand_rps{{{sel},service="nope"}}') == ()
+
+    # Fix the faulty service: the new template is a new revision, and the per-revision
+    # series follow it (the old pods' series go stale as soon as they stop being scraped).
+    fixed = create_ready(cluster, namespace, service("bad", "constant rps=10", 2))
+    assert fixed != bad
+    settle(
+        provider,
+        f'sum by (revision) (rate(homeostat_sim_requests_total{{{sel},service="bad",code=~"5.."}}[5s]))'
+        f' / sum by (revision) (rate(homeostat_sim_requests_total{{{sel},service="bad"}}[5s]))',
+        "revision",
+        {fixed: 0.0},
+    )
 
 
 def test_prometheus_down_is_unavailable_then_answers_again_with_its_history(
