@@ -69,6 +69,7 @@ class Settings:
     seasonality: fc.Seasonality = fc.Seasonality.AUTO
     method: fc.Method = fc.Method.HOLT_WINTERS
     history: float = fc.WEEK
+    period: float | None = None  # a seasonal period other than a day or a week, in seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +208,7 @@ def _autoscaling(
             step=trace.step,
             history=settings.history,
             quantile=settings.quantile,
+            candidate_periods=(settings.period,) if settings.period else fc.ForecastConfig.candidate_periods,
             # At most one optimised fit per simulated day keeps a replay affordable; in
             # between, updates rerun the model with the stored parameters.
             refit_interval=fc.DAY,
@@ -452,6 +454,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seasonality", choices=[s.value for s in fc.Seasonality], default="Auto")
     parser.add_argument("--method", choices=["HoltWinters", "SeasonalNaive"], default="HoltWinters")
     parser.add_argument("--history", type=_duration_arg, default=fc.WEEK, help="history fitted on (7d)")
+    parser.add_argument(
+        "--period",
+        type=_duration_arg,
+        default=None,
+        help="seasonal period to look for instead of a day and a week, e.g. 2m for a compressed trace",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot demand and capacity (needs matplotlib)")
 
@@ -487,6 +495,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         seasonality=fc.Seasonality(args.seasonality),
         method=fc.Method(args.method),
         history=args.history,
+        period=args.period,
     )
 
 
@@ -568,6 +577,7 @@ def _report(trace: Trace, settings: Settings, results: Sequence[PolicyResult]) -
             "seasonality": settings.seasonality.value,
             "method": settings.method.value,
             "history": settings.history,
+            "period": settings.period,
         },
         "policies": [r.to_dict() for r in results],
     }

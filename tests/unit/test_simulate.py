@@ -204,3 +204,27 @@ def test_text_report_lists_every_policy(tmp_path: Path, capsys: pytest.CaptureFi
     assert lines[1].split()[:3] == ["policy", "target", "under-prov"]
     assert [line.split()[0] for line in lines[2:5]] == ["reactive", "predictive", "hybrid"]
     assert lines[-1].startswith("oracle ceil(demand/capacity):")
+
+
+def test_a_compressed_period_is_found_only_when_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A "day" of two minutes (as in make demo) is seasonal only to a replay told its period."""
+    step, period = 2, 120
+    rows = [
+        (EPOCH + i * step, round(40 + 30 * float(np.sin(2 * np.pi * i * step / period)), 3))
+        for i in range(600)
+    ]
+    trace = write(tmp_path, rows)
+    common = ("--capacity", "20", "--startup-delay", "10s", "--interval", "2s", "--warmup", "6m", "--json")
+
+    def predictive(*extra: str) -> dict[str, object]:
+        code, out, _ = run(capsys, trace, *common, "--policy", "predictive", *extra)
+        assert code == 0
+        return dict(json.loads(out)["policies"][0])
+
+    told, untold = predictive("--period", "2m"), predictive()
+    assert told["forecastFallbackFraction"] == 0.0 and untold["forecastFallbackFraction"] == 1.0
+    assert float(told["forecastSmape"]) < 1.0 < float(untold["forecastSmape"])  # type: ignore[arg-type]
+    code, _, err = run(capsys, trace, *common, "--period", "-5s")
+    assert code == 2 and "--period" in err
