@@ -263,7 +263,8 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
     service = _service(
         "db", namespace, policy_name, 3, {"nodeFailure": {"gracePeriod": "2s"}}, node=chaos_node
     )
-    service["spec"]["disruptionBudget"] = {"maxUnavailable": 1}
+    # No disruption allowed at first: the approved drain must stop at the budget, not force it.
+    service["spec"]["disruptionBudget"] = {"maxUnavailable": 0}
     _apply(local_cluster, policy, service)
 
     def on_chaos() -> list[str] | None:
@@ -273,17 +274,17 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
             for p in pods
             if p["spec"].get("nodeName") == chaos_node and _running_ready(p)
         ]
-        return names if len(pods) == 3 and all(_running_ready(p) for p in pods) and len(names) >= 2 else None
+        return names if len(pods) == 3 and all(_running_ready(p) for p in pods) and names else None
 
-    before = wait_for(on_chaos, timeout=90, what="ready pods, at least two on the chaos node")
+    before = wait_for(on_chaos, timeout=90, what="ready pods, some on the chaos node")
     wait_for(
         lambda: (
             (get_json(local_cluster, "pdb", "db", "-n", namespace) or {})
             .get("status", {})
             .get("disruptionsAllowed")
-            == 1
+            == 0
         ),
-        what="the PDB to allow one disruption",
+        what="the PDB to allow no disruption",
     )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     pressure = {
@@ -338,6 +339,32 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
     )
     assert approve.returncode == 0, approve.stdout + approve.stderr
 
+    blocked = wait_for(
+        lambda: _events(local_cluster, namespace, "DrainBlocked"),
+        timeout=30,
+        what="the budget to stop the drain",
+    )
+    assert "PodDisruptionBudget" in blocked[0]["message"]
+    assert (get_json(local_cluster, "node", chaos_node) or {})["spec"].get("unschedulable") is True
+    time.sleep(3)
+    still = [
+        p["metadata"]["name"]
+        for p in _pods(local_cluster, namespace, "db")
+        if p["spec"].get("nodeName") == chaos_node
+    ]
+    assert sorted(still) == sorted(before), "a pod was evicted against the disruption budget"
+    # Loosen the budget: the drain resumes within the verify window and finishes.
+    local_cluster.kubectl(
+        "patch",
+        "rsvc",
+        "db",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"disruptionBudget":{"maxUnavailable":1}}}',
+    )
+
     def drained() -> bool:
         pods = [
             p for p in _pods(local_cluster, namespace, "db") if not p["metadata"].get("deletionTimestamp")
@@ -348,9 +375,7 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
         )
 
     wait_for(drained, timeout=90, what=f"{chaos_node} drained")
-    assert (get_json(local_cluster, "node", chaos_node) or {})["spec"].get("unschedulable") is True
-    # One disruption at a time: the budget refused at least one eviction along the way.
-    assert _events(local_cluster, namespace, "DrainBlocked"), "the PDB never refused an eviction"
+    assert _events(local_cluster, namespace, "DrainResumed")
     history = _healing(local_cluster, namespace, "db").get("history") or []
     assert [r["action"] for r in history] == ["DrainNode"]
     decided = (get_json(local_cluster, "approval", request["metadata"]["name"], "-n", namespace) or {})[
@@ -469,3 +494,44 @@ def test_the_default_policy_is_accepted(cluster: Cluster, crds_installed: None) 
         "apply", "--dry-run=server", "-f", "-", input=json.dumps(bad_percent), check=False
     )
     assert "minHealthyNodes must be a non-negative count or a percentage from 0% to 100%" in result.stderr
+
+
+def test_an_oom_killed_container_gets_a_higher_memory_limit_as_a_new_revision(
+    local_cluster: local.LocalCluster, namespace: str, operator_process: OperatorProcess, policy_name: str
+) -> None:
+    actions = {"RaiseMemoryLimit": {"risk": "medium", "mode": "auto"}}
+    service = _service("mem", namespace, policy_name, 2, {"oom": {"increasePercent": 50, "maxMemory": "1Gi"}})
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"memory": "64Mi"}, "requests": {"memory": "32Mi"}}
+    _apply(local_cluster, _policy(policy_name, actions=actions), service)
+    pods = wait_for(
+        lambda: [p for p in _pods(local_cluster, namespace, "mem") if _running_ready(p)] or None,
+        timeout=90,
+        what="a ready pod",
+    )
+    victim = pods[0]["metadata"]["name"]
+    # KWOK's failure stage reports the reason we give it, as the kubelet would for an OOM kill.
+    local_cluster.kubectl(
+        "annotate", "pod", victim, "-n", namespace, f"{local.POD_FAILURE_LABEL}/reason=OOMKilled"
+    )
+    local_cluster.kubectl("label", "pod", victim, "-n", namespace, f"{local.POD_FAILURE_LABEL}=true")
+
+    def raised() -> dict[str, Any] | None:
+        body = get_json(local_cluster, "rsvc", "mem", "-n", namespace) or {}
+        resources = body["spec"]["template"]["spec"]["containers"][0].get("resources") or {}
+        return resources if resources.get("limits", {}).get("memory") != "64Mi" else None
+
+    resources = wait_for(raised, timeout=30, what="the memory limit to be raised")
+    assert resources == {"limits": {"memory": "96Mi"}, "requests": {"memory": "48Mi"}}
+
+    def rolled_out() -> bool:
+        body = get_json(local_cluster, "rsvc", "mem", "-n", namespace) or {}
+        status = body.get("status") or {}
+        return status.get("phase") == "Ready" and status.get("stableRevision") == status.get(
+            "currentRevision"
+        )
+
+    wait_for(rolled_out, timeout=90, what="the new revision rolled out")
+    history = _healing(local_cluster, namespace, "mem").get("history") or []
+    assert [r["action"] for r in history][:1] == ["RaiseMemoryLimit"], history
+    assert history[0]["target"] == f"Container/{namespace}/mem/app"

@@ -228,6 +228,9 @@ async def _heal(
         if loop.policy_errors.get(uid) != policy:
             loop.policy_errors[uid] = policy
             _event(body, "Warning", "RemediationPolicyMissing", policy)
+            paused = loop.states.get(uid) or rem.HealingState.from_storage(status.get("healing"))
+            reported = {**paused.as_in_storage(), "policyError": policy}
+            await rs.write_status(runtime, body, {"healing": reported})
         return
     loop.policy_errors.pop(uid, None)
     state = loop.states.get(uid) or rem.HealingState.from_storage(status.get("healing"))
@@ -264,7 +267,8 @@ async def _heal(
     for owner, key in [k for k in loop.approvals if k[0] == uid and k[1] not in live]:
         loop.approvals.pop((owner, key), None)
         loop.tickets.pop((owner, key), None)
-    changes: dict[str, Any] = {"healing": state.as_in_storage()}
+    # A merge patch keeps keys it does not mention: clear a policy error reported earlier.
+    changes: dict[str, Any] = {"healing": {**state.as_in_storage(), "policyError": None}}
     if last is not None:
         changes["lastRemediation"] = last
     await rs.write_status(runtime, body, changes)
@@ -382,7 +386,7 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         loop.approvals[key] = pol.ApprovalState(pol.ApprovalVerdict.PENDING)
         return
     rule = effect.rule
-    slack = (body.get("spec") or {}).get("approvals", {}).get("slack") or {}
+    slack = ((body.get("spec") or {}).get("approvals") or {}).get("slack") or {}
     request = appr.Request(
         action=effect.request.action.value,
         target=_target(effect.request.target),
