@@ -385,3 +385,25 @@ def test_min_healthy_as_a_count() -> None:
     cordon = request(A.CORDON_NODE, "Node/n1")
     assert pol.decide(policy, cordon, [], pol.ClusterView(5, 3), NOW).reason is pol.Reason.BLAST_RADIUS
     assert pol.decide(policy, cordon, [], pol.ClusterView(5, 4), NOW).verdict is pol.Verdict.EXECUTE
+
+
+def _schema_nodes(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for name, child in (node.get("properties") or {}).items():
+        found += _schema_nodes(child, f"{path}.{name}" if path else name)
+    if isinstance(node.get("items"), dict):
+        found += [(p, n) for p, n in _schema_nodes(node["items"], path + "[]")[1:]]
+    return found
+
+
+def test_every_policy_field_is_described_and_bounded() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "remediationpolicies.homeostat.dev.yaml").read_text())
+    assert crd["spec"]["scope"] == "Cluster"
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    nodes = [(p, n) for p, n in _schema_nodes(schema) if p and p != "metadata"]
+    assert [p for p, n in nodes if not str(n.get("description", "")).strip()] == []
+    # CEL needs bounded strings and lists to prove a rule's cost.
+    assert [p for p, n in nodes if n.get("type") == "array" and "maxItems" not in n] == []
+    assert {p for p, _ in nodes} >= {f"spec.actions.{a.value}.quorum" for a in pol.Action}
+    chart = ROOT / "charts" / "homeostat" / "crds" / "remediationpolicies.homeostat.dev.yaml"
+    assert chart.read_text() == (ROOT / "crds" / "remediationpolicies.homeostat.dev.yaml").read_text()
