@@ -535,3 +535,62 @@ def test_an_oom_killed_container_gets_a_higher_memory_limit_as_a_new_revision(
     history = _healing(local_cluster, namespace, "mem").get("history") or []
     assert [r["action"] for r in history][:1] == ["RaiseMemoryLimit"], history
     assert history[0]["target"] == f"Container/{namespace}/mem/app"
+
+
+def test_rate_limits_and_history_survive_an_operator_restart(
+    local_cluster: local.LocalCluster, crds_installed: None, policy_name: str, tmp_path: Path
+) -> None:
+    # A namespace and an operator of the test's own: it is killed halfway.
+    namespace = f"h2r-{uuid.uuid4().hex[:8]}"
+    local_cluster.kubectl("create", "namespace", namespace)
+    flags = ("--namespace", namespace, "--http-port", "0")
+    first = OperatorProcess(local_cluster.kubeconfig, tmp_path / "first.log", flags).start()
+    second: OperatorProcess | None = None
+    try:
+        limit, replicas = 2, 5
+        policy = _policy(
+            policy_name,
+            rateLimits={"perService": {"maxActions": limit, "window": "10m"}},
+            verifyWindow="10s",
+            circuitBreaker={"failures": limit, "window": "10m"},
+        )
+        healing = {"crashLoop": {"window": "10m"}}
+        _apply(local_cluster, policy, _service("svc", namespace, policy_name, replicas, healing))
+        wait_for(
+            lambda: sum(_running_ready(p) for p in _pods(local_cluster, namespace, "svc")) == replicas,
+            timeout=90,
+            what=f"{replicas} ready pods",
+        )
+        originals = {p["metadata"]["name"] for p in _pods(local_cluster, namespace, "svc")}
+        local_cluster.kubectl(
+            "label",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            "homeostat.dev/service=svc",
+            f"{local.POD_FAILURE_LABEL}=true",
+        )
+        wait_for(
+            lambda: len(_healing(local_cluster, namespace, "svc").get("history") or []) == limit,
+            timeout=30,
+            what="the rate limit's worth of restarts",
+        )
+        first.kill()
+        second = OperatorProcess(local_cluster.kubeconfig, tmp_path / "second.log", flags).start()
+
+        def circuit_open() -> bool:
+            incidents = _healing(local_cluster, namespace, "svc").get("incidents") or []
+            return len([i for i in incidents if i.get("reason") == "CircuitOpen"]) == replicas - limit
+
+        wait_for(circuit_open, timeout=60, what="the circuit to open after the restart")
+        history = _healing(local_cluster, namespace, "svc").get("history") or []
+        assert [(r["action"], r["outcome"]) for r in history] == [("RestartPod", "Failed")] * limit
+        remaining = {p["metadata"]["name"] for p in _pods(local_cluster, namespace, "svc")} & originals
+        assert len(originals - remaining) == limit, "the restarted operator acted beyond the rate limit"
+        assert second.alive(), second.logs()[-2000:]
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+        local_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

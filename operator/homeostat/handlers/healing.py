@@ -143,7 +143,19 @@ async def heal_all(memo: Any, indexes: Mapping[str, Any]) -> None:
     nodes = _nodes(loop, indexes, now)
     ready = sum(1 for n in nodes.values() if n.ready)
     cluster = pol.ClusterView(nodes_total=len(nodes), nodes_ready=ready)
-    for store in list(indexes["services"].values()):
+    stores = list(indexes["services"].values())
+    # After a restart, every service's recorded actions count towards the cluster and namespace
+    # limits before the first service is healed, not only the ones healed so far.
+    present = {b[-1]["metadata"]["uid"] for b in map(_values, stores) if b}
+    for gone in [uid for uid in loop.histories if uid not in present]:
+        loop.histories.pop(gone, None)
+        loop.states.pop(gone, None)
+    for store in stores:
+        bodies = _values(store)
+        if bodies and bodies[-1]["metadata"]["uid"] not in loop.histories:
+            recorded = rem.HealingState.from_storage((bodies[-1].get("status") or {}).get("healing"))
+            loop.histories[bodies[-1]["metadata"]["uid"]] = recorded.history
+    for store in stores:
         bodies = _values(store)
         if not bodies:
             continue
