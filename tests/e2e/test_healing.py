@@ -9,8 +9,10 @@ asserts (rate limits, circuit breaker, verify window) are the ones it set.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import yaml
 
 from cluster import local
 from conftest import VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
+from slack import server as fake
 
 pytestmark = pytest.mark.e2e
 
@@ -593,4 +596,100 @@ def test_rate_limits_and_history_survive_an_operator_restart(
         first.kill()
         if second is not None:
             second.stop()
+        local_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_a_drain_is_approved_by_a_signed_slack_click(
+    local_cluster: local.LocalCluster, crds_installed: None, policy_name: str, chaos_node: str, tmp_path: Path
+) -> None:
+    """The headline flow: a Slack message appears, an allowed user's signed click drains the node,
+    and the message is updated without its buttons."""
+    token, signing, approver = f"xoxb-{uuid.uuid4().hex}", f"s-{uuid.uuid4().hex}", "U0DRAINER"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "bot-token").write_text(token)
+    (secrets / "signing-secret").write_text(signing)
+    slack = fake.FakeSlack(token).start()
+    namespace = f"h2s-{uuid.uuid4().hex[:8]}"
+    local_cluster.kubectl("create", "namespace", namespace)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    flags = ("--namespace", namespace, "--http-port", str(port), "--http-bind", "127.0.0.1")
+    env = {"HOMEOSTAT_SECRETS_DIR": str(secrets), "HOMEOSTAT_SLACK_API_URL": slack.api_url}
+    proc = OperatorProcess(local_cluster.kubeconfig, tmp_path / "operator.log", flags, env=env).start()
+    try:
+        drain = {"risk": "high", "mode": "approve", "approvers": {"slack": {"users": [approver]}}}
+        policy = _policy(policy_name, actions={"DrainNode": drain})
+        service = _service(
+            "cache", namespace, policy_name, 2, {"nodeFailure": {"gracePeriod": "2s"}}, node=chaos_node
+        )
+        service["spec"]["approvals"]["slack"] = {"channel": "#ops"}
+        _apply(local_cluster, policy, service)
+
+        def on_chaos() -> list[str] | None:
+            pods = _pods(local_cluster, namespace, "cache")
+            names = [p["metadata"]["name"] for p in pods if p["spec"].get("nodeName") == chaos_node]
+            return names if len(pods) == 2 and all(map(_running_ready, pods)) and names else None
+
+        wait_for(on_chaos, timeout=90, what="ready pods on the chaos node")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pressure = {"type": "DiskPressure", "status": "True", "reason": "Test", "message": "simulated"}
+        pressure.update(lastTransitionTime=now, lastHeartbeatTime=now)
+        local_cluster.kubectl(
+            "patch",
+            "node",
+            chaos_node,
+            "--subresource=status",
+            "-p",
+            json.dumps({"status": {"conditions": [pressure]}}),
+        )
+
+        def message() -> tuple[str, dict[str, Any]] | None:
+            items = (get_json(local_cluster, "approvals", "-n", namespace) or {}).get("items") or []
+            for item in items:
+                ref = f"{namespace}/{item['metadata']['name']}"
+                for posted in slack.messages.values():
+                    if f"Approval {ref}" in json.dumps(posted["blocks"]):
+                        return item["metadata"]["name"], posted
+            return None
+
+        name, posted = wait_for(message, timeout=45, what="the Slack message for the drain")
+        assert "DrainNode" in json.dumps(posted["blocks"]) and posted.get("channel")
+        assert any(p["spec"].get("nodeName") == chaos_node for p in _pods(local_cluster, namespace, "cache"))
+
+        body = fake.click_body(namespace, name, approver, "approve", response_url=slack.response_url("drain"))
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/slack/interactions",
+            data=body,
+            headers=fake.signed_headers(signing, body, int(time.time())),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+        def drained() -> bool:
+            pods = [
+                p
+                for p in _pods(local_cluster, namespace, "cache")
+                if not p["metadata"].get("deletionTimestamp")
+            ]
+            off = [p for p in pods if p["spec"].get("nodeName") != chaos_node]
+            return len(off) == 2 and all(map(_running_ready, off)) and len(pods) == 2
+
+        wait_for(drained, timeout=60, what=f"{chaos_node} drained after the click")
+        wait_for(
+            lambda: (
+                "Approved" in json.dumps(slack.messages[posted["ts"]]["blocks"])
+                and '"actions"' not in json.dumps(slack.messages[posted["ts"]]["blocks"])
+            ),
+            timeout=30,
+            what="the Slack message updated to the decision, without buttons",
+        )
+        history = _healing(local_cluster, namespace, "cache").get("history") or []
+        assert [r["action"] for r in history] == ["DrainNode"]
+        assert token not in proc.logs() and signing not in proc.logs()
+    finally:
+        proc.stop()
+        slack.stop()
         local_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
