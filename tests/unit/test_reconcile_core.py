@@ -153,9 +153,19 @@ def test_is_subset(wanted: Any, actual: Any, expected: bool) -> None:
 # --- plan ------------------------------------------------------------------------------------
 
 
+def _omit_zero(value: Any) -> Any:
+    """Go's omitempty: the API server leaves zero numbers, empty strings and empty maps out."""
+    if isinstance(value, dict):
+        kept = {k: _omit_zero(v) for k, v in value.items() if v not in (0, "", None, {}, [])}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [_omit_zero(v) for v in value]
+    return value
+
+
 def _as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the API server would hand back: our fields plus defaults and status."""
-    stored = copy.deepcopy(manifest)
+    """What the API server would hand back: our fields (zeros left out) plus defaults and status."""
+    stored = _omit_zero(copy.deepcopy(manifest))
     stored["metadata"]["resourceVersion"] = "1"
     if stored["kind"] == "Deployment":  # only some kinds get annotations from the server
         stored["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = "1"
@@ -204,8 +214,9 @@ def test_plan(case: str, observed: dict[kids.ChildRef, Any], expected: list[tupl
     assert [(a.manifest["kind"], a.reason.value) for a in applies] == expected, case
 
 
-def test_plan_is_idempotent_after_apply() -> None:
-    spec = parsed()
+@pytest.mark.parametrize("overrides", [{}, {"minReadySeconds": 0}, {"minReadySeconds": 5}])
+def test_plan_is_idempotent_after_apply(overrides: dict[str, Any]) -> None:
+    spec = parsed(**overrides)
     first = rec.plan(OWNER, spec, {})
     observed = {a.ref: _as_stored(dict(a.manifest)) for a in first}
     assert rec.plan(OWNER, spec, observed) == ()

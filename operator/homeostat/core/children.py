@@ -116,18 +116,17 @@ def deployment(
         pod_meta["annotations"] = dict(template_meta["annotations"])
     meta = _metadata(owner, track_name(owner, track), {LABEL_TRACK: track})
     meta["annotations"] = {ANNOTATION_REVISION: rev}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta,
-        "spec": {
-            "replicas": spec.replicas.effective if replicas is None else replicas,
-            "minReadySeconds": spec.min_ready_seconds,
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": track_labels},
-            "template": {"metadata": pod_meta, "spec": template["spec"]},
-        },
+    deployment_spec: dict[str, Any] = {
+        "replicas": spec.replicas.effective if replicas is None else replicas,
+        "revisionHistoryLimit": 3,
+        "selector": {"matchLabels": track_labels},
+        "template": {"metadata": pod_meta, "spec": template["spec"]},
     }
+    if spec.min_ready_seconds:
+        # The API server leaves a zero out of the stored object; writing one would look like
+        # drift on every reconcile.
+        deployment_spec["minReadySeconds"] = spec.min_ready_seconds
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 
 def service(

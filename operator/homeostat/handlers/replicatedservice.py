@@ -608,8 +608,12 @@ async def _measure(
 async def service_changed(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any
 ) -> None:
+    runtime = _runtime(memo)
+    if runtime.resync_task is None:
+        # Started here, not at startup: a task inherits its creator's context, and only a
+        # handler's context lets kopf.event post. Wake-ups scheduled by resyncs inherit it too.
+        runtime.resync_task = asyncio.create_task(_resync_forever(memo, kwargs, logger))
     if type == "DELETED":
-        runtime = _runtime(memo)
         runtime.reported.pop(body["metadata"]["uid"], None)
         runtime.measured.pop(body["metadata"]["uid"], None)
         runtime.settled.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
@@ -618,16 +622,11 @@ async def service_changed(
 
 
 @kopf.on.startup()
-async def start_resync(*, memo: Any, logger: Any, **kwargs: Any) -> None:
-    """A level-based safety net: reconcile every known service once per interval.
-
-    Not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer would
-    block deleting a service whenever the operator is down.
-    """
-    runtime = _runtime(memo)
+async def check_indexes(*, memo: Any, **kwargs: Any) -> None:
+    """The resync reads the services index; fail at once if kopf does not provide it."""
+    _runtime(memo)
     if "services" not in kwargs:
-        raise kopf.PermanentError("the services index is not available to startup handlers")
-    runtime.resync_task = asyncio.create_task(_resync_forever(memo, kwargs, logger))
+        raise kopf.PermanentError("the services index is not available to handlers")
 
 
 @kopf.on.cleanup()
@@ -638,6 +637,11 @@ async def stop_resync(*, memo: Any, **_: Any) -> None:
 
 
 async def _resync_forever(memo: Any, indexes: Mapping[str, Any], logger: Any) -> None:
+    """A level-based safety net: reconcile every known service once per interval.
+
+    Not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer would
+    block deleting a service whenever the operator is down.
+    """
     while True:
         await asyncio.sleep(_runtime(memo).resync_seconds)
         for store in list(indexes["services"].values()):
