@@ -270,9 +270,19 @@ async def _heal(
     ctx = rem.Context(view, policy, others, cluster, approvals, now)
     state, effects = rem.step(state, ctx)
     last: dict[str, Any] | None = None
+    held: dict[tuple[str, str], list[rem.Held]] = {}
     for effect in effects:
+        if isinstance(effect, rem.Held):
+            held.setdefault((effect.action.value, effect.reason.value), []).append(effect)
+            continue
         state, record = await _execute(memo, loop, body, state, effect, now=now)
         last = record or last
+    # A storm holds many pods at once for the same reason: one Event per reason, not per pod.
+    for (action, _), group in held.items():
+        targets = ", ".join(h.target for h in group[:5]) + (
+            f" and {len(group) - 5} more" if len(group) > 5 else ""
+        )
+        _event(body, "Normal", "RemediationHeld", f"{action} on {targets}: {group[0].message}")
     loop.states[uid] = state
     loop.histories[uid] = state.history
     live = {i.key for i in state.incidents}
@@ -343,10 +353,7 @@ async def _execute(
         _event(body, "Warning", "RemediationEscalated", f"{effect.reason}: {effect.message}")
         await _notify(memo, body, effect)
         return state, _last("Escalate", effect.target, effect.cause.value, effect.reason, now)
-    if isinstance(effect, rem.Held):
-        _event(
-            body, "Normal", "RemediationHeld", f"{effect.action.value} on {effect.target}: {effect.message}"
-        )
+    if isinstance(effect, rem.Held):  # reported per reason by the caller
         return state, None
     outcome = "Succeeded" if effect.succeeded else "Failed"
     if effect.succeeded:
