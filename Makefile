@@ -34,7 +34,7 @@ cluster-up: venv binaries
 	$(BIN)/python tests/cluster/local.py up --name $(CLUSTER)
 
 cluster-down: venv
-	-test -f $(CACHE)/demo/operator.pid && kill $$(cat $(CACHE)/demo/operator.pid) 2>/dev/null; rm -f $(CACHE)/demo/operator.pid
+	-for pid in $(CACHE)/demo/*.pid; do test -f "$$pid" && kill $$(cat "$$pid") 2>/dev/null; rm -f "$$pid"; done
 	$(BIN)/python tests/cluster/local.py down --name $(CLUSTER)
 
 chart-crds:
@@ -65,7 +65,7 @@ test: lint typecheck layers venv binaries
 	$(BIN)/pytest -q
 
 demo: venv binaries
-	bash tests/demo.sh
+	$(BIN)/python tests/demo.py
 
 # The long fault suite: 50 SIGKILL trials of rollouts, 500 fuzzed specs, the HA handover.
 # `make test` runs the same tests with 10 trials and 100 specs.

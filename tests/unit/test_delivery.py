@@ -493,3 +493,23 @@ def test_the_hold_lasts_until_the_template_changes_and_the_abort_is_not_reapplie
     assert moved_on.spec.template == newer
     assert moved_on.rollback == {"command": "heal-1"}
     assert moved_on.event is None and moved_on.degraded_by is None
+
+
+def test_ready_names_the_revision_that_serves_not_the_rolled_back_one() -> None:
+    state = ro.RolloutState(phase=ro.Phase.ROLLED_BACK, stable_revision=REV_OLD, revision=REV_NEW)
+    plan = run(service_spec(NEW), CANARY, stable_world(), state=state)
+    report = rec.report(
+        owner=OWNER,
+        generation=2,
+        spec=service_spec(NEW),
+        applies=(),
+        outcome=rec.Outcome(),
+        deployment=None,
+        previous={},
+        now="2026-01-01T00:00:00Z",
+        view=plan.view,
+        degraded_by=("RolledBack", "revision was rolled back"),
+    )
+    ready = next(c for c in report.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and REV_OLD in ready["message"] and REV_NEW not in ready["message"]
+    assert report.status["phase"] == "Degraded"

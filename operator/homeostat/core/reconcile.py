@@ -226,11 +226,17 @@ def report(
         degraded = ("False", Reason.HEALTHY, "no problems observed")
         phase = Phase.READY if view.serving else Phase.PROGRESSING if deployment else Phase.PENDING
 
+    # A rollout may serve another revision than the spec's (a rolled-back one stays in the spec).
+    serving = view.revision or rev
     if view.serving:
-        ready_c = ("True", Reason.AVAILABLE, f"{view.ready}/{desired_count} replicas ready at revision {rev}")
-        progressing = ("False", Reason.STABLE, f"revision {rev} is rolled out")
+        ready_c = (
+            "True",
+            Reason.AVAILABLE,
+            f"{view.ready}/{desired_count} replicas ready at revision {serving}",
+        )
+        progressing = ("False", Reason.STABLE, f"revision {serving} is rolled out")
     else:
-        waiting = f"{view.ready}/{desired_count} replicas ready, {view.updated} at revision {rev}"
+        waiting = f"{view.ready}/{desired_count} replicas ready, {view.updated} at revision {serving}"
         ready_c = ("False", Reason.WAITING, waiting)
         rolling = view.revision not in (None, rev) or view.updated < view.replicas
         reason = Reason.ROLLING_OUT if rolling else Reason.SCALING
