@@ -154,9 +154,15 @@ def test_pods_on_a_not_ready_node_run_elsewhere_within_grace_plus_15s(
     chaos_node: str,
 ) -> None:
     grace = 10
-    _apply(local_cluster, _policy(policy_name))
+    # The cooldown applies to any action on a target: short, so the cordon may follow the reschedule.
+    _apply(local_cluster, _policy(policy_name, cooldown="10s"))
     service = _service(
-        "web", namespace, policy_name, 3, {"nodeFailure": {"gracePeriod": f"{grace}s"}}, node=chaos_node
+        "web",
+        namespace,
+        policy_name,
+        3,
+        {"nodeFailure": {"gracePeriod": f"{grace}s", "cordonAfter": "25s"}},
+        node=chaos_node,
     )
     _apply(local_cluster, service)
 
@@ -189,6 +195,14 @@ def test_pods_on_a_not_ready_node_run_elsewhere_within_grace_plus_15s(
     history = _healing(local_cluster, namespace, "web").get("history") or []
     assert [r["action"] for r in history] == ["ReschedulePods"], history
     assert history[0]["target"] == f"Node/{chaos_node}"
+    # Still NotReady past cordonAfter: cordoned, so it gets no pods if it flaps back.
+    wait_for(
+        lambda: (get_json(local_cluster, "node", chaos_node) or {}).get("spec", {}).get("unschedulable"),
+        timeout=40,
+        what="the node cordoned after cordonAfter",
+    )
+    history = _healing(local_cluster, namespace, "web").get("history") or []
+    assert [r["action"] for r in history] == ["ReschedulePods", "CordonNode"], history
 
 
 def test_a_storm_is_held_by_the_rate_limit_and_the_circuit_breaker(
