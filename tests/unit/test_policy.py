@@ -7,6 +7,7 @@ what these rows pin down.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +408,40 @@ def test_every_policy_field_is_described_and_bounded() -> None:
     assert {p for p, _ in nodes} >= {f"spec.actions.{a.value}.quorum" for a in pol.Action}
     chart = ROOT / "charts" / "homeostat" / "crds" / "remediationpolicies.homeostat.dev.yaml"
     assert chart.read_text() == (ROOT / "crds" / "remediationpolicies.homeostat.dev.yaml").read_text()
+
+
+WIDE = pol.Approvers(
+    slack_users=frozenset({"U1", "U2"}),
+    slack_groups=frozenset({"S1"}),
+    kube_users=frozenset({"alice", "bob"}),
+    kube_groups=frozenset({"ops", "sre"}),
+)
+NARROW = [
+    ("service lists nothing", None, WIDE),
+    ("empty block", {"approvers": {}}, WIDE),
+    (
+        "slack users narrowed, groups dropped",
+        {"approvers": {"slack": ["U2", "U9"]}},
+        dataclasses.replace(WIDE, slack_users=frozenset({"U2"}), slack_groups=frozenset()),
+    ),
+    (
+        "kubernetes narrowed, never widened",
+        {"approvers": {"kubernetes": {"users": ["mallory"], "groups": ["sre"]}}},
+        dataclasses.replace(WIDE, kube_users=frozenset(), kube_groups=frozenset({"sre"})),
+    ),
+]
+
+
+@pytest.mark.parametrize(("service", "expected"), [n[1:] for n in NARROW], ids=[n[0] for n in NARROW])
+def test_a_service_can_only_narrow_the_approvers(
+    service: dict[str, Any] | None, expected: pol.Approvers
+) -> None:
+    assert pol.narrowed(WIDE, service) == expected
+
+
+@pytest.mark.parametrize(
+    ("service", "seconds"),
+    [(None, 3600.0), ({"timeout": "10m"}, 600.0), ({"timeout": "2h"}, 3600.0), ({"timeout": "soon"}, 3600.0)],
+)
+def test_the_shorter_timeout_wins(service: dict[str, Any] | None, seconds: float) -> None:
+    assert pol.approval_timeout(POLICY.actions[A.DRAIN_NODE], service) == seconds

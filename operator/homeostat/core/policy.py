@@ -524,3 +524,34 @@ def decide(
             rule,
         )
     return Decision(Verdict.EXECUTE, Reason.APPROVED, f"approved by {', '.join(sorted(valid))}", rule)
+
+
+def narrowed(approvers: Approvers, service_approvals: Mapping[str, Any] | None) -> Approvers:
+    """The policy's approvers, narrowed by a service's ``spec.approvals.approvers``.
+
+    A service may restrict who approves its actions, never widen it: each kind of identity the
+    service lists is intersected with the policy's, and kinds it leaves out keep the policy's.
+    Slack user groups cannot be matched against user IDs, so listing Slack users drops them.
+    """
+    listed = (service_approvals or {}).get("approvers") or {}
+    slack = frozenset(listed.get("slack") or ())
+    kube = listed.get("kubernetes") or {}
+    users, groups = frozenset(kube.get("users") or ()), frozenset(kube.get("groups") or ())
+    return Approvers(
+        slack_users=approvers.slack_users & slack if slack else approvers.slack_users,
+        slack_groups=frozenset() if slack else approvers.slack_groups,
+        kube_users=approvers.kube_users & users if users else approvers.kube_users,
+        kube_groups=approvers.kube_groups & groups if groups else approvers.kube_groups,
+    )
+
+
+def approval_timeout(rule: ActionRule, service_approvals: Mapping[str, Any] | None) -> float:
+    """Seconds a request waits: the shorter of the policy's and the service's timeout."""
+    raw = (service_approvals or {}).get("timeout")
+    if not isinstance(raw, str):
+        return rule.timeout_seconds
+    try:
+        seconds = specs.parse_duration(raw, "spec.approvals.timeout")
+    except specs.SpecError:
+        return rule.timeout_seconds
+    return min(rule.timeout_seconds, seconds) if seconds > 0 else rule.timeout_seconds

@@ -405,7 +405,9 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         loop.approvals[key] = pol.ApprovalState(pol.ApprovalVerdict.PENDING)
         return
     rule = effect.rule
-    slack = ((body.get("spec") or {}).get("approvals") or {}).get("slack") or {}
+    settings = (body.get("spec") or {}).get("approvals") or {}
+    slack = settings.get("slack") or {}
+    approvers = pol.narrowed(rule.approvers, settings)
     request = appr.Request(
         action=effect.request.action.value,
         target=_target(effect.request.target),
@@ -415,11 +417,11 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         risk=appr.Risk(rule.risk.value),
         quorum=rule.quorum,
         approvers=appr.Approvers(
-            slack=rule.approvers.slack_users | rule.approvers.slack_groups,
-            users=rule.approvers.kube_users,
-            groups=rule.approvers.kube_groups,
+            slack=approvers.slack_users | approvers.slack_groups,
+            users=approvers.kube_users,
+            groups=approvers.kube_groups,
         ),
-        expires_at=now + rule.timeout_seconds,
+        expires_at=now + pol.approval_timeout(rule, settings),
         channel=str(slack.get("channel") or ""),
         evidence={"symptom": effect.message[:500]},
     )
