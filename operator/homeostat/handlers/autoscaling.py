@@ -107,8 +107,6 @@ def _scaler(memo: Any) -> ports.Scaler | None:
 async def start_autoscaling(*, memo: Any, logger: Any, **kwargs: Any) -> None:
     if "services" not in kwargs:
         raise kopf.PermanentError("the services index is not available to startup handlers")
-    state = _autoscaler(memo)
-    state.task = asyncio.create_task(_loop(memo, kwargs))
 
 
 @kopf.on.cleanup()
@@ -121,10 +119,14 @@ async def stop_autoscaling(*, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(*rs.RSVC, id="autoscaling_events")
-async def lend_event_context(*, memo: Any, **_: Any) -> None:
+async def lend_event_context(*, memo: Any, **kwargs: Any) -> None:
+    """Start the loop from the first watch event: a replica paused by kopf peering gets none,
+    so only the active replica scales, and the loop inherits a context kopf.event can post in."""
     state = _autoscaler(memo)
     if state.post_context is None:
         state.post_context = contextvars.copy_context()
+    if state.task is None:
+        state.task = asyncio.create_task(_loop(memo, kwargs))
 
 
 def _post(memo: Any, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
