@@ -524,7 +524,7 @@ def save_plot(world: dict[str, Any], samples: list[dict[str, float]]) -> Path:
     axes.set_title(
         f"make demo: predictive autoscaling, {STARTUP_DELAY:g} s startup delay, one 'day' = {PERIOD:g} s"
     )
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     plot = DEMO / "forecast.png"
     figure.savefig(plot, dpi=100)
