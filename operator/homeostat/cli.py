@@ -148,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from homeostat.adapters import kube, kube_healing, kube_scale, metrics
+    from homeostat.adapters import telemetry as prometheus_telemetry
     from homeostat.handlers import replicatedservice
 
     try:
@@ -187,18 +188,23 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("homeostat").info("approvals and notifications: %s", chat.description)
     gate = approval_store.KubeApprovals(api)
+    # Served on the HTTP port at /metrics; the chart's ServiceMonitor scrapes it.
+    telemetry = prometheus_telemetry.PrometheusTelemetry()
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api),
         credentials=functools.partial(kube.credentials, args.kubeconfig),
         resync_seconds=args.resync_interval,
         metrics=metrics_provider,
         notifier=chat.notifier,
+        telemetry=telemetry,
     )
     approvals_runtime = approval_handlers.ApprovalsRuntime(
         gate, chat.messenger, http_bind=args.http_bind, http_port=args.http_port or None
     )
+    approvals_runtime.telemetry = telemetry
     memo = kopf.Memo(
         runtime=runtime,
+        telemetry=telemetry,
         scaler=kube_scale.KubernetesScaler(api),
         approvals=approvals_runtime,
         approval_gate=gate,

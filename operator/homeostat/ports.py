@@ -277,3 +277,79 @@ class HealingActions(Protocol):
     async def approval(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The Approval object named ``name``, to check its recorded deciders before acting."""
         ...
+
+
+# --- telemetry -------------------------------------------------------------------------------
+
+
+class Telemetry(Protocol):
+    """The operator's own metrics: what it did, how long it took, what it predicts.
+
+    Calls never fail and never block; an implementation that cannot record simply drops.
+    """
+
+    def reconciled(self, namespace: str, service: str, seconds: float, outcome: str) -> None: ...
+
+    def rollout(self, namespace: str, service: str, phase: str | None, weight: int) -> None: ...
+
+    def analysis(self, namespace: str, service: str, verdict: str) -> None: ...
+
+    def forecast(
+        self, namespace: str, service: str, *, mase: float | None, smape: float | None, peak: float | None
+    ) -> None: ...
+
+    def scaled(
+        self, namespace: str, service: str, replicas: int, reason: str, *, load: float | None, capacity: float
+    ) -> None: ...
+
+    def remediation(self, action: str, outcome: str) -> None: ...
+
+    def approval(self, outcome: str) -> None: ...
+
+    def pending(self, queue: str, depth: int) -> None: ...
+
+    def forget(self, namespace: str, service: str) -> None:
+        """Drop every per-service series of a deleted service."""
+        ...
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type."""
+        ...
+
+
+class NopTelemetry:
+    """Telemetry switched off, and the default where none is configured: every call is dropped."""
+
+    def reconciled(self, namespace: str, service: str, seconds: float, outcome: str) -> None:
+        pass
+
+    def rollout(self, namespace: str, service: str, phase: str | None, weight: int) -> None:
+        pass
+
+    def analysis(self, namespace: str, service: str, verdict: str) -> None:
+        pass
+
+    def forecast(
+        self, namespace: str, service: str, *, mase: float | None, smape: float | None, peak: float | None
+    ) -> None:
+        pass
+
+    def scaled(
+        self, namespace: str, service: str, replicas: int, reason: str, *, load: float | None, capacity: float
+    ) -> None:
+        pass
+
+    def remediation(self, action: str, outcome: str) -> None:
+        pass
+
+    def approval(self, outcome: str) -> None:
+        pass
+
+    def pending(self, queue: str, depth: int) -> None:
+        pass
+
+    def forget(self, namespace: str, service: str) -> None:
+        pass
+
+    def exposition(self) -> tuple[bytes, str]:
+        return b"", "text/plain; version=0.0.4; charset=utf-8"

@@ -54,6 +54,7 @@ class ApprovalsRuntime:
     ) -> None:
         self.store = store
         self.messenger = messenger
+        self.telemetry: ports.Telemetry = ports.NopTelemetry()  # the CLI sets the real one
         self.http_bind = http_bind
         self.http_port = http_port  # None: no HTTP server
         self.tick_seconds = tick_seconds
@@ -303,7 +304,11 @@ def report(
             }[state.phase]
             kind = "Warning" if state.phase in (appr.Phase.DENIED, appr.Phase.EXPIRED) else "Normal"
             service_event(runtime, body, kind, reason, f"{ref.name}: {result.message}")
+            runtime.telemetry.approval(
+                state.phase.value if state.phase is not appr.Phase.PENDING else "Voted"
+            )
         else:
+            runtime.telemetry.approval("Refused")
             if result.rejection is appr.Rejection.EXPIRED and written:
                 # The click found the request past its expiry and recorded the timeout.
                 audit("expired", ref, phase=state.phase.value, message=state.reason)
@@ -514,6 +519,7 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
                 "ApprovalRequested",
                 f"{ref.name}: {request.action} {request.target} needs approval ({request.cause})",
             )
+            runtime.telemetry.approval("Requested")
     if status.get("votes"):
         done = await transact(runtime, ref, decide_votes(runtime))
         if done.body is not None:

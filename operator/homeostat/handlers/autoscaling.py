@@ -354,6 +354,20 @@ async def _autoscale(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, 
     before = _previous_condition(body, runtime)
     await rs.write_status(runtime, body, changes, [condition])
     _announce(memo, body, decision, condition, before=before, applied=applied, saved=saved)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    runtime.telemetry.scaled(
+        namespace,
+        name,
+        decision.desired,
+        decision.reason.value,
+        load=metric,
+        capacity=decision.desired * auto.target_per_replica,
+    )
+    summary = decision.forecast
+    if summary is not None:
+        runtime.telemetry.forecast(
+            namespace, name, mase=summary.mase, smape=summary.smape, peak=summary.predicted_peak
+        )
 
 
 async def _evaluate(

@@ -1,4 +1,5 @@
-"""The operator's HTTP port: Slack interactivity (``POST /slack/interactions``) and ``/healthz``.
+"""The operator's HTTP port: Slack interactivity (``POST /slack/interactions``), ``/healthz`` and
+the operator's Prometheus metrics (``GET /metrics``).
 
 A click is an unauthenticated HTTP request until its signature says otherwise, so the order
 of checks is the point: size and content type before reading, the signature over the raw
@@ -60,9 +61,15 @@ def _ephemeral(text: str) -> aiohttp.web.Response:
 
 
 def make_app(
-    runtime: approvals.ApprovalsRuntime, limiter: RateLimiter | None = None
+    runtime: approvals.ApprovalsRuntime,
+    limiter: RateLimiter | None = None,
+    telemetry: ports.Telemetry | None = None,
 ) -> aiohttp.web.Application:
     limiter = limiter or RateLimiter()
+
+    async def metrics(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        body, content_type = (telemetry or ports.NopTelemetry()).exposition()
+        return aiohttp.web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.Response(text="ok\n")
@@ -111,14 +118,15 @@ def make_app(
 
     app = aiohttp.web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/slack/interactions", interactions)
     return app
 
 
-async def start(runtime: approvals.ApprovalsRuntime) -> Any:
+async def start(runtime: approvals.ApprovalsRuntime, telemetry: ports.Telemetry | None = None) -> Any:
     """Serve on ``http_bind:http_port``. A port already in use is logged, not fatal: the
     operator's reconciling does not depend on it, and kubectl approvals keep working."""
-    runner = aiohttp.web.AppRunner(make_app(runtime), access_log=None)
+    runner = aiohttp.web.AppRunner(make_app(runtime, telemetry=telemetry), access_log=None)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, runtime.http_bind, runtime.http_port)
     try:
@@ -144,7 +152,7 @@ async def start(runtime: approvals.ApprovalsRuntime) -> Any:
 async def start_http(*, memo: Any, **_: Any) -> None:
     runtime = memo.get(approvals.MEMO_KEY)
     if isinstance(runtime, approvals.ApprovalsRuntime) and runtime.http_port is not None:
-        memo["http_runner"] = await start(runtime)
+        memo["http_runner"] = await start(runtime, memo.get("telemetry"))
 
 
 @kopf.on.cleanup()

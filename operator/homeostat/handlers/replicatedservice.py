@@ -46,11 +46,14 @@ class Runtime:
         self,
         workloads: ports.Workloads,
         credentials: Callable[[], ports.Credentials],
+        *,
         resync_seconds: float = 60.0,
         metrics: ports.MetricsProvider | None = None,
         notifier: ports.Notifier | None = None,
+        telemetry: ports.Telemetry | None = None,
     ) -> None:
         self.workloads = workloads
+        self.telemetry: ports.Telemetry = telemetry or ports.NopTelemetry()
         # None means "not configured": metric-driven features report that instead of guessing.
         self.metrics = metrics
         self.notifier = notifier
@@ -204,8 +207,17 @@ async def reconcile(
         return  # children go with their owner through garbage collection
     owner = kids.Owner(meta["name"], meta["namespace"], meta["uid"])
     runtime = _runtime(memo)
-    async with runtime.locks[(owner.namespace, owner.name)]:
-        await _reconcile_locked(owner, body, runtime, indexes, logger, verify=verify)
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        async with runtime.locks[(owner.namespace, owner.name)]:
+            await _reconcile_locked(owner, body, runtime, indexes, logger, verify=verify)
+        phase = (runtime.reported.get(owner.uid) or {}).get("phase")
+        outcome = "invalid" if phase == rec.Phase.INVALID_SPEC.value else "ok"
+    finally:
+        runtime.telemetry.reconciled(owner.namespace, owner.name, time.monotonic() - started, outcome)
+        runtime.telemetry.pending("rollout_wakeups", len(runtime.wakeups))
+        runtime.telemetry.pending("rollout_analyses", sum(not t.done() for t in runtime.analyses.values()))
 
 
 async def _reconcile_locked(
@@ -268,6 +280,10 @@ async def _reconcile_locked(
         # in between loses a message rather than sending it twice after the restart.
         events.extend((e.type, e.reason, e.message) for e in delivery.plan.events)
         await _notify(runtime, owner, delivery.plan, logger)
+        state = delivery.plan.state
+        runtime.telemetry.rollout(owner.namespace, owner.name, state.phase.value, state.achieved_weight)
+        if delivery.analysed is not None:
+            runtime.telemetry.analysis(owner.namespace, owner.name, delivery.analysed.value)
         _follow_up(runtime, owner, delivery, indexes=indexes, logger=logger)
     target = _event_target(body)
     for type_, reason, message in events:
@@ -348,6 +364,7 @@ class _Delivery:
     plan: dl.Plan
     spec: ro.RolloutSpec
     degraded_by: tuple[str, str] | None
+    analysed: an.Verdict | None = None  # the verdict of an analysis run this step recorded
 
     def status(self, status: Mapping[str, Any], now: str) -> dict[str, Any]:
         state = self.plan.state
@@ -410,7 +427,8 @@ async def _plan_delivery(
             rec.Reason.ROLLED_BACK.value,
             f"revision {plan.state.revision} was rolled back: {detail}",
         )
-    return _Delivery(plan, rollout_spec, degraded_by)
+    recorded = plan.state.analysis.runs > state.analysis.runs
+    return _Delivery(plan, rollout_spec, degraded_by, plan.state.analysis.last_verdict if recorded else None)
 
 
 async def _plan_rolling(
@@ -617,6 +635,7 @@ async def service_changed(
         runtime.reported.pop(body["metadata"]["uid"], None)
         runtime.measured.pop(body["metadata"]["uid"], None)
         runtime.settled.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+        runtime.telemetry.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     await reconcile(body, memo, kwargs, logger)
 
