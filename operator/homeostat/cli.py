@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="kopf peering name for HA; without it the operator runs standalone",
     )
     run.add_argument(
+        "--shard-selector",
+        default=os.environ.get("HOMEOSTAT_SHARD_SELECTOR"),
+        help="act only on ReplicatedServices matching this label selector, e.g. homeostat.dev/shard=a "
+        "(for running several operator deployments side by side)",
+    )
+    run.add_argument(
         "--peering-lifetime",
         type=float,
         default=float(os.environ.get("HOMEOSTAT_PEERING_LIFETIME") or 60),
@@ -212,6 +218,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = int(args.peering_lifetime)
+    if args.shard_selector:
+        # Server-side: the API server sends this operator only its shard's services, so every
+        # index, loop and child lookup is the shard's alone.
+        settings.watching.label_selectors["homeostat.dev", "v1alpha1", "replicatedservices"] = (
+            args.shard_selector
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(
