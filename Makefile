@@ -62,16 +62,17 @@ e2e: venv binaries
 	$(BIN)/pytest -m e2e -q
 
 test: lint typecheck layers venv binaries
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m 'not chaos'
 
 demo: venv binaries
 	$(BIN)/python tests/demo.py
 
-# The long fault suite: 50 SIGKILL trials of rollouts, 500 fuzzed specs, the HA handover.
+# The long fault suite: 50 SIGKILL trials of rollouts, 500 fuzzed specs, the HA handover, a
+# partition and a restart of the whole control plane.
 # `make test` runs the same tests with 10 trials and 100 specs.
 chaos: venv binaries
 	HOMEOSTAT_CHAOS_TRIALS=50 HOMEOSTAT_FUZZ_EXAMPLES=500 $(BIN)/pytest -m e2e -q -s \
-	  tests/e2e/test_rollout_chaos.py tests/e2e/test_fuzz.py tests/e2e/test_ha.py
+	  tests/e2e/test_rollout_chaos.py tests/e2e/test_fuzz.py tests/e2e/test_ha.py tests/e2e/test_faults.py
 
 bench: venv binaries
 	$(BIN)/python tests/bench/reconcile.py

@@ -235,6 +235,53 @@ class LocalCluster:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.kubeconfig.unlink(missing_ok=True)
 
+    def restart_apiserver(self, downtime: float = 5.0, timeout: float = 120) -> None:
+        """Stop kube-apiserver for ``downtime`` seconds and start it again, as in a control-plane
+        upgrade. The controller-manager and scheduler exit when they cannot renew their leader
+        lease meanwhile; a kubelet would restart them as static pods, so this does too."""
+        processes = {
+            name: self._process(name)
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+        }
+        pid = processes["kube-apiserver"][0]
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(downtime)
+        self._spawn("kube-apiserver", processes["kube-apiserver"])
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"kube-apiserver of {self.name} not healthy {timeout:.0f}s after a restart"
+                )
+            time.sleep(0.5)
+        time.sleep(3)  # a component that lost its lease exits within moments of the API's return
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            if not Path(f"/proc/{processes[name][0]}").exists():
+                self._spawn(name, processes[name])
+
+    def _process(self, name: str) -> tuple[int, list[str], str, dict[str, str]]:
+        """A component's pid, command line, working directory and environment."""
+        pid = int((self.state_dir / "pids" / f"{name}.pid").read_text().strip())
+        proc = Path(f"/proc/{pid}")
+        argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        environ = dict(
+            item.decode().split("=", 1)
+            for item in (proc / "environ").read_bytes().split(b"\0")
+            if b"=" in item
+        )
+        return pid, argv, os.readlink(proc / "cwd"), environ
+
+    def _spawn(self, name: str, process: tuple[int, list[str], str, dict[str, str]]) -> None:
+        _, argv, cwd, environ = process
+        with (self.state_dir / "logs" / f"{name}.log").open("ab") as log:
+            started = subprocess.Popen(
+                argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        (self.state_dir / "pids" / f"{name}.pid").write_text(str(started.pid))
+
     def pids(self) -> list[int]:
         """Processes of this cluster: anything whose command line points into its state dir."""
         marker = str(self.state_dir) + "/"
