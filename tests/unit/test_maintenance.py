@@ -136,28 +136,6 @@ def test_requests_are_level_based_with_stable_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("128Mi", 128 * MI),
-        ("1Gi", 2.0**30),
-        ("1G", 1e9),
-        ("500k", 5e5),
-        ("1.5Gi", 1.5 * 2**30),
-        ("1e9", 1e9),
-        ("1000", 1000.0),
-        (1024, 1024.0),
-        ("100m", 0.1),
-        ("12 apples", None),
-        ("", None),
-        (None, None),
-        (True, None),
-    ],
-)
-def test_quantity(value: Any, expected: float | None) -> None:
-    assert mt.quantity(value) == expected
-
-
-@pytest.mark.parametrize(
     ("containers", "expected"),
     [
         ([{"name": "a", "resources": {"limits": {"memory": "128Mi"}}}], 128 * MI),

@@ -413,3 +413,27 @@ def test_merge_conditions_replaces_by_type_and_keeps_transition_times(
         NOW,
     )
     assert [(c["type"], c["status"], c["lastTransitionTime"]) for c in merged] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("128Mi", 128 * 2**20),
+        ("1Gi", 2.0**30),
+        ("1.5Gi", 1.5 * 2**30),
+        ("1G", 1e9),
+        ("500k", 5e5),
+        ("1e9", 1e9),
+        ("1000", 1000.0),
+        (1024, 1024.0),
+        ("100m", 0.1),
+        ("12 apples", None),
+        ("x", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (float("inf"), None),
+    ],
+)
+def test_quantity(value: Any, expected: float | None) -> None:
+    assert specs.quantity(value) == expected

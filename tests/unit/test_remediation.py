@@ -404,11 +404,3 @@ def test_bad_healing_specs_name_the_field(raw: dict[str, Any], field: str) -> No
     with pytest.raises(rem.specs.SpecError) as info:
         rem.parse_healing(raw)
     assert info.value.field == field
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [("128Mi", 128 * 2**20), ("1G", 1e9), ("1.5Gi", 1.5 * 2**30), ("500m", 0.5), ("x", None), (True, None)],
-)
-def test_quantity(text: Any, value: float | None) -> None:
-    assert rem.quantity(text) == value

@@ -20,6 +20,7 @@ from homeostat.core import approval as appr
 from homeostat.core import children as kids
 from homeostat.core import delivery
 from homeostat.core import remediation as rem
+from homeostat.core import spec as specs
 
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -132,12 +133,12 @@ def memory_patch(service: Mapping[str, Any], container: str, limit: str) -> list
     containers = (((service.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
         "containers"
     ) or []
-    wanted = rem.quantity(limit)
+    wanted = specs.quantity(limit)
     for index, spec in enumerate(containers):
         if spec.get("name") != container:
             continue
         resources = spec.get("resources") or {}
-        current = rem.quantity((resources.get("limits") or {}).get("memory"))
+        current = specs.quantity((resources.get("limits") or {}).get("memory"))
         if wanted is None or current is None or current >= wanted:
             return []
         base = f"/spec/template/spec/containers/{index}/resources"
@@ -149,7 +150,7 @@ def memory_patch(service: Mapping[str, Any], container: str, limit: str) -> list
             },
             {"op": "replace", "path": f"{base}/limits/memory", "value": limit},
         ]
-        request = rem.quantity((resources.get("requests") or {}).get("memory"))
+        request = specs.quantity((resources.get("requests") or {}).get("memory"))
         if request is not None:
             ops.append(
                 {

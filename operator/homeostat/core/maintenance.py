@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from homeostat.core import spec as specs
 from homeostat.core.spec import SpecError, parse_duration
 
 FIELD = "spec.healing.predictiveMaintenance.memory"
@@ -70,39 +70,6 @@ class MemorySpec:
         return max(1.0, self.window / 60)
 
 
-_QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
-_SUFFIX = {
-    None: 1.0,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2.0**10,
-    "Mi": 2.0**20,
-    "Gi": 2.0**30,
-    "Ti": 2.0**40,
-    "Pi": 2.0**50,
-    "Ei": 2.0**60,
-}
-
-
-def quantity(value: Any) -> float | None:
-    """A Kubernetes quantity (``128Mi``, ``1G``, ``1e9``) as a number; None if unreadable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    match = _QUANTITY.match(value.strip())
-    if not match:
-        return None
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
-
-
 def memory_limit(template: Mapping[str, Any]) -> float | None:
     """The pod's memory limit: the sum over its containers, or None when any has none (an
     unlimited container can grow without an OOM kill at the pod's sum)."""
@@ -110,7 +77,7 @@ def memory_limit(template: Mapping[str, Any]) -> float | None:
     total = 0.0
     for container in containers:
         limits = ((container or {}).get("resources") or {}).get("limits") or {}
-        value = quantity(limits.get("memory"))
+        value = specs.quantity(limits.get("memory"))
         if value is None or value <= 0:
             return None
         total += value

@@ -20,7 +20,6 @@ import datetime
 import enum
 import hashlib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,7 +94,7 @@ def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:
     node, node_body = _block(raw, "nodeFailure")
     maint, _ = _block(raw, "predictiveMaintenance")
     try:
-        max_memory = quantity(oom_body["maxMemory"]) if "maxMemory" in oom_body else None
+        max_memory = specs.quantity(oom_body["maxMemory"]) if "maxMemory" in oom_body else None
         return HealingSpec(
             crash_loop=crash,
             restart_threshold=int(crash_body.get("restartThreshold", 3)),
@@ -118,36 +117,6 @@ def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:
 
 
 # --- quantities and times ----------------------------------------------------------------------
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
-_SUFFIX = {
-    None: 1.0,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2.0**10,
-    "Mi": 2.0**20,
-    "Gi": 2.0**30,
-    "Ti": 2.0**40,
-    "Pi": 2.0**50,
-    "Ei": 2.0**60,
-}
-
-
-def quantity(value: Any) -> float | None:
-    """A Kubernetes quantity (``128Mi``, ``1G``) in base units; None when unreadable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    match = _QUANTITY.match(value.strip())
-    return float(match.group(1)) * _SUFFIX[match.group(2)] if match else None
 
 
 def mebibytes(value: float) -> str:

@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 JSON = dict[str, Any]
 
+_QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_QUANTITY_SUFFIX = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -83,6 +101,19 @@ def parse_duration(value: str, field: str) -> float:
     if pos != len(value) or not value:
         raise SpecError(field, f"{value!r} is not a duration like 30s, 5m or 1h30m")
     return total
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes quantity (``128Mi``, ``1G``, ``1e9``, ``500m``) in base units; None when
+    unreadable. Memory limits, ceilings and working sets are compared in these units."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    match = _QUANTITY.match(value.strip())
+    return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2)] if match else None
 
 
 def _int(value: Any, field: str, minimum: int = 0) -> int:

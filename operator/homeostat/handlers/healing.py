@@ -211,7 +211,7 @@ def _memory_limits(template: Mapping[str, Any]) -> dict[str, float | None]:
     limits: dict[str, float | None] = {}
     for container in ((template.get("spec") or {}).get("containers")) or []:
         memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
-        limits[str(container.get("name"))] = rem.quantity(memory)
+        limits[str(container.get("name"))] = specs.quantity(memory)
     return limits
 
 
