@@ -82,6 +82,19 @@ def plugin(cluster: Cluster, *args: str, timeout: float = 90) -> subprocess.Comp
     )
 
 
+def service_events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Events posted about one ReplicatedService, oldest first."""
+    listing = get_json(
+        cluster,
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.kind=ReplicatedService,involvedObject.name={name}",
+    )
+    return sorted((listing or {}).get("items", []), key=lambda e: e["metadata"]["creationTimestamp"])
+
+
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
     res = cluster.kubectl("get", *args, "-o", "json", check=False, timeout=30)
     return json.loads(res.stdout) if res.returncode == 0 else None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, service_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,15 +56,7 @@ def wait_ready(
 
 
 def events(cluster: Cluster, namespace: str, name: str = "web") -> list[dict[str, Any]]:
-    listing = get_json(
-        cluster,
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        f"involvedObject.kind=ReplicatedService,involvedObject.name={name}",
-    )
-    return listing["items"] if listing else []
+    return service_events(cluster, namespace, name)
 
 
 def children_versions(cluster: Cluster, namespace: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, service_events, wait_for
 from prom import PrometheusServer
 from traffic import model
 
@@ -104,8 +104,7 @@ def wait_phase(
 
 
 def reasons(cluster: Cluster, namespace: str, name: str) -> list[str]:
-    listing = get_json(cluster, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
-    return [e["reason"] for e in (listing or {}).get("items", [])]
+    return [e["reason"] for e in service_events(cluster, namespace, name)]
 
 
 def test_good_canary_passes_analysis_and_is_promoted(

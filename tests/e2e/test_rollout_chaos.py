@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, service_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,15 +54,7 @@ def rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 
 def events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
-    listing = get_json(
-        cluster,
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        "involvedObject.kind=ReplicatedService,involvedObject.name=chaos",
-    )
-    return (listing or {}).get("items", [])
+    return service_events(cluster, namespace, "chaos")
 
 
 def test_sigkill_at_random_points_of_rollouts(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, Cluster, OperatorProcess, get_json, plugin, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, plugin, service_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,16 +59,7 @@ def image_of(cluster: Cluster, namespace: str, deployment: str) -> str | None:
 
 
 def reasons(cluster: Cluster, namespace: str, name: str) -> list[str]:
-    listing = get_json(
-        cluster,
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        f"involvedObject.kind=ReplicatedService,involvedObject.name={name}",
-    )
-    items = sorted((listing or {}).get("items", []), key=lambda e: e["metadata"]["creationTimestamp"])
-    return [e["reason"] for e in items]
+    return [e["reason"] for e in service_events(cluster, namespace, name)]
 
 
 def command(cluster: Cluster, namespace: str, name: str, kind: str) -> None:
