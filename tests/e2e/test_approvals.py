@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from cluster import local
-from conftest import REPO, VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
+from conftest import REPO, VENV_BIN, Cluster, OperatorProcess, get_json, plugin, wait_for
 from homeostat.core import approval as ap
 from slack import server as fake
 
@@ -229,18 +229,6 @@ def decision_state(body: dict[str, Any]) -> tuple[Any, ...]:
 def kubectl_user(cluster: Cluster) -> str:
     review = json.loads(cluster.kubectl("auth", "whoami", "-o", "json").stdout)
     return str(review["status"]["userInfo"]["username"])
-
-
-def plugin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """``kubectl homeostat ...``: kubectl finds the plugin on PATH, as a user's kubectl would."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [local.tool("kubectl"), "homeostat", *args, "--kubeconfig", str(cluster.kubeconfig)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-    )
 
 
 # --- tests ---------------------------------------------------------------------------------------
