@@ -48,21 +48,8 @@ class KubeApprovals:
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
     ) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
         try:
-            return self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _request_timeout=kube.TIMEOUT,
-            )
+            return kube.request(self._api, path, method, body=body, content_type=content_type, query=query)
         except kubernetes.client.ApiException as exc:
             message = _message(exc)
             if exc.status == 409:

@@ -107,6 +107,36 @@ def _one_line(exc: object) -> str:
     return text.splitlines()[0][:200]
 
 
+def request(
+    api: kubernetes.client.ApiClient,
+    path: str,
+    method: str,
+    *,
+    body: Any = None,
+    content_type: str | None = None,
+    query: list[tuple[str, str]] | None = None,
+) -> Any:
+    """One JSON call to the API server, with our timeout. Blocking: run it in a worker thread.
+
+    Errors (``ApiException``, urllib3's and socket errors) are left to the caller, because what
+    a 404 or a 409 means depends on what was asked.
+    """
+    headers = {"Accept": "application/json"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return api.call_api(
+        path,
+        method,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        response_type="object",
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+        _request_timeout=TIMEOUT,
+    )
+
+
 class KubernetesWorkloads:
     """``ports.Workloads`` over the official client, each call in a worker thread."""
 
@@ -121,21 +151,8 @@ class KubernetesWorkloads:
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
     ) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
         try:
-            return self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _request_timeout=TIMEOUT,
-            )
+            return request(self._api, path, method, body=body, content_type=content_type, query=query)
         except kubernetes.client.ApiException as exc:
             message = _api_message(exc)
             if exc.status in (400, 422) or (exc.status == 500 and _CONVERSION_FAILURE in message):
