@@ -55,6 +55,9 @@ class Autoscaler:
         self.due: dict[tuple[str, str], float] = {}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        # The work each service wants, by uid, with what it was derived from: parsing every
+        # service's spec on every tick kept a core busy at a thousand services.
+        self.work: dict[str, tuple[tuple[Any, ...], dict[str, float]]] = {}
         # kopf posts Events through a queue it only puts into the context of its watch tasks;
         # the first watch event lends us that context.
         self.post_context: contextvars.Context | None = None
@@ -107,6 +110,9 @@ def _scaler(memo: Any) -> ports.Scaler | None:
 async def start_autoscaling(*, memo: Any, logger: Any, **kwargs: Any) -> None:
     if "services" not in kwargs:
         raise kopf.PermanentError("the services index is not available to startup handlers")
+    # Created here, in the operator's memo: kopf hands each object a shallow copy of it, so state
+    # first made in an event handler would be one per service (and so would the loop).
+    _autoscaler(memo)
 
 
 @kopf.on.cleanup()
@@ -179,6 +185,22 @@ def _intervals(body: Mapping[str, Any]) -> dict[str, float]:
     return work
 
 
+def _work_of(state: Autoscaler, body: Mapping[str, Any]) -> dict[str, float]:
+    """``_intervals`` of the service, recomputed only when what it reads has changed."""
+    meta, status = body["metadata"], body.get("status") or {}
+    basis = (
+        meta.get("generation"),
+        bool(status.get("forecast")),
+        bool(status.get("maintenance")),
+        _has_autoscaling_condition(status),
+    )
+    cached = state.work.get(meta["uid"])
+    if cached is None or cached[0] != basis:
+        cached = (basis, _intervals(body))
+        state.work[meta["uid"]] = cached
+    return cached[1]
+
+
 def _has_autoscaling_condition(status: Mapping[str, Any]) -> bool:
     return any(c.get("type") == CONDITION for c in status.get("conditions") or [])
 
@@ -199,13 +221,15 @@ async def _loop(memo: Any, indexes: Mapping[str, Any]) -> None:
 def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: float) -> float:
     """Start the evaluations that are due; return when the next one falls due."""
     seen: set[tuple[str, str]] = set()
+    uids: set[str] = set()
     wake = math.inf
     for store in list(indexes["services"].values()):
         body = _latest(store)
         if body is None or body["metadata"].get("deletionTimestamp"):
             continue
         uid = body["metadata"]["uid"]
-        for kind, interval in _intervals(body).items():
+        uids.add(uid)
+        for kind, interval in _work_of(state, body).items():
             key = (uid, kind)
             seen.add(key)
             task = state.running.get(key)
@@ -220,6 +244,8 @@ def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: flo
             wake = min(wake, state.due[key])
             work = _autoscale if kind == "autoscaling" else _maintain
             state.running[key] = asyncio.create_task(_guarded(work, memo, indexes, body))
+    for uid in set(state.work) - uids:
+        del state.work[uid]
     for key in set(state.due) - seen:
         state.due.pop(key, None)
         task = state.running.pop(key, None)
