@@ -157,11 +157,6 @@ def _post(memo: Any, body: Mapping[str, Any], type_: str, reason: str, message: 
     )
 
 
-def _latest(store: Any) -> Any:
-    values = list(store) if store is not None else []
-    return values[-1] if values else None
-
-
 def _intervals(body: Mapping[str, Any]) -> dict[str, float]:
     """The work a service wants and how often; a spec that does not parse is retried slowly
     (and reported by the evaluation itself)."""
@@ -224,7 +219,7 @@ def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: flo
     uids: set[str] = set()
     wake = math.inf
     for store in list(indexes["services"].values()):
-        body = _latest(store)
+        body = rs.latest(store)
         if body is None or body["metadata"].get("deletionTimestamp"):
             continue
         uid = body["metadata"]["uid"]
@@ -273,7 +268,7 @@ async def _guarded(
 def _fresh(indexes: Mapping[str, Any], body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The newest copy of the service (the loop's may be an interval old), None once deleted."""
     meta = body["metadata"]
-    latest = _latest(indexes["services"].get((meta["namespace"], meta["name"])))
+    latest = rs.latest(indexes["services"].get((meta["namespace"], meta["name"])))
     if latest is None or latest["metadata"].get("uid") != meta["uid"]:
         return None
     return cast("Mapping[str, Any]", latest)

@@ -176,17 +176,27 @@ def revisions(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
     return {(namespace, service): slim}
 
 
-def _latest(store: Any) -> Any:
+def latest(store: Any) -> Any:
+    """The newest body a kopf index holds under one key, or None."""
     values = list(store) if store is not None else []
     return values[-1] if values else None
 
 
+_PLURALS = {kind: plural for (_group, _version, plural), (_api, kind) in CHILD_KINDS.items()}
+
+
+def _child(owner: kids.Owner, indexes: Mapping[str, Any], kind: str, name: str) -> Mapping[str, Any] | None:
+    """A child of ``owner`` from the watch cache, None when absent or owned by someone else."""
+    body = latest(indexes[f"children_{_PLURALS[kind]}"].get((owner.namespace, name, kind)))
+    return kids.owned_by(owner, body)
+
+
 def _observed(owner: kids.Owner, indexes: Mapping[str, Any]) -> dict[kids.ChildRef, Mapping[str, Any] | None]:
     observed: dict[kids.ChildRef, Mapping[str, Any] | None] = {}
-    for (_group, _version, plural), (api_version, kind) in CHILD_KINDS.items():
-        index = indexes[f"children_{plural}"]
-        body = _latest(index.get((owner.namespace, owner.name, kind)))
-        observed[kids.ChildRef(api_version, kind, owner.namespace, owner.name)] = kids.owned_by(owner, body)
+    for api_version, kind in CHILD_KINDS.values():
+        observed[kids.ChildRef(api_version, kind, owner.namespace, owner.name)] = _child(
+            owner, indexes, kind, owner.name
+        )
     return observed
 
 
@@ -457,13 +467,7 @@ async def _world(
     owner: kids.Owner, rollout_spec: ro.RolloutSpec, runtime: Runtime, indexes: Mapping[str, Any]
 ) -> dl.World:
     def child(kind: str, name: str) -> Mapping[str, Any] | None:
-        plural = {
-            "Deployment": "deployments",
-            "Service": "services",
-            "PodDisruptionBudget": "poddisruptionbudgets",
-        }
-        body = _latest(indexes[f"children_{plural[kind]}"].get((owner.namespace, name, kind)))
-        return kids.owned_by(owner, body)
+        return _child(owner, indexes, kind, name)
 
     names = [
         owner.name,
@@ -561,7 +565,7 @@ def _wake_later(runtime: Runtime, key: Key, delay: float, indexes: Mapping[str, 
 
     def fire() -> None:
         runtime.wakeups.pop(key, None)
-        body = _latest(indexes["services"].get(key))
+        body = latest(indexes["services"].get(key))
         if body is not None:
             task = asyncio.create_task(_reconcile_quietly(body, runtime, indexes, logger))
             runtime.background.add(task)
@@ -597,7 +601,7 @@ async def _analyse(
     results = await asyncio.gather(*(_measure(metrics, m, values, started) for m in request.metrics))
     runtime.measured[owner.uid] = dl.Measured(request.revision, started, tuple(results))
     logger.debug(f"analysis of {request.revision}: {[(m.metric, m.value, m.error) for m in results]}")
-    body = _latest(indexes["services"].get((owner.namespace, owner.name)))
+    body = latest(indexes["services"].get((owner.namespace, owner.name)))
     if body is not None:
         await _reconcile_quietly(body, runtime, indexes, logger)
 
@@ -664,7 +668,7 @@ async def _resync_forever(memo: Any, indexes: Mapping[str, Any], logger: Any) ->
     while True:
         await asyncio.sleep(_runtime(memo).resync_seconds)
         for store in list(indexes["services"].values()):
-            body = _latest(store)
+            body = latest(store)
             if body is None:
                 continue
             try:
@@ -681,7 +685,7 @@ async def _child_changed(
     name = labels.get(kids.LABEL_SERVICE)
     if not name or namespace is None:
         return
-    body = _latest(kwargs["services"].get((namespace, name)))
+    body = latest(kwargs["services"].get((namespace, name)))
     if body is not None:
         await reconcile(body, memo, kwargs, logger)
 
