@@ -372,7 +372,6 @@ async def _execute(
 @dataclasses.dataclass(frozen=True)
 class _Delivery:
     plan: dl.Plan
-    spec: ro.RolloutSpec
     degraded_by: tuple[str, str] | None
     analysed: an.Verdict | None = None  # the verdict of an analysis run this step recorded
 
@@ -438,7 +437,7 @@ async def _plan_delivery(
             f"revision {plan.state.revision} was rolled back: {detail}",
         )
     recorded = plan.state.analysis.runs > state.analysis.runs
-    return _Delivery(plan, rollout_spec, degraded_by, plan.state.analysis.last_verdict if recorded else None)
+    return _Delivery(plan, degraded_by, plan.state.analysis.last_verdict if recorded else None)
 
 
 async def _plan_rolling(
