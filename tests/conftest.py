@@ -141,8 +141,18 @@ def gateway_api(cluster: Cluster) -> None:
         "-f",
         str(crds / "gateway.networking.k8s.io_httproutes.yaml"),
     )
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io"
+    # Polled rather than `kubectl wait`: right after creation a CRD may have no conditions yet,
+    # which `kubectl wait` reports as an error instead of waiting.
+    wait_for(
+        lambda: any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (
+                (get_json(cluster, "crd", "httproutes.gateway.networking.k8s.io") or {}).get("status") or {}
+            ).get("conditions")
+            or []
+        ),
+        timeout=60,
+        what="the HTTPRoute CRD Established",
     )
 
 
