@@ -49,6 +49,20 @@ class NodeAction(enum.StrEnum):
     NOTIFY = "Notify"
 
 
+class SloAction(enum.StrEnum):
+    AUTO = "Auto"  # roll a new revision back, scale a stable one up
+    NOTIFY = "Notify"
+
+
+@dataclasses.dataclass(frozen=True)
+class SloObjective:
+    """One bound of ``spec.healing.slo``: a PromQL query answering one number, and its maximum."""
+
+    name: str  # "errorRate" or "latency", as in the spec
+    query: str
+    max: float
+
+
 @dataclasses.dataclass(frozen=True)
 class HealingSpec:
     crash_loop: bool = False
@@ -64,10 +78,17 @@ class HealingSpec:
     cordon_after: float = 900.0
     node_action: NodeAction = NodeAction.RESCHEDULE
     maintenance: bool = False
+    slo: bool = False
+    objectives: tuple[SloObjective, ...] = ()
+    slo_for: float = 60.0  # how long a bound must stay breached before it is a symptom
+    slo_interval: float = 15.0  # how often the handler queries Prometheus
+    slo_action: SloAction = SloAction.AUTO
+    scale_up_percent: int = 25
+    max_scale_ups: int = 3
 
     @property
     def enabled(self) -> bool:
-        return self.crash_loop or self.oom or self.node_failure or self.maintenance
+        return self.crash_loop or self.oom or self.node_failure or self.maintenance or self.slo
 
 
 def _block(raw: Mapping[str, Any], key: str) -> tuple[bool, Mapping[str, Any]]:
@@ -109,11 +130,50 @@ def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:
             cordon_after=_dur(node_body, "cordonAfter", "15m", "spec.healing.nodeFailure.cordonAfter"),
             node_action=NodeAction(node_body.get("action", "Reschedule")),
             maintenance=maint,
+            **_slo(raw),
         )
     except ValueError as exc:
         if isinstance(exc, specs.SpecError):
             raise
         raise specs.SpecError("spec.healing", str(exc)) from None
+
+
+def _slo(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``spec.healing.slo`` fields of ``HealingSpec``; the queries are required (the API
+    server's schema says so too): there is no metric name every workload exports."""
+    enabled, body = _block(raw, "slo")
+    if raw.get("slo") is None:
+        return {}
+    objectives = []
+    for name in ("errorRate", "latency"):
+        bound = body.get(name)
+        if bound is None:
+            continue
+        field = f"spec.healing.slo.{name}"
+        if not isinstance(bound, Mapping):
+            raise specs.SpecError(field, "must be an object")
+        query, limit = bound.get("query"), bound.get("max")
+        if not isinstance(query, str) or not query.strip():
+            raise specs.SpecError(f"{field}.query", "is required")
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
+            raise specs.SpecError(f"{field}.max", f"must be a number, got {limit!r}")
+        if not math.isfinite(limit) or limit < 0:
+            raise specs.SpecError(f"{field}.max", f"must be a number of at least 0, got {limit!r}")
+        objectives.append(SloObjective(name, query, float(limit)))
+    if enabled and not objectives:
+        raise specs.SpecError("spec.healing.slo", "needs errorRate or latency when enabled")
+    interval = _dur(body, "interval", "15s", "spec.healing.slo.interval")
+    if interval <= 0:
+        raise specs.SpecError("spec.healing.slo.interval", "must be a positive duration")
+    return {
+        "slo": enabled,
+        "objectives": tuple(objectives),
+        "slo_for": _dur(body, "for", "1m", "spec.healing.slo.for"),
+        "slo_interval": interval,
+        "slo_action": SloAction(body.get("action", "Auto")),
+        "scale_up_percent": int(body.get("scaleUpPercent", 25)),
+        "max_scale_ups": int(body.get("maxScaleUps", 3)),
+    }
 
 
 # --- quantities and times ----------------------------------------------------------------------
@@ -279,6 +339,51 @@ def maintenance_requests(status: Mapping[str, Any]) -> tuple[MaintenanceRequest,
     return tuple(found)
 
 
+class SloVerdict(enum.StrEnum):
+    MET = "Met"
+    BREACHED = "Breached"
+    UNKNOWN = "Unknown"  # Prometheus is down, or answered nothing (or NaN): never a breach
+
+
+@dataclasses.dataclass(frozen=True)
+class SloReading:
+    """The latest answer for one objective; ``since`` is when the bound was first seen breached
+    in the current run of breaches (None unless breached)."""
+
+    name: str
+    verdict: SloVerdict
+    value: float | None = None
+    bound: float = 0.0
+    since: float | None = None
+    message: str = ""
+
+    def as_in_storage(self) -> dict[str, Any]:
+        stored: dict[str, Any] = {"name": self.name, "verdict": self.verdict.value, "max": self.bound}
+        if self.value is not None:
+            stored["value"] = self.value
+        if self.since is not None:
+            stored["breachedSince"] = self.since
+        if self.message:
+            stored["message"] = self.message[:256]
+        return stored
+
+
+def read_slo(
+    objective: SloObjective, value: float | None, previous: SloReading | None, now: float, why: str = ""
+) -> SloReading:
+    """Judge one answer against its bound, carrying the start of a breach over from
+    ``previous``. ``value`` None (or NaN) is Unknown, and an Unknown neither starts nor ends
+    a breach: a Prometheus outage in the middle of one must not reset the ``for`` clock."""
+    if value is None or not math.isfinite(value):
+        since = previous.since if previous is not None else None
+        text = why or ("no data" if value is None else f"the query answered {value}")
+        return SloReading(objective.name, SloVerdict.UNKNOWN, None, objective.max, since, text)
+    if value > objective.max:
+        since = previous.since if previous is not None and previous.since is not None else now
+        return SloReading(objective.name, SloVerdict.BREACHED, value, objective.max, since)
+    return SloReading(objective.name, SloVerdict.MET, value, objective.max)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServiceView:
     namespace: str
@@ -293,6 +398,8 @@ class ServiceView:
     max_replicas: int = 1
     maintenance: tuple[MaintenanceRequest, ...] = ()
     rolled_back: str = ""  # a revision the rollout machinery holds back (status.rollback.revision)
+    slo: tuple[SloReading, ...] = ()  # the latest Prometheus answers for spec.healing.slo
+    autoscaled: bool = False  # an autoscaler (spec.autoscaling) owns the replica count
 
     @property
     def ref(self) -> str:
@@ -312,6 +419,8 @@ class Symptom(enum.StrEnum):
     NODE_DOWN_LONG = "NodeNotReadyLong"
     NODE_PRESSURE = "NodePressure"
     PREDICTED_EXHAUSTION = "PredictedExhaustion"
+    ERROR_RATE_BREACH = "ErrorRateBreach"
+    LATENCY_BREACH = "LatencyBreach"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,6 +549,8 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
                 )
     if spec.node_failure:
         findings.extend(_pressure(view, live, now))
+    if spec.slo:
+        findings.extend(_slo_breaches(view, now))
     if spec.maintenance:
         names = {p.name for p in live}
         for req in view.maintenance:
@@ -454,6 +565,47 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
                     )
                 )
     return tuple(findings)
+
+
+_SLO_SYMPTOMS = {"errorRate": Symptom.ERROR_RATE_BREACH, "latency": Symptom.LATENCY_BREACH}
+_SLO_UNITS = {"errorRate": "", "latency": "s"}
+
+
+def _slo_breaches(view: ServiceView, now: float) -> list[Finding]:
+    """Bounds breached for at least ``for``. The whole service is the subject and the target:
+    its revision or its replica count is what an action changes."""
+    found = []
+    for reading in view.slo:
+        symptom = _SLO_SYMPTOMS.get(reading.name)
+        if symptom is None or reading.verdict is not SloVerdict.BREACHED or reading.since is None:
+            continue
+        lasted = now - reading.since
+        if lasted < view.healing.slo_for:
+            continue
+        unit = _SLO_UNITS[reading.name]
+        detail = (
+            f"{reading.name} of {view.name} is {reading.value:.4g}{unit}, above {reading.bound:g}{unit} "
+            f"for {lasted:.0f}s"
+        )
+        found.append(Finding(symptom, view.ref, view.ref, detail))
+    return found
+
+
+def _blind(view: ServiceView) -> frozenset[str]:
+    """Keys of SLO incidents that cannot be judged now (Prometheus did not answer): such an
+    incident is neither verified, nor cleared, nor acted on until an answer comes."""
+    return frozenset(
+        f"{_SLO_SYMPTOMS[r.name].value}:{view.ref}"
+        for r in view.slo
+        if r.verdict is SloVerdict.UNKNOWN and r.name in _SLO_SYMPTOMS
+    )
+
+
+def unproven(view: ServiceView) -> bool:
+    """The spec asks for a revision that has not become the stable one (and was not already
+    rolled back): the change is the likeliest cause of a new problem."""
+    current = view.current_revision
+    return bool(view.stable_revision) and current not in (view.stable_revision, view.rolled_back)
 
 
 def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
@@ -496,6 +648,14 @@ def ladder(
         return (pol.Action.CORDON_NODE,)
     if finding.symptom is Symptom.NODE_PRESSURE:
         return (pol.Action.DRAIN_NODE,)
+    if finding.symptom in (Symptom.ERROR_RATE_BREACH, Symptom.LATENCY_BREACH):
+        if spec.slo_action is SloAction.NOTIFY:
+            return ()
+        # A new revision is rolled back first; if that does not help (or the revision is the
+        # stable one), capacity is added step by step. An autoscaler owns the replica count of
+        # its service: scaling past it would be undone, so a human decides instead.
+        first = (pol.Action.ROLLBACK,) if unproven(view) else ()
+        return first + (() if view.autoscaled else (pol.Action.SCALE_UP,) * spec.max_scale_ups)
     if finding.symptom is Symptom.PREDICTED_EXHAUSTION:
         return (maintenance_action or pol.Action.RESTART_POD,)
     return ()
@@ -683,7 +843,8 @@ def _parameters(
         unique = hashlib.sha256(f"{incident.key}@{now}".encode()).hexdigest()[:12]
         return dataclasses.replace(base, value=unique)
     if action is pol.Action.SCALE_UP:
-        wanted = min(view.max_replicas, view.replicas + max(1, math.ceil(view.replicas * 0.25)))
+        step = max(1, math.ceil(view.replicas * view.healing.scale_up_percent / 100))
+        wanted = min(view.max_replicas, view.replicas + step)
         if wanted <= view.replicas:
             return f"already at spec.replicas.max ({view.max_replicas})"
         return dataclasses.replace(base, value=str(wanted))
@@ -716,6 +877,7 @@ class Context:
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
     findings = {f.key: f for f in detect(ctx.view, ctx.now)}
+    blind = _blind(ctx.view)
     history = list(state.history)
     effects: list[Effect] = []
     incidents: list[Incident] = []
@@ -724,6 +886,9 @@ def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect,
         if key not in known:
             known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=ctx.now)
     for _, current in sorted(known.items(), key=lambda kv: (kv[1].since, kv[0])):
+        if current.key in blind and current.key not in findings:
+            incidents.append(current)  # unknown is neither cleared nor failed: wait for an answer
+            continue
         kept, history = _advance(current, findings, history, effects, ctx)
         if kept is not None:
             incidents.append(kept)
