@@ -27,7 +27,7 @@ from cluster import local
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 # Simulated workload metrics and a real Prometheus scraping them (fixtures in tests/prom.py).
-pytest_plugins = ["prom"]
+pytest_plugins = ["prom", "chaos_report"]
 
 
 class Cluster(Protocol):
@@ -173,8 +173,23 @@ class OperatorProcess:
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # Exit codes of processes that ended without the test stopping them (the chaos summary's
+    # "crashes"), and the pids already accounted for, so each exit is counted once.
+    exits: list[int] = dataclasses.field(default_factory=list)
+    accounted: set[int] = dataclasses.field(default_factory=set)
+
+    def _account(self) -> None:
+        process = self.process
+        if process is not None and process.pid not in self.accounted and process.poll() is not None:
+            self.accounted.add(process.pid)
+            self.exits.append(process.returncode)
+
+    def unexpected_exits(self) -> int:
+        self._account()
+        return len(self.exits)
 
     def start(self) -> OperatorProcess:
+        self._account()
         log = self.log_path.open("ab")
         cmd = [str(VENV_BIN / "homeostat"), "run", "--kubeconfig", str(self.kubeconfig), *self.extra_args]
         self.process = subprocess.Popen(
@@ -186,7 +201,9 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        self._account()
         if self.process and self.process.poll() is None:
+            self.accounted.add(self.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
             self.process.wait(timeout=30)
