@@ -221,6 +221,12 @@ class ApprovalMessenger(Protocol):
         """The click in a verified request body, or None if it is not one of our buttons."""
         ...
 
+    async def member_groups(self, user: str, groups: frozenset[str]) -> frozenset[str]:
+        """Which of ``groups`` (chat user-group IDs a request names as approvers) ``user`` is in
+        right now. Never raises: a group whose members cannot be read counts as one the user is
+        not in, so an outage can only refuse a click, never let one through."""
+        ...
+
 
 # --- scaling ---------------------------------------------------------------------------------
 
@@ -244,6 +250,24 @@ class EvictionRefused(Exception):
     A drain stops at the first refusal and reports it; it never forces the pod out."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Drained:
+    """What a drain did. ``namespaces`` is empty when pods of every namespace were evicted;
+    otherwise only pods of those namespaces were (an operator confined to its namespaces), and
+    pods of any other namespace were left on the cordoned node."""
+
+    evicted: int
+    namespaces: tuple[str, ...] = ()
+
+    def describe(self, node: str) -> str:
+        if not self.namespaces:
+            return f"node {node} drained, {self.evicted} pod(s) evicted"
+        return (
+            f"node {node} cordoned and drained of the pods in namespace(s) {', '.join(self.namespaces)}, "
+            f"{self.evicted} pod(s) evicted; pods of other namespaces were left in place"
+        )
+
+
 class HealingActions(Protocol):
     """Carries out healing actions. Each is idempotent: repeating it after a crash is harmless.
 
@@ -258,9 +282,10 @@ class HealingActions(Protocol):
 
     async def cordon(self, node: str) -> None: ...
 
-    async def drain(self, node: str) -> int:
+    async def drain(self, node: str) -> Drained:
         """Cordon, then evict every pod on ``node`` through the Eviction API (DaemonSet and mirror
-        pods stay). Returns how many were evicted; raises ``EvictionRefused`` on a 429."""
+        pods stay), or only the pods of the operator's own namespaces when it is confined to them.
+        Says what it evicted; raises ``EvictionRefused`` on a 429."""
         ...
 
     async def scale(self, namespace: str, service: str, replicas: int) -> None: ...

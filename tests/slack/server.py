@@ -6,8 +6,10 @@ token like Slack does (``invalid_auth``), and can be told to fail: HTTP 500, a d
 connection, or 429 with ``Retry-After``. Methods: ``auth.test``, ``chat.postMessage``,
 ``chat.update``, ``conversations.list``, ``conversations.history`` (with message metadata),
 ``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal``, and
-``response_url`` hooks (``/hooks/<id>``) for ephemeral replies to a click. ``hang`` mode accepts
-a ``chat.postMessage`` but holds the answer back, to stand for a client that dies in between.
+``usergroups.users.list`` (members set with ``set_group``, a group made to fail with
+``fail_group``), ``response_url`` hooks (``/hooks/<id>``) for ephemeral replies to a click.
+``hang`` mode accepts a ``chat.postMessage`` but holds the answer back, to stand for a client
+that dies in between.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class FakeSlack:
         self.channels: dict[str, str] = {_channel_id(f"#{n}"): n for n in ("ops", "homeostat", "alerts")}
         self.retry_after = 1
         self.rate_limited_calls = 0  # how many calls to answer 429 before recovering (ratelimit mode)
+        self.usergroups: dict[str, list[str]] = {}  # user-group ID -> member user IDs
+        self.group_errors: dict[str, str] = {}  # user-group ID -> the Slack error to answer with
         self._ts = itertools.count(1)
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -102,6 +106,17 @@ class FakeSlack:
         with self._lock:
             self.mode, self.rate_limited_calls, self.retry_after = "ratelimit", calls, retry_after
 
+    def set_group(self, group: str, *members: str) -> None:
+        """Make ``group`` a user group with exactly these members (and stop failing it)."""
+        with self._lock:
+            self.usergroups[group] = list(members)
+            self.group_errors.pop(group, None)
+
+    def fail_group(self, group: str, error: str = "no_such_subteam") -> None:
+        """Answer ``usergroups.users.list`` for ``group`` with ``ok: false`` and ``error``."""
+        with self._lock:
+            self.group_errors[group] = error
+
     def calls_of(self, method: str, *, ok_only: bool = True) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method and (not ok_only or c.status == 200)]
@@ -125,7 +140,9 @@ class FakeSlack:
             self._send(request, 404, {"ok": False, "error": "unknown_path"})
             return
         method = path[len("/api/") :]
-        args = _parse(raw, request.headers)
+        # slack-sdk sends read methods (usergroups.users.list) as GET with query parameters.
+        query = {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query).items()}
+        args = {**query, **_parse(raw, request.headers)}
         authorized = request.headers.get("Authorization") == f"Bearer {self.token}"
         with self._lock:
             mode = self.mode
@@ -214,6 +231,16 @@ class FakeSlack:
                 "has_more": False,
                 "response_metadata": {"next_cursor": ""},
             }
+        if method == "usergroups.users.list":
+            group = str(args.get("usergroup") or "")
+            with self._lock:
+                error = self.group_errors.get(group)
+                members = self.usergroups.get(group)
+            if error:
+                return {"ok": False, "error": error}
+            if members is None:
+                return {"ok": False, "error": "no_such_subteam"}
+            return {"ok": True, "users": list(members)}
         if method == "files.getUploadURLExternal":
             file_id = f"F{next(self._ts):08d}"
             return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}

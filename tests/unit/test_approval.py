@@ -21,8 +21,12 @@ P, A, D, E = ap.Phase.PENDING, ap.Phase.APPROVED, ap.Phase.DENIED, ap.Phase.EXPI
 R = ap.Rejection
 
 APPROVERS = ap.Approvers(
-    slack=frozenset({"U1", "U2", "UREQ"}), users=frozenset({"alice", "bob"}), groups=frozenset({"sre"})
+    slack=frozenset({"U1", "U2", "UREQ"}),
+    users=frozenset({"alice", "bob"}),
+    groups=frozenset({"sre"}),
+    slack_groups=frozenset({"SOPS"}),
 )
+ONLY_GROUPS = ap.Approvers(slack_groups=frozenset({"SOPS", "SDBA"}))
 
 
 def request(**changes: object) -> ap.Request:
@@ -41,8 +45,9 @@ def request(**changes: object) -> ap.Request:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def slack(user: str) -> ap.Identity:
-    return ap.Identity(SLACK, user)
+def slack(user: str, *groups: str) -> ap.Identity:
+    """A Slack clicker, with the user groups the adapter found them in."""
+    return ap.Identity(SLACK, user, groups)
 
 
 def kube(user: str, *groups: str) -> ap.Identity:
@@ -78,6 +83,81 @@ CASES = [
     ("slack id is not a kubectl user", {}, ap.State(), kube("U1"), APPROVE, 0, P, R.NOT_ALLOWED),
     ("kubectl user is not a slack id", {}, ap.State(), slack("alice"), APPROVE, 0, P, R.NOT_ALLOWED),
     ("disallowed user cannot deny either", {}, ap.State(), slack("U9"), DENY, 0, P, R.NOT_ALLOWED),
+    ("slack user in an approver group", {}, ap.State(), slack("U7", "SOPS"), APPROVE, 0, A, None),
+    ("slack group member denies", {}, ap.State(), slack("U7", "SOPS"), DENY, 0, D, None),
+    ("slack user in another group", {}, ap.State(), slack("U8", "SDEV"), APPROVE, 0, P, R.NOT_ALLOWED),
+    ("slack user whose groups are unknown", {}, ap.State(), slack("U7"), APPROVE, 0, P, R.NOT_ALLOWED),
+    (
+        "kube group named like a slack group",
+        {},
+        ap.State(),
+        kube("eve", "SOPS"),
+        APPROVE,
+        0,
+        P,
+        R.NOT_ALLOWED,
+    ),
+    ("slack group named like a kube group", {}, ap.State(), slack("U8", "sre"), APPROVE, 0, P, R.NOT_ALLOWED),
+    (
+        "only slack groups: a member",
+        {"approvers": ONLY_GROUPS},
+        ap.State(),
+        slack("U7", "SDBA"),
+        APPROVE,
+        0,
+        A,
+        None,
+    ),
+    (
+        "only slack groups: not empty, a non-member is refused",
+        {"approvers": ONLY_GROUPS},
+        ap.State(),
+        slack("U7", "SDEV"),
+        APPROVE,
+        0,
+        P,
+        R.NOT_ALLOWED,
+    ),
+    (
+        "only slack groups: a listed user id is not enough",
+        {"approvers": ONLY_GROUPS},
+        ap.State(),
+        slack("U1"),
+        APPROVE,
+        0,
+        P,
+        R.NOT_ALLOWED,
+    ),
+    (
+        "requester in an approver group",
+        {"requester": "U7"},
+        ap.State(),
+        slack("U7", "SOPS"),
+        APPROVE,
+        0,
+        P,
+        R.REQUESTER,
+    ),
+    (
+        "quorum 2: two members of one group",
+        {"quorum": 2},
+        ap.State(P, (ap.Decision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
+        slack("U8", "SOPS"),
+        APPROVE,
+        0,
+        A,
+        None,
+    ),
+    (
+        "quorum 2: a group member twice",
+        {"quorum": 2},
+        ap.State(P, (ap.Decision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
+        slack("U7", "SOPS"),
+        APPROVE,
+        0,
+        P,
+        R.ALREADY_VOTED,
+    ),
     (
         "empty approvers: fail closed",
         {"approvers": ap.Approvers()},
@@ -233,6 +313,7 @@ def test_storage_round_trip() -> None:
         (
             ap.Decision(kube("carol", "sre", "dev"), APPROVE, NOW, vote="v1"),
             ap.Decision(slack("U1"), APPROVE, NOW + 1),
+            ap.Decision(slack("U7", "SOPS"), APPROVE, NOW + 2),
         ),
         NOW + 1,
         "approved",

@@ -4,9 +4,10 @@ A breadth-first search runs every sequence of up to ``DEPTH`` events against the
 ``decide`` and ``expire`` functions, for several request shapes (quorum 1, quorum 2, critical
 with a quorum of 1 that must still need two people, a list of approvers that is empty).
 
-Events: an approve or deny click by each of six identities (two allowed Slack users, a Slack
-user not on the list, the requester who is also listed as an approver, a kubectl user allowed by
-name and one allowed through a group, plus one whose groups do not match); half the timeout
+Events: an approve or deny click by each of nine identities (two allowed Slack users, a Slack
+user not on the list, the requester who is also listed as an approver, a Slack user allowed
+through an approver user group and one in a group that is not, a kubectl user allowed by name
+and one allowed through a group, plus one whose groups do not match); half the timeout
 passing; and the expiry loop running. States are merged when everything ``decide`` reads is
 equal (phase, decisions, clock), so the search stays small while covering all orderings.
 
@@ -38,10 +39,15 @@ REQUESTER = ap.Identity(ap.Channel.SLACK, "UREQ")
 ALICE = ap.Identity(ap.Channel.KUBECTL, "alice", ("dev",))
 CAROL = ap.Identity(ap.Channel.KUBECTL, "carol", ("sre",))
 MALLORY = ap.Identity(ap.Channel.KUBECTL, "mallory", ("dev",))
-IDENTITIES = (U1, U2, STRANGER, REQUESTER, ALICE, CAROL, MALLORY)
+# Slack user groups: SOPS approves, SDEV does not; "sre" is a Kubernetes group, never a Slack one.
+OPS = ap.Identity(ap.Channel.SLACK, "U7", ("SOPS",))
+DEV = ap.Identity(ap.Channel.SLACK, "U8", ("SDEV", "sre"))
+IDENTITIES = (U1, U2, STRANGER, REQUESTER, OPS, DEV, ALICE, CAROL, MALLORY)
 # The requester is deliberately on the list: the requester rule must hold on its own.
-APPROVERS = ap.Approvers(frozenset({"U1", "U2", "UREQ"}), frozenset({"alice"}), frozenset({"sre"}))
-ALLOWED = {U1, U2, ALICE, CAROL}
+APPROVERS = ap.Approvers(
+    frozenset({"U1", "U2", "UREQ"}), frozenset({"alice"}), frozenset({"sre"}), frozenset({"SOPS"})
+)
+ALLOWED = {U1, U2, OPS, ALICE, CAROL}
 
 BASE = ap.Request(
     action="DrainNode",
@@ -186,5 +192,17 @@ def test_the_checker_catches_a_broken_core(monkeypatch: pytest.MonkeyPatch) -> N
 
     original = ap.decide
     monkeypatch.setattr(ap, "decide", lenient)
+    with pytest.raises(Violation, match="inv_quorum"):
+        explore(REQUESTS["quorum-1"])
+
+
+def test_the_checker_catches_groups_crossing_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A core that lets a Kubernetes group vouch for a Slack clicker must be caught too."""
+
+    def mixed(self: ap.Approvers, identity: ap.Identity) -> bool:
+        names, groups = self.slack | self.users, self.groups | self.slack_groups
+        return identity.user in names or bool(groups & frozenset(identity.groups))
+
+    monkeypatch.setattr(ap.Approvers, "allow", mixed)
     with pytest.raises(Violation, match="inv_quorum"):
         explore(REQUESTS["quorum-1"])

@@ -255,3 +255,67 @@ def test_find_recognises_our_message_by_its_metadata(server: fake.FakeSlack) -> 
     assert asyncio.run(adapter.find(REF, REQUEST, since + 3600)) is None  # only recent messages
     unknown = dataclasses.replace(REQUEST, channel="#nowhere")
     assert asyncio.run(adapter.find(REF, unknown, since)) is None
+
+
+# --- Slack user groups as approvers ----------------------------------------------------------
+
+
+def test_member_groups_asks_only_for_the_named_groups(server: fake.FakeSlack) -> None:
+    server.set_group("SOPS", "U7", "U8")
+    server.set_group("SDBA", "U9")
+    server.set_group("SUNRELATED", "U7")
+    adapter = client(server, clock=Clock(time.time()))
+    assert asyncio.run(adapter.member_groups("U7", frozenset({"SOPS", "SDBA"}))) == frozenset({"SOPS"})
+    calls = server.calls_of("usergroups.users.list")
+    assert sorted(c.args["usergroup"] for c in calls) == ["SDBA", "SOPS"]
+    assert all(c.authorized for c in calls)
+    assert server.calls_of("usergroups.list", ok_only=False) == []  # never lists every group
+
+
+def test_member_groups_caches_for_a_short_while(server: fake.FakeSlack) -> None:
+    server.set_group("SOPS", "U7")
+    clock = Clock(time.time())
+    adapter = client(server, clock=clock)
+
+    async def clicks() -> list[frozenset[str]]:
+        seen = [await adapter.member_groups("U7", frozenset({"SOPS"}))]
+        server.set_group("SOPS", "U8")  # U7 leaves the group ...
+        seen.append(await adapter.member_groups("U7", frozenset({"SOPS"})))  # ... cached still
+        clock.value += slack.GROUP_TTL + 1
+        seen.append(await adapter.member_groups("U7", frozenset({"SOPS"})))  # read again
+        return seen
+
+    assert asyncio.run(clicks()) == [frozenset({"SOPS"}), frozenset({"SOPS"}), frozenset()]
+    assert len(server.calls_of("usergroups.users.list")) == 2
+
+
+@pytest.mark.parametrize("failure", ["no_such_subteam", "missing_scope"])
+def test_a_group_slack_cannot_read_counts_as_not_a_member(server: fake.FakeSlack, failure: str) -> None:
+    server.set_group("SOPS", "U7")
+    server.set_group("SDBA", "U7")
+    server.fail_group("SDBA", failure)
+    clock = Clock(time.time())
+    adapter = client(server, clock=clock)
+
+    async def clicks() -> list[frozenset[str]]:
+        first = await adapter.member_groups("U7", frozenset({"SOPS", "SDBA"}))
+        server.set_group("SDBA", "U7")  # readable again: a failure is not cached
+        return [first, await adapter.member_groups("U7", frozenset({"SDBA"}))]
+
+    assert asyncio.run(clicks()) == [frozenset({"SOPS"}), frozenset({"SDBA"})]
+
+
+def test_member_groups_with_slack_down_fails_closed(server: fake.FakeSlack) -> None:
+    server.set_group("SOPS", "U7")
+    server.fail("error")
+    assert asyncio.run(client(server).member_groups("U7", frozenset({"SOPS"}))) == frozenset()
+
+
+def test_member_groups_honours_retry_after(server: fake.FakeSlack) -> None:
+    server.set_group("SOPS", "U7")
+    server.rate_limit(calls=1, retry_after=1)
+    started = time.monotonic()
+    assert asyncio.run(client(server).member_groups("U7", frozenset({"SOPS"}))) == frozenset({"SOPS"})
+    assert time.monotonic() - started >= 1.0  # waited for Retry-After
+    statuses = [c.status for c in server.calls_of("usergroups.users.list", ok_only=False)]
+    assert statuses == [429, 200]

@@ -4,12 +4,18 @@ the template, and ask the rollout machinery for a rollback.
 Evictions go through the Eviction API (policy/v1), never a plain delete, so PodDisruptionBudgets
 are honoured; a 429 means the budget would be broken and the drain stops there. Every call
 reuses ``adapters.kube``'s request handling (worker thread, timeouts, error mapping).
+
+An operator installed for a few namespaces may not be allowed to list or evict pods anywhere
+else (ADR 0014). Given those namespaces (``drain_namespaces``), a drain cordons the node, evicts
+only the pods of those namespaces and says that the rest were left in place, instead of failing
+on a cluster-wide list it has no right to.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -34,8 +40,11 @@ def _status_code(exc: ports.Unavailable) -> str:
 class KubernetesHealing:
     """``ports.HealingActions`` over the official client."""
 
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api: kubernetes.client.ApiClient, *, drain_namespaces: Sequence[str] = ()) -> None:
+        """``drain_namespaces``: the namespace patterns (``--namespace`` values: names, globs,
+        ``!exclusions``) a drain is confined to; empty drains pods of every namespace."""
         self._calls = kube.KubernetesWorkloads(api)
+        self.drain_namespaces = tuple(drain_namespaces)
 
     async def _call(
         self, path: str, method: str, body: Any = None, content_type: str | None = None, **kw: Any
@@ -60,15 +69,29 @@ class KubernetesHealing:
     async def cordon(self, node: str) -> None:
         await self._call(f"/api/v1/nodes/{node}", "PATCH", {"spec": {"unschedulable": True}}, MERGE)
 
-    async def drain(self, node: str) -> int:
+    async def drain(self, node: str) -> ports.Drained:
         await self.cordon(node)
         query = [("fieldSelector", f"spec.nodeName={node}")]
-        listed = await self._call("/api/v1/pods", "GET", query=query)
+        if not self.drain_namespaces:
+            try:
+                listed = await self._call("/api/v1/pods", "GET", query=query)
+            except ports.Unavailable as exc:
+                if _status_code(exc) != "403":
+                    raise
+                raise ports.Unavailable(
+                    f"403: not allowed to list the pods of every namespace on {node}: grant it (chart "
+                    "value healing.drainAllNamespaces) or confine drains with --drain-scope=watched"
+                ) from None
+            pods = list((listed or {}).get("items") or [])
+            namespaces: tuple[str, ...] = ()
+        else:
+            namespaces = await self._drained_namespaces()
+            pods = []
+            for namespace in namespaces:
+                path = f"/api/v1/namespaces/{namespace}/pods"
+                pods.extend(((await self._call(path, "GET", query=query)) or {}).get("items") or [])
         evicted = 0
-        for pod in (listed or {}).get("items") or []:
-            if not _evictable(pod):
-                continue
-            meta = pod["metadata"]
+        for meta in evictions(pods, self.drain_namespaces):
             eviction = {
                 "apiVersion": "policy/v1",
                 "kind": "Eviction",
@@ -88,7 +111,18 @@ class KubernetesHealing:
                     ) from None
                 raise
             evicted += 1
-        return evicted
+        return ports.Drained(evicted, namespaces)
+
+    async def _drained_namespaces(self) -> tuple[str, ...]:
+        """The existing namespaces the patterns name. Exact names need no lookup (a namespaced
+        install's Roles are per name); globs are matched against the namespace list, which a
+        namespaced operator may read (kopf needs it too)."""
+        exact = [p for p in self.drain_namespaces if not p.startswith("!") and not _glob(p)]
+        if len(exact) == len(self.drain_namespaces):
+            return tuple(sorted(set(exact)))
+        listed = await self._call("/api/v1/namespaces", "GET")
+        names = [str(item["metadata"]["name"]) for item in (listed or {}).get("items") or []]
+        return tuple(sorted({n for n in names if in_scope(n, self.drain_namespaces)}))
 
     async def scale(self, namespace: str, service: str, replicas: int) -> None:
         path = kube._path(kids.API_VERSION, kids.KIND, namespace, service) + "/scale"
@@ -115,6 +149,34 @@ class KubernetesHealing:
         path = kube._path(kids.API_VERSION, kids.KIND, namespace, service)
         patch = {"metadata": {"annotations": {delivery.ANNOTATION_COMMAND: f"abort/{command_id}"}}}
         await self._call(path, "PATCH", patch, MERGE)
+
+
+def _glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def in_scope(namespace: str, patterns: Iterable[str]) -> bool:
+    """Whether ``namespace`` is one the patterns name, the way kopf reads ``--namespace``: it
+    matches a pattern and no ``!`` exclusion. No patterns at all means every namespace."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return True
+    included = [p for p in patterns if not p.startswith("!")]
+    excluded = [p[1:] for p in patterns if p.startswith("!")]
+    if any(fnmatch.fnmatchcase(namespace, p) for p in excluded):
+        return False
+    return not included or any(fnmatch.fnmatchcase(namespace, p) for p in included)
+
+
+def evictions(pods: Iterable[Mapping[str, Any]], patterns: Iterable[str] = ()) -> list[Mapping[str, Any]]:
+    """The metadata of the pods a drain evicts: running pods that are neither mirror nor
+    DaemonSet pods, in the namespaces the patterns name (all when there are none)."""
+    patterns = tuple(patterns)
+    return [
+        pod["metadata"]
+        for pod in pods
+        if _evictable(pod) and in_scope(str(pod["metadata"].get("namespace") or ""), patterns)
+    ]
 
 
 def _evictable(pod: Mapping[str, Any]) -> bool:

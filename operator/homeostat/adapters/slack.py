@@ -7,6 +7,11 @@ a button carries only the Approval's namespace/name; every click is verified aga
 signing secret over the raw body before anything is parsed. Slack's 429 ``Retry-After`` is
 honoured and connection errors are retried a little; anything beyond that is reported as
 ``ports.Unavailable`` and the caller keeps the request pending and retries later.
+
+Approvers may be Slack user groups. Membership is read with ``usergroups.users.list`` when a
+click arrives, only for the groups the request names, and kept for ``GROUP_TTL`` seconds so a
+burst of clicks costs one call per group; a group that cannot be read counts as not containing
+the clicker (the gate fails closed) and is not cached, so the next click asks again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +31,7 @@ import slack_sdk.errors
 import slack_sdk.http_retry.builtin_async_handlers as retry
 import slack_sdk.signature
 import slack_sdk.web.async_client
+import slack_sdk.web.async_slack_response
 
 from homeostat import ports
 from homeostat.core import approval as appr
@@ -44,6 +50,10 @@ _KEPT_KEYS = 1024  # notification keys remembered to drop repeats
 _MAX_PAGES = 10  # of conversations.list / conversations.history when looking for a message
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 METADATA_EVENT = "homeostat_approval"
+GROUP_TTL = 60.0  # seconds a user group's member list is trusted; short, so removals take effect soon
+_KEPT_GROUPS = 256  # member lists cached at most
+
+_log = logging.getLogger("homeostat.adapters.slack")
 
 # slack-sdk builds debug lines for every call when its logger is left at NOTSET; keep it quiet.
 _SDK_LOGGER = logging.getLogger("homeostat.adapters.slack.sdk")
@@ -120,6 +130,8 @@ class SlackApprovals:
         )
         self._clock = clock or _Clock()
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.group_ttl = GROUP_TTL
+        self._members: collections.OrderedDict[str, tuple[float, frozenset[str]]] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"SlackApprovals(api_url={self._api_url!r}, channel={self.channel!r})"
@@ -213,6 +225,39 @@ class SlackApprovals:
     def parse_click(self, body: bytes) -> ports.Click | None:
         return parse_click(body)
 
+    async def member_groups(self, user: str, groups: frozenset[str]) -> frozenset[str]:
+        found: set[str] = set()
+        for group in sorted(groups):
+            members = await self._group_members(group)
+            if members is not None and user in members:
+                found.add(group)
+        return frozenset(found)
+
+    async def _group_members(self, group: str) -> frozenset[str] | None:
+        now = self._clock.now()
+        cached = self._members.get(group)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            response = await self._request(
+                "usergroups.users.list", lambda: self._client.usergroups_users_list(usergroup=group)
+            )
+        except ports.Unavailable as exc:
+            _log.warning("cannot read Slack user group %s, so nobody counts as its member: %s", group, exc)
+            return None
+        users = response.get("users")
+        if not isinstance(users, list):
+            _log.warning(
+                "Slack user group %s: no member list in the answer; nobody counts as a member", group
+            )
+            return None
+        members = frozenset(str(u) for u in users)
+        self._members[group] = (now + self.group_ttl, members)
+        self._members.move_to_end(group)
+        while len(self._members) > _KEPT_GROUPS:
+            self._members.popitem(last=False)
+        return members
+
     def verify(self, body: bytes, headers: Mapping[str, str]) -> ports.Verification:
         lowered = {k.lower(): v for k, v in headers.items()}
         timestamp, signature = lowered.get("x-slack-request-timestamp"), lowered.get("x-slack-signature")
@@ -262,8 +307,17 @@ class SlackApprovals:
         return str(response.get("user_id") or response.get("user") or "")
 
     async def _call(self, method: str, **kwargs: Any) -> Mapping[str, Any]:
+        return await self._request(method, lambda: self._client.api_call(method, json=kwargs or None))
+
+    async def _request(
+        self,
+        method: str,
+        send: Callable[[], Awaitable[slack_sdk.web.async_slack_response.AsyncSlackResponse]],
+    ) -> Mapping[str, Any]:
+        """One Web API call through the client's retry handlers (429 Retry-After included), with
+        every failure turned into ``ports.Unavailable`` whose text never holds a credential."""
         try:
-            response = await self._client.api_call(method, json=kwargs or None)
+            response = await send()
         except slack_sdk.errors.SlackApiError as exc:
             error = exc.response.get("error") if exc.response is not None else None
             status = getattr(exc.response, "status_code", "?")

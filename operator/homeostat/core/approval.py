@@ -124,26 +124,31 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class Approvers:
-    """Who may decide: Slack user IDs for clicks, Kubernetes users and groups for kubectl."""
+    """Who may decide: Slack user IDs and user-group IDs for clicks, Kubernetes users and groups
+    for kubectl. The two channels never vouch for each other: a Slack group grants nothing to a
+    kubectl caller and a Kubernetes group nothing to a click, even if the names coincide."""
 
     slack: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    slack_groups: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
-        return not (self.slack or self.users or self.groups)
+        return not (self.slack or self.users or self.groups or self.slack_groups)
 
     def allow(self, identity: Identity) -> bool:
+        mine = frozenset(identity.groups)
         if identity.channel is Channel.SLACK:
-            return identity.user in self.slack
-        return identity.user in self.users or bool(self.groups & frozenset(identity.groups))
+            return identity.user in self.slack or bool(self.slack_groups & mine)
+        return identity.user in self.users or bool(self.groups & mine)
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Who clicked or ran kubectl. Slack identities are user IDs; kubectl ones come from a
-    SelfSubjectReview, with the groups the API server authenticated."""
+    """Who clicked or ran kubectl. Slack identities are user IDs, with the Slack user groups the
+    adapter found the clicker in when the click arrived (only groups the request names); kubectl
+    ones come from a SelfSubjectReview, with the groups the API server authenticated."""
 
     channel: Channel
     user: str
@@ -196,6 +201,7 @@ class Request:
                 "slack": sorted(self.approvers.slack),
                 "users": sorted(self.approvers.users),
                 "groups": sorted(self.approvers.groups),
+                "slackGroups": sorted(self.approvers.slack_groups),
             },
             "channel": self.channel,
             "expiresAt": format_time(self.expires_at),
@@ -390,6 +396,7 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
             frozenset(approvers.get("slack") or ()),
             frozenset(approvers.get("users") or ()),
             frozenset(approvers.get("groups") or ()),
+            frozenset(approvers.get("slackGroups") or ()),
         ),
         expires_at=parse_time(spec.get("expiresAt"), "spec.expiresAt"),
         channel=str(spec.get("channel") or ""),

@@ -427,9 +427,35 @@ async def _record_slack(runtime: ApprovalsRuntime, ref: appr.Ref, slack: Mapping
 # --- decisions from Slack (called by the interactivity server) ----------------------------------
 
 
+async def slack_identity(runtime: ApprovalsRuntime, click: ports.Click) -> appr.Identity:
+    """The clicker, with the approver user groups of the request that Slack says they are in.
+
+    Membership is looked up only for the groups this request names (a spec never changes, so
+    reading it before the transaction is safe) and only here, in the worker: the 3-second
+    acknowledgement never waits for Slack."""
+    identity = appr.Identity(appr.Channel.SLACK, click.user)
+    messenger = runtime.messenger
+    if messenger is None:
+        return identity
+    body = runtime.known(click.ref) or await runtime.store.get(click.ref.namespace, click.ref.name)
+    try:
+        wanted = appr.parse_request((body or {}).get("spec") or {}).approvers.slack_groups
+    except ValueError:
+        return identity  # transact reports the invalid request
+    if not wanted:
+        return identity
+    groups = await messenger.member_groups(click.user, wanted)
+    return dataclasses.replace(identity, groups=tuple(sorted(groups)))
+
+
 async def apply_click(runtime: ApprovalsRuntime, click: ports.Click) -> None:
     """The background half of a click: decide, audit, update the message or tell the clicker."""
-    identity = appr.Identity(appr.Channel.SLACK, click.user)
+    try:
+        identity = await slack_identity(runtime, click)
+    except (ports.Unavailable, ports.Rejected) as exc:
+        _log.warning("click on approval %s by slack:%s not recorded: %s", click.ref, click.user, exc)
+        await _reply(runtime, click, "Your decision could not be recorded right now; please try again.")
+        return
     try:
         done = await transact(runtime, click.ref, decide_click(runtime, identity, click.verdict))
     except (ports.Unavailable, ports.Rejected, ValueError) as exc:

@@ -28,6 +28,7 @@ from homeostat.core import approval as appr
 from homeostat.core import children as kids
 from homeostat.core import policy as pol
 from homeostat.core import remediation as rem
+from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
 from homeostat.handlers import replicatedservice as rs
 
@@ -43,6 +44,22 @@ _APPROVAL_VERDICTS = {
 }
 
 
+class SloProbe:
+    """The latest Prometheus answers for one service's ``spec.healing.slo``, refreshed by a task
+    of its own every ``interval``: the 1 s healing pass reads them and never waits on a query."""
+
+    def __init__(self) -> None:
+        self.objectives: tuple[rem.SloObjective, ...] = ()
+        self.readings: dict[str, rem.SloReading] = {}  # by objective name
+        self.due = 0.0
+        self.task: asyncio.Task[None] | None = None
+        self.problem = ""  # the last Unknown reason logged, so a lasting outage is logged once
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class Loop:
     """Per-process memory of the healing loop (everything durable is in status.healing)."""
 
@@ -56,6 +73,7 @@ class Loop:
         self.pressure_since: dict[str, float] = {}  # node -> when this process first saw it under pressure
         self.blocked: dict[tuple[str, str], str] = {}  # (uid, incident) -> last refused eviction reported
         self.policy_errors: dict[str, str] = {}  # by service uid, reported once per change
+        self.slo: dict[str, SloProbe] = {}  # by service uid; breached-since lives in the readings
 
 
 # --- watch caches ------------------------------------------------------------------------------
@@ -116,6 +134,9 @@ async def stop_healing(*, memo: Any, **_: Any) -> None:
     loop = memo.get("healing_loop")
     if isinstance(loop, Loop) and loop.task is not None:
         loop.task.cancel()
+    if isinstance(loop, Loop):
+        for probe in loop.slo.values():
+            probe.stop()
 
 
 async def _forever(memo: Any, indexes: Mapping[str, Any]) -> None:
@@ -150,6 +171,8 @@ async def heal_all(memo: Any, indexes: Mapping[str, Any]) -> None:
     for gone in [uid for uid in loop.histories if uid not in present]:
         loop.histories.pop(gone, None)
         loop.states.pop(gone, None)
+    for gone in [uid for uid in loop.slo if uid not in present]:
+        loop.slo.pop(gone).stop()
     for store in stores:
         bodies = _values(store)
         if bodies and bodies[-1]["metadata"]["uid"] not in loop.histories:
@@ -231,6 +254,7 @@ async def _heal(
         healing = rem.parse_healing(spec.get("healing"))
     except specs.SpecError:
         return  # the reconcile reports an invalid spec
+    readings = _slo_readings(memo, loop, meta, healing, now)
     if not healing.enabled:
         loop.histories.pop(uid, None)
         return
@@ -264,6 +288,8 @@ async def _heal(
         max_replicas=int(replicas.get("max") or 10),
         maintenance=rem.maintenance_requests(status),
         rolled_back=str((status.get("rollback") or {}).get("revision") or ""),
+        slo=readings,
+        autoscaled=_autoscaled(spec),
     )
     others = tuple(r for other, history in loop.histories.items() if other != uid for r in history)
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
@@ -291,9 +317,81 @@ async def _heal(
         loop.tickets.pop((owner, key), None)
     # A merge patch keeps keys it does not mention: clear a policy error reported earlier.
     changes: dict[str, Any] = {"healing": {**state.as_in_storage(), "policyError": None}}
+    changes["healing"]["slo"] = [r.as_in_storage() for r in readings] or None
     if last is not None:
         changes["lastRemediation"] = last
     await rs.write_status(runtime, body, changes)
+
+
+def _autoscaled(spec: Mapping[str, Any]) -> bool:
+    try:
+        return sc.parse(spec.get("autoscaling")).mode in (sc.Mode.REACTIVE, sc.Mode.PREDICTIVE)
+    except specs.SpecError:
+        return False  # the reconcile reports it; no autoscaler runs on an invalid spec
+
+
+def _slo_readings(
+    memo: Any, loop: Loop, meta: Mapping[str, Any], healing: rem.HealingSpec, now: float
+) -> tuple[rem.SloReading, ...]:
+    """The service's latest SLO readings; starts a query task when one is due and none runs."""
+    uid = meta["uid"]
+    if not healing.slo:
+        if uid in loop.slo:
+            loop.slo.pop(uid).stop()
+        return ()
+    probe = loop.slo.setdefault(uid, SloProbe())
+    if probe.objectives != healing.objectives:
+        # A changed query or bound is a new measurement: no breach carries over from the old one.
+        probe.stop()
+        probe.objectives, probe.readings, probe.due, probe.task = healing.objectives, {}, 0.0, None
+    if now >= probe.due and (probe.task is None or probe.task.done()):
+        probe.due = now + healing.slo_interval
+        probe.task = asyncio.create_task(
+            _probe(rs._runtime(memo).metrics, probe, meta["namespace"], meta["name"], healing.objectives)
+        )
+    return tuple(probe.readings[o.name] for o in healing.objectives if o.name in probe.readings)
+
+
+async def _probe(
+    metrics: ports.MetricsProvider | None,
+    probe: SloProbe,
+    namespace: str,
+    name: str,
+    objectives: tuple[rem.SloObjective, ...],
+) -> None:
+    """Ask Prometheus for every objective; whatever goes wrong becomes an Unknown reading."""
+    problems = []
+    for objective in objectives:
+        value: float | None = None
+        why = ""
+        if metrics is None:
+            why = "no Prometheus is configured (--prometheus-url)"
+        else:
+            query = sc.render_query(objective.query, namespace=namespace, service=name)
+            try:
+                samples = await metrics.instant(query)
+            except ports.Unavailable as exc:
+                why = f"Prometheus unavailable: {exc}"
+            except Exception as exc:  # an unexpected answer must not end the probing for good
+                why = f"query failed: {exc}"
+            else:
+                if len(samples) == 1:
+                    value = samples[0].value
+                else:
+                    why = "no data" if not samples else f"{len(samples)} series instead of one number"
+        if probe.objectives != objectives:
+            return  # the spec changed meanwhile: these answers are for queries no longer asked
+        reading = rem.read_slo(objective, value, probe.readings.get(objective.name), _now(), why)
+        probe.readings[objective.name] = reading
+        if reading.verdict is rem.SloVerdict.UNKNOWN:
+            problems.append(f"{objective.name}: {reading.message}")
+    problem = "; ".join(problems)
+    if problem != probe.problem:
+        if problem:
+            logger.warning(f"{namespace}/{name}: SLO unknown, no SLO action is taken: {problem}")
+        else:
+            logger.info(f"{namespace}/{name}: SLO readings available again")
+        probe.problem = problem
 
 
 def _event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -374,8 +472,7 @@ async def _run(actions: ports.HealingActions, body: Mapping[str, Any], effect: r
         await actions.cordon(effect.node)
         return f"node {effect.node} cordoned"
     if action is pol.Action.DRAIN_NODE:
-        evicted = await actions.drain(effect.node)
-        return f"node {effect.node} drained, {evicted} pod(s) evicted"
+        return (await actions.drain(effect.node)).describe(effect.node)
     if action is pol.Action.SCALE_UP:
         await actions.scale(namespace, name, int(effect.value))
         return f"scaled to {effect.value} replicas"
@@ -417,9 +514,10 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         risk=appr.Risk(rule.risk.value),
         quorum=rule.quorum,
         approvers=appr.Approvers(
-            slack=approvers.slack_users | approvers.slack_groups,
+            slack=approvers.slack_users,
             users=approvers.kube_users,
             groups=approvers.kube_groups,
+            slack_groups=approvers.slack_groups,
         ),
         expires_at=now + pol.approval_timeout(rule, settings),
         channel=str(slack.get("channel") or ""),

@@ -102,8 +102,9 @@ def make_app(
         # A first answer from what this process knows; the decision itself is made again on a
         # fresh read in the worker, so a stale view here can never approve anything.
         try:
+            asked = appr.parse_request(known.get("spec") or {})
             preview = appr.decide(
-                appr.parse_request(known.get("spec") or {}),
+                asked,
                 appr.State.from_storage(known.get("status")),
                 appr.Identity(appr.Channel.SLACK, click.user),
                 click.verdict,
@@ -112,6 +113,9 @@ def make_app(
         except ValueError:
             return aiohttp.web.Response(status=404, text=f"approval {click.ref} is invalid\n")
         runtime.submit(lambda: approvals.apply_click(runtime, click))
+        if preview.rejection is appr.Rejection.NOT_ALLOWED and asked.approvers.slack_groups:
+            # Group membership is read from Slack in the worker, which replies if it is missing.
+            return _ephemeral(f"Checking your approver groups for {click.ref.name}…")
         if preview.outcome is appr.Outcome.REJECTED:
             return _ephemeral(preview.message)
         return _ephemeral(f"Recording your {click.verdict.value} for {click.ref.name}…")
