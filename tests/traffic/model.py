@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 ANNOTATION_PATTERN = "traffic.homeostat.dev/pattern"
 ANNOTATION_ERROR_RATE = "traffic.homeostat.dev/error-rate"
 ANNOTATION_LATENCY = "traffic.homeostat.dev/latency"
+# Latency that grows with the load on the pod (seconds per request per second served), so more
+# replicas serve faster: what SLO healing's scale-up is verified against.
+ANNOTATION_LATENCY_PER_RPS = "traffic.homeostat.dev/latency-per-rps"
 ANNOTATION_MEMORY_LEAK = "traffic.homeostat.dev/memory-leak"
 ANNOTATION_MEMORY = "traffic.homeostat.dev/memory"
 ANNOTATION_CAPACITY = "traffic.homeostat.dev/capacity"
@@ -152,6 +155,7 @@ class Faults:
 
     error_rate: float = 0.0
     latency: float = 0.0  # seconds added to every request
+    latency_per_rps: float = 0.0  # seconds added to every request per request per second served
     memory_leak: float = 0.0  # bytes per second since the pod started
     memory: float = DEFAULT_MEMORY  # baseline working set
     capacity: float | None = None  # requests per second one pod can serve; beyond it, 503s
@@ -166,6 +170,9 @@ def parse_faults(annotations: Mapping[str, str]) -> Faults:
         faults = dataclasses.replace(faults, error_rate=rate)
     if ANNOTATION_LATENCY in annotations:
         faults = dataclasses.replace(faults, latency=parse_duration(annotations[ANNOTATION_LATENCY]))
+    if ANNOTATION_LATENCY_PER_RPS in annotations:
+        per_rps = parse_duration(annotations[ANNOTATION_LATENCY_PER_RPS])
+        faults = dataclasses.replace(faults, latency_per_rps=per_rps)
     if ANNOTATION_MEMORY_LEAK in annotations:
         faults = dataclasses.replace(faults, memory_leak=parse_quantity(annotations[ANNOTATION_MEMORY_LEAK]))
     if ANNOTATION_MEMORY in annotations:
@@ -213,7 +220,7 @@ class PodCounters:
         self.ok += served * (1 - faults.error_rate)
         self.latency_count += served
         for share, base in LATENCY_SHAPE:
-            latency = base + faults.latency
+            latency = base + faults.latency + faults.latency_per_rps * served_rps
             self.latency_sum += served * share * latency
             for index, bound in enumerate(BUCKETS):
                 if latency <= bound:

@@ -98,6 +98,21 @@ def test_latency_injection_moves_the_histogram() -> None:
     assert world.pods["slow"].latency_sum / world.pods["slow"].latency_count == pytest.approx(0.8 + 0.044)
 
 
+def test_load_dependent_latency_falls_as_pods_are_added() -> None:
+    def mean_latency(pods: int) -> float:
+        world = model.World(now=0.0)
+        world.update(
+            {(NS, SVC): model.Constant(10)}, [pod(str(i), latency_per_rps="0.05") for i in range(pods)]
+        )
+        world.advance(1.0)
+        counters = world.pods["0"]
+        return counters.latency_sum / counters.latency_count
+
+    # 10 rps on one pod add 0.5 s, on two pods 0.25 s each, on top of the 44 ms base mean.
+    assert mean_latency(1) == pytest.approx(0.044 + 0.5)
+    assert mean_latency(2) == pytest.approx(0.044 + 0.25)
+
+
 def test_memory_leaks_from_pod_start() -> None:
     counters = model.PodCounters(pod("a", memory_leak="2Mi"))
     assert counters.memory(1000.0) == model.DEFAULT_MEMORY
