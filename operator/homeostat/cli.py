@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         help="directory holding the Slack `bot-token` and `signing-secret` files "
         "($HOMEOSTAT_SECRETS_DIR; without a bot-token Slack is off)",
     )
+    run.add_argument(
+        "--drain-scope",
+        choices=["all", "watched"],
+        default=os.environ.get("HOMEOSTAT_DRAIN_SCOPE", "all"),
+        help="pods a node drain evicts: all (every namespace; needs cluster-wide pod list and "
+        "eviction rights) or watched (only the --namespace ones; others stay on the cordoned node) "
+        "($HOMEOSTAT_DRAIN_SCOPE, default all)",
+    )
     # Listed for --help only: main() hands `simulate` over before parsing, so the operator
     # never imports numpy and statsmodels it does not use yet.
     sub.add_parser(
@@ -214,7 +222,9 @@ def _run(args: argparse.Namespace) -> int:
         scaler=kube_scale.KubernetesScaler(api),
         approvals=approvals_runtime,
         approval_gate=gate,
-        healing_actions=kube_healing.KubernetesHealing(api),
+        healing_actions=kube_healing.KubernetesHealing(
+            api, drain_namespaces=args.namespace if args.drain_scope == "watched" else ()
+        ),
     )
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = int(args.peering_lifetime)
