@@ -311,3 +311,19 @@ def test_chart_policies_are_copies_of_the_repository_policies() -> None:
     chart = {path.name: path.read_bytes() for path in sorted((CHART / "policies").glob("*.yaml"))}
     assert repo, "policies/ should ship at least the default policy"
     assert chart == repo, "charts/homeostat/policies differs from policies/: run `make chart-crds`"
+
+
+def test_drain_scope_follows_the_install_mode() -> None:
+    """A namespaced install without cluster-wide drain rights tells the operator to stay inside
+    its namespaces; every other combination drains the whole node (ADR 0014)."""
+
+    def args(*sets: str) -> list[str]:
+        flags = [arg for value in sets for arg in ("--set", value)]
+        (container,) = the_deployment(render(flags))["spec"]["template"]["spec"]["containers"]
+        return [str(arg) for arg in container["args"]]
+
+    namespaced = "watchNamespaces={a,b}"
+    assert "--drain-scope=watched" not in args()
+    assert "--drain-scope=watched" not in args("healing.drainAllNamespaces=false")  # cluster-wide
+    assert "--drain-scope=watched" not in args(namespaced)
+    assert "--drain-scope=watched" in args(namespaced, "healing.drainAllNamespaces=false")

@@ -57,6 +57,9 @@ CLUSTER_SCOPED = table(
 )
 # A namespaced kopf lists namespaces to learn which watched ones exist; a cluster-wide one does not.
 NAMESPACE_DISCOVERY = table(("", "namespaces", "get list watch"))
+# Node drains of a namespaced install that may evict pods of every namespace on the node
+# (healing.drainAllNamespaces, the default); pods/eviction is a subresource, so this is no read.
+CLUSTER_DRAIN = table(("", "pods", "list"), ("", "pods/eviction", "create"))
 # kopf peering, only when more than one replica runs (or a peering name is set).
 CLUSTER_PEERING = table(("kopf.dev", "clusterkopfpeerings", "get list watch patch"))
 NAMESPACED_PEERING = table(("kopf.dev", "kopfpeerings", "get list watch patch"))
@@ -67,15 +70,23 @@ FORBIDDEN_VERBS = {"escalate", "bind", "impersonate"}
 MODES: dict[str, tuple[list[str], frozenset[Triple], frozenset[Triple] | None]] = {
     "cluster-wide": ([], NAMESPACED | CLUSTER_SCOPED, None),
     "cluster-wide-ha": (["replicas=2"], NAMESPACED | CLUSTER_SCOPED | CLUSTER_PEERING, None),
+    # Nothing to take away: a cluster-wide operator lists and evicts pods everywhere anyway.
+    "cluster-wide-own-drains": (["healing.drainAllNamespaces=false"], NAMESPACED | CLUSTER_SCOPED, None),
     "namespaced": (
         [f"watchNamespaces={{{','.join(WATCHED)}}}"],
-        CLUSTER_SCOPED | NAMESPACE_DISCOVERY,
+        CLUSTER_SCOPED | NAMESPACE_DISCOVERY | CLUSTER_DRAIN,
         NAMESPACED,
     ),
     "namespaced-ha": (
         [f"watchNamespaces={{{','.join(WATCHED)}}}", "replicas=2"],
-        CLUSTER_SCOPED | NAMESPACE_DISCOVERY,
+        CLUSTER_SCOPED | NAMESPACE_DISCOVERY | CLUSTER_DRAIN,
         NAMESPACED | NAMESPACED_PEERING,
+    ),
+    # Confined drains: no pod permission at all outside the watched namespaces.
+    "namespaced-own-drains": (
+        [f"watchNamespaces={{{','.join(WATCHED)}}}", "healing.drainAllNamespaces=false"],
+        CLUSTER_SCOPED | NAMESPACE_DISCOVERY,
+        NAMESPACED,
     ),
 }
 

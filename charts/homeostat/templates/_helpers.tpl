@@ -181,6 +181,16 @@ Arguments: (dict "root" $ "namespaced" bool).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if and .namespaced $root.Values.healing.drainAllNamespaces }}
+# Node drains of a namespaced install (healing.drainAllNamespaces): list the pods on the node in
+# every namespace and evict them through the Eviction API, which honours PodDisruptionBudgets.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["pods/eviction"]
+  verbs: ["create"]
+{{- end }}
 {{- if and (not .namespaced) (include "homeostat.peeringName" $root) }}
 # kopf peering keep-alives of a cluster-wide operator.
 - apiGroups: ["kopf.dev"]
