@@ -117,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         "eviction rights) or watched (only the --namespace ones; others stay on the cordoned node) "
         "($HOMEOSTAT_DRAIN_SCOPE, default all)",
     )
+    run.add_argument(
+        "--forecast-workers",
+        type=_positive_int,
+        default=_env_int("HOMEOSTAT_FORECAST_WORKERS"),
+        help="worker processes for forecast fits and trend checks "
+        "($HOMEOSTAT_FORECAST_WORKERS; default: min(2, CPU count))",
+    )
     # Listed for --help only: main() hands `simulate` over before parsing, so the operator
     # never imports numpy and statsmodels it does not use yet.
     sub.add_parser(
@@ -130,6 +137,16 @@ def _parser() -> argparse.ArgumentParser:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _priority(args: argparse.Namespace) -> int:
@@ -225,6 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         healing_actions=kube_healing.KubernetesHealing(
             api, drain_namespaces=args.namespace if args.drain_scope == "watched" else ()
         ),
+        forecast_workers=args.forecast_workers,
     )
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = int(args.peering_lifetime)

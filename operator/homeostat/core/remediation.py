@@ -320,20 +320,24 @@ class MaintenanceRequest:
     pod: str
     action: pol.Action
     message: str
+    node: str = ""  # a node request (disk trend) names a node instead of a pod
 
 
 def maintenance_requests(status: Mapping[str, Any]) -> tuple[MaintenanceRequest, ...]:
+    """Requests with an action the healing loop can run; a node request whose action is not
+    one (Notify) was only meant to be reported, which the trend check has done."""
     found = []
     for raw in ((status.get("maintenance") or {}).get("requests")) or []:
-        if not isinstance(raw, Mapping) or not raw.get("pod"):
+        if not isinstance(raw, Mapping) or not (raw.get("pod") or raw.get("node")):
             continue
         try:
             action = pol.Action(raw.get("action") or pol.Action.RESTART_POD.value)
         except ValueError:
             continue
+        pod, node = str(raw.get("pod") or ""), str(raw.get("node") or "")
         found.append(
             MaintenanceRequest(
-                str(raw.get("key") or raw["pod"]), str(raw["pod"]), action, str(raw.get("message") or "")
+                str(raw.get("key") or pod or node), pod, action, str(raw.get("message") or ""), node=node
             )
         )
     return tuple(found)
@@ -554,7 +558,9 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
     if spec.maintenance:
         names = {p.name for p in live}
         for req in view.maintenance:
-            if req.pod in names:
+            if req.node:
+                findings.extend(_node_maintenance(view, live, req))
+            elif req.pod in names:
                 findings.append(
                     Finding(
                         Symptom.PREDICTED_EXHAUSTION,
@@ -606,6 +612,20 @@ def unproven(view: ServiceView) -> bool:
     rolled back): the change is the likeliest cause of a new problem."""
     current = view.current_revision
     return bool(view.stable_revision) and current not in (view.stable_revision, view.rolled_back)
+
+
+def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: MaintenanceRequest) -> list[Finding]:
+    """A node predicted to fail (its disk fills) while pods of the service run on it. Done once
+    the action's effect shows: a cordoned node for Cordon, no pods of the service left for Drain."""
+    node = view.nodes.get(req.node)
+    stuck = tuple(sorted(p.name for p in live if p.node == req.node))
+    if node is None or not stuck:
+        return []
+    if req.action is pol.Action.CORDON_NODE and node.unschedulable:
+        return []
+    detail = req.message or f"node {req.node} predicted to fail"
+    target = f"Node/{req.node}"
+    return [Finding(Symptom.PREDICTED_EXHAUSTION, target, target, detail, pods=stuck)]
 
 
 def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
@@ -942,7 +962,10 @@ def _advance(
         return None, history
     if incident.phase is Phase.ESCALATED:
         return incident, history
-    maint = {f"Pod/{ctx.view.namespace}/{r.pod}": r.action for r in ctx.view.maintenance}
+    maint = {
+        f"Node/{r.node}" if r.node else f"Pod/{ctx.view.namespace}/{r.pod}": r.action
+        for r in ctx.view.maintenance
+    }
     actions = ladder(finding, ctx.view, maint.get(finding.target))
     if incident.step >= len(actions):
         why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"

@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -35,6 +36,7 @@ from homeostat.core import forecast as fc
 from homeostat.core import maintenance as mt
 from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
+from homeostat.core import trends as tr
 from homeostat.handlers import replicatedservice as rs
 
 CONDITION = "Autoscaling"
@@ -47,13 +49,23 @@ _T = TypeVar("_T")
 log = logging.getLogger("homeostat.autoscaling")
 
 
+def default_workers() -> int:
+    """Forecast worker processes: two where there are two cores (the 1000-series cycle then fits
+    well inside a minute), never more than the machine has."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 class Autoscaler:
     """Per-process state of the loop, kept in kopf's memo under ``autoscaler``."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers) if workers else default_workers()
         self.task: asyncio.Task[None] | None = None
         self.due: dict[tuple[str, str], float] = {}
         self.running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # The memory, restart and disk checks each own a part of status.maintenance and run as
+        # separate tasks: their read-modify-write of it is serialised per service.
+        self.maintenance_locks: dict[str, asyncio.Lock] = {}
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
         # The work each service wants, by uid, with what it was derived from: parsing every
         # service's spec on every tick kept a core busy at a thousand services.
@@ -67,7 +79,7 @@ class Autoscaler:
             # spawn, not fork: forking a process that runs an event loop and threads can copy
             # held locks into the child.
             self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
             )
         return self.pool
 
@@ -90,7 +102,8 @@ class Autoscaler:
 def _autoscaler(memo: Any) -> Autoscaler:
     state = memo.get("autoscaler")
     if not isinstance(state, Autoscaler):
-        state = Autoscaler()
+        workers = memo.get("forecast_workers")
+        state = Autoscaler(workers if isinstance(workers, int) else None)
         memo["autoscaler"] = state
     return state
 
@@ -177,6 +190,14 @@ def _intervals(body: Mapping[str, Any]) -> dict[str, float]:
             work["maintenance"] = memory.interval if memory.enabled else INVALID_RETRY
     except specs.SpecError:
         work["maintenance"] = INVALID_RETRY
+    maintenance = status.get("maintenance") or {}
+    for kind, parse in (("restarts", tr.parse_restarts), ("disk", tr.parse_disk)):
+        try:
+            trend = parse(spec.get("healing"))
+            if trend.enabled or maintenance.get(kind):
+                work[kind] = trend.interval if trend.enabled else INVALID_RETRY
+        except specs.SpecError:
+            work[kind] = INVALID_RETRY
     return work
 
 
@@ -187,6 +208,7 @@ def _work_of(state: Autoscaler, body: Mapping[str, Any]) -> dict[str, float]:
         meta.get("generation"),
         bool(status.get("forecast")),
         bool(status.get("maintenance")),
+        tuple(kind for kind in ("restarts", "disk") if (status.get("maintenance") or {}).get(kind)),
         _has_autoscaling_condition(status),
     )
     cached = state.work.get(meta["uid"])
@@ -237,10 +259,11 @@ def _schedule(memo: Any, indexes: Mapping[str, Any], state: Autoscaler, now: flo
             # A fixed cadence (due + interval), so evaluations do not drift later and later.
             state.due[key] = due + interval if due is not None and due + interval > now else now + interval
             wake = min(wake, state.due[key])
-            work = _autoscale if kind == "autoscaling" else _maintain
+            work = _WORKERS[kind]
             state.running[key] = asyncio.create_task(_guarded(work, memo, indexes, body))
     for uid in set(state.work) - uids:
         del state.work[uid]
+        state.maintenance_locks.pop(uid, None)
     for key in set(state.due) - seen:
         state.due.pop(key, None)
         task = state.running.pop(key, None)
@@ -521,6 +544,82 @@ def _decision_condition(decision: sc.Decision, why: str, generation: int) -> dic
 
 # --- predictive maintenance ------------------------------------------------------------------
 
+# The memory check owns these top-level keys of status.maintenance; the restart and disk checks
+# own status.maintenance.restarts and .disk; each owns its entries of the shared requests list
+# (by their ``resource``; entries without one are memory's, as written before there were others).
+_MEMORY_KEYS = ("lastEvaluated", "reason", "message", "pods", "findings")
+
+
+async def _write_maintenance(
+    memo: Any,
+    body: Mapping[str, Any],
+    resource: tr.Resource,
+    part: Mapping[str, Any] | None,
+    requests: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Replace one check's part of status.maintenance (None removes it) and, unless
+    ``requests`` is None, its requests; the other checks' parts are kept."""
+    runtime = _runtime(memo)
+    uid = body["metadata"]["uid"]
+    lock = _autoscaler(memo).maintenance_locks.setdefault(uid, asyncio.Lock())
+    async with lock:
+        status = runtime.reported.get(uid) or body.get("status") or {}
+        previous = status.get("maintenance") or {}
+        merged = dict(previous)
+        if resource is tr.Resource.MEMORY:
+            # Set to None, not dropped: status is merge-patched, and a missing key would stay.
+            merged.update(dict.fromkeys(_MEMORY_KEYS))
+            merged.update(part or {})
+        else:
+            merged[resource.value] = None if part is None else dict(part)
+        if requests is not None or part is None:
+            kept = [
+                r
+                for r in previous.get("requests") or []
+                if isinstance(r, Mapping) and r.get("resource", tr.Resource.MEMORY.value) != resource.value
+            ]
+            merged["requests"] = [*kept, *(requests or [])]
+        live = any(v not in (None, [], {}) for v in merged.values())
+        await rs.write_status(runtime, body, {"maintenance": merged if live else None})
+
+
+def _own_part(previous: Mapping[str, Any], resource: tr.Resource) -> dict[str, Any]:
+    if resource is tr.Resource.MEMORY:
+        return {k: previous[k] for k in _MEMORY_KEYS if previous.get(k) is not None}
+    return dict(previous.get(resource.value) or {})
+
+
+def _known_requests(previous: Mapping[str, Any], resource: tr.Resource) -> dict[str, float]:
+    """Recorded requests of one check by key, with when they were first made."""
+    now = time.time()
+    return {
+        r["key"]: _seconds(r.get("requestedAt"), now)
+        for r in previous.get("requests") or []
+        if isinstance(r, Mapping)
+        and "key" in r
+        and r.get("resource", tr.Resource.MEMORY.value) == resource.value
+    }
+
+
+async def _notify_maintenance(memo: Any, body: Mapping[str, Any], message: str, title: str, key: str) -> None:
+    _post(memo, body, "Warning", mt.CAUSE, message)
+    runtime = _runtime(memo)
+    if runtime.notifier is None:
+        return
+    meta = body["metadata"]
+    with contextlib.suppress(ports.Unavailable):
+        await runtime.notifier.notify(
+            ports.Notification(
+                namespace=meta["namespace"],
+                service=meta["name"],
+                kind=mt.CAUSE,
+                severity="warning",
+                title=f"{meta['namespace']}/{meta['name']}: {title}",
+                message=message,
+                key=f"{meta['uid']}/{key}",
+            )
+        )
+
 
 async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
     body = _fresh(indexes, stale)
@@ -530,22 +629,20 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
     meta = body["metadata"]
     raw = body.get("spec") or {}
     status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    memory = tr.Resource.MEMORY
     try:
         spec = mt.parse(raw.get("healing"), raw.get("template"))
     except specs.SpecError as exc:
-        await rs.write_status(runtime, body, {"maintenance": {"reason": "InvalidSpec", "message": str(exc)}})
+        await _write_maintenance(memo, body, memory, {"reason": "InvalidSpec", "message": str(exc)})
         return
     if not spec.enabled:
-        await rs.write_status(runtime, body, {"maintenance": None})
+        await _write_maintenance(memo, body, memory, None)
         return
     now = time.time()
-    previous = status.get("maintenance") or {}
+    previous = _own_part(status.get("maintenance") or {}, memory)
     if runtime.metrics is None:
-        await rs.write_status(
-            runtime,
-            body,
-            {"maintenance": {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}},
-        )
+        unavailable = {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}
+        await _write_maintenance(memo, body, memory, unavailable)
         return
     query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
     try:
@@ -553,16 +650,14 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
     except ports.Unavailable as exc:
         # Requests already recorded stay: losing Prometheus does not make a leak go away.
         changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
-        await rs.write_status(runtime, body, {"maintenance": changes})
+        await _write_maintenance(memo, body, memory, changes)
         return
     per_pod: dict[str, list[tuple[float, float]]] = {}
     for one in series:
         pod = one.labels.get("pod", "")
         per_pod.setdefault(pod, []).extend(one.points)
     findings = await _autoscaler(memo).compute(mt.assess_all, sorted(per_pod.items()), spec, now=now)
-    known = {
-        r["key"]: _seconds(r.get("requestedAt"), now) for r in previous.get("requests") or [] if "key" in r
-    }
+    known = _known_requests(status.get("maintenance") or {}, memory)
     wanted, new = mt.requests(findings, known, now=now)
     maintenance = {
         "lastEvaluated": sc.rfc3339(now),
@@ -570,24 +665,100 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
         "message": f"{len(findings)} pod(s) checked, {len(wanted)} predicted to run out within the lead time",
         "pods": len(findings),
         "findings": mt.report(findings),
-        "requests": [r.to_dict(sc.rfc3339) for r in wanted],
     }
-    await rs.write_status(runtime, body, {"maintenance": maintenance})
+    await _write_maintenance(memo, body, memory, maintenance, [r.to_dict(sc.rfc3339) for r in wanted])
     for request in new:
-        _post(memo, body, "Warning", mt.CAUSE, request.message)
-        if runtime.notifier is not None:
-            with contextlib.suppress(ports.Unavailable):
-                await runtime.notifier.notify(
-                    ports.Notification(
-                        namespace=meta["namespace"],
-                        service=meta["name"],
-                        kind=mt.CAUSE,
-                        severity="warning",
-                        title=f"{meta['namespace']}/{meta['name']}: pod predicted to run out of memory",
-                        message=request.message,
-                        key=f"{meta['uid']}/{request.key}",
-                    )
-                )
+        title = "pod predicted to run out of memory"
+        await _notify_maintenance(memo, body, request.message, title, request.key)
+
+
+def _hosting_nodes(indexes: Mapping[str, Any], body: Mapping[str, Any]) -> set[str]:
+    """Nodes the service's pods run on, from the healing loop's pod cache."""
+    meta = body["metadata"]
+    pods = indexes.get("healing_pods")
+    store = pods.get((meta["namespace"], meta["name"])) if pods is not None else None
+    nodes = {str(((p.get("spec") or {}).get("nodeName")) or "") for p in (store or [])}
+    return nodes - {""}
+
+
+async def _check_restarts(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
+    await _check_trend(memo, indexes, stale, tr.Resource.RESTARTS)
+
+
+async def _check_disk(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
+    await _check_trend(memo, indexes, stale, tr.Resource.DISK)
+
+
+async def _check_trend(
+    memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any], resource: tr.Resource
+) -> None:
+    """The restart-count trend of the service's pods, or the disk trend of the nodes they run
+    on: findings in status.maintenance.<resource>, requests for the healing loop, Events."""
+    body = _fresh(indexes, stale)
+    if body is None:
+        return
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    raw = body.get("spec") or {}
+    status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    parse = tr.parse_restarts if resource is tr.Resource.RESTARTS else tr.parse_disk
+    try:
+        spec = parse(raw.get("healing"))
+    except specs.SpecError as exc:
+        await _write_maintenance(memo, body, resource, {"reason": "InvalidSpec", "message": str(exc)}, [])
+        return
+    if not spec.enabled:
+        await _write_maintenance(memo, body, resource, None)
+        return
+    now = time.time()
+    previous = _own_part(status.get("maintenance") or {}, resource)
+    if runtime.metrics is None:
+        unavailable = {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}
+        await _write_maintenance(memo, body, resource, unavailable)
+        return
+    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    try:
+        series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
+    except ports.Unavailable as exc:
+        # Requests already recorded stay: losing Prometheus does not stop a disk filling.
+        changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
+        await _write_maintenance(memo, body, resource, changes)
+        return
+    label = "pod" if resource is tr.Resource.RESTARTS else "node"
+    per_subject: dict[str, list[tuple[float, float]]] = {}
+    for one in series:
+        per_subject.setdefault(one.labels.get(label, ""), []).extend(one.points)
+    if resource is tr.Resource.DISK:
+        hosting = _hosting_nodes(indexes, body)
+        per_subject = {node: points for node, points in per_subject.items() if node in hosting}
+    findings = await _autoscaler(memo).compute(tr.assess_all, sorted(per_subject.items()), spec, now=now)
+    known = _known_requests(status.get("maintenance") or {}, resource)
+    wanted, new = tr.requests(findings, known, spec, now=now)
+    what = "pod(s)" if resource is tr.Resource.RESTARTS else "node(s) hosting its pods"
+    limit = "restart limit" if resource is tr.Resource.RESTARTS else "disk threshold"
+    part = {
+        "lastEvaluated": sc.rfc3339(now),
+        "reason": "Evaluated",
+        "message": f"{len(findings)} {what} checked, {len(wanted)} predicted to reach the {limit} "
+        "within the lead time",
+        "checked": len(findings),
+        "findings": tr.report(findings),
+    }
+    await _write_maintenance(memo, body, resource, part, [r.to_dict(sc.rfc3339) for r in wanted])
+    for request in new:
+        if resource is tr.Resource.RESTARTS:
+            title = "pod predicted to reach its restart limit"
+        else:
+            title = f"node predicted to fill its disk ({request.action})"
+        await _notify_maintenance(memo, body, request.message, title, request.key)
+
+
+_WORKERS: dict[str, Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]] = {
+    "autoscaling": _autoscale,
+    "maintenance": _maintain,
+    "restarts": _check_restarts,
+    "disk": _check_disk,
+}
 
 
 def _seconds(value: Any, default: float) -> float:
