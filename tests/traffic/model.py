@@ -23,6 +23,14 @@ ANNOTATION_LATENCY_PER_RPS = "traffic.homeostat.dev/latency-per-rps"
 ANNOTATION_MEMORY_LEAK = "traffic.homeostat.dev/memory-leak"
 ANNOTATION_MEMORY = "traffic.homeostat.dev/memory"
 ANNOTATION_CAPACITY = "traffic.homeostat.dev/capacity"
+# A pod's containers "restart" this often (kube_pod_container_status_restarts_total climbs).
+ANNOTATION_RESTART_EVERY = "traffic.homeostat.dev/restart-every"
+# On a node: its root filesystem fills by this fraction per minute (from when first seen), from
+# the fraction in disk-used (default DEFAULT_DISK_USED).
+ANNOTATION_DISK_FILL = "traffic.homeostat.dev/disk-fill"
+ANNOTATION_DISK_USED = "traffic.homeostat.dev/disk-used"
+DEFAULT_DISK_USED = 0.3
+DISK_SIZE = 100 * 2**30
 
 LABEL_SERVICE = "homeostat.dev/service"
 LABEL_REVISION = "homeostat.dev/revision"
@@ -159,6 +167,7 @@ class Faults:
     memory_leak: float = 0.0  # bytes per second since the pod started
     memory: float = DEFAULT_MEMORY  # baseline working set
     capacity: float | None = None  # requests per second one pod can serve; beyond it, 503s
+    restart_every: float = 0.0  # seconds between container restarts; 0: never
 
 
 def parse_faults(annotations: Mapping[str, str]) -> Faults:
@@ -180,7 +189,33 @@ def parse_faults(annotations: Mapping[str, str]) -> Faults:
     if ANNOTATION_CAPACITY in annotations:
         capacity = _number("capacity", annotations[ANNOTATION_CAPACITY])
         faults = dataclasses.replace(faults, capacity=capacity if capacity > 0 else None)
+    if ANNOTATION_RESTART_EVERY in annotations:
+        every = parse_duration(annotations[ANNOTATION_RESTART_EVERY])
+        if every <= 0:
+            raise PatternError(f"restart-every={every} must be a positive duration")
+        faults = dataclasses.replace(faults, restart_every=every)
     return faults
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeDisk:
+    """A node's root filesystem: ``used`` (a fraction) at ``since``, growing ``fill`` per minute."""
+
+    name: str
+    used: float = DEFAULT_DISK_USED
+    fill: float = 0.0
+    since: float = 0.0
+
+    def used_at(self, now: float) -> float:
+        return min(1.0, self.used + self.fill * max(0.0, now - self.since) / 60)
+
+
+def parse_node_disk(name: str, annotations: Mapping[str, str], now: float) -> NodeDisk:
+    used = _number("disk-used", annotations.get(ANNOTATION_DISK_USED, str(DEFAULT_DISK_USED)))
+    fill = _number("disk-fill", annotations.get(ANNOTATION_DISK_FILL, "0"))
+    if used > 1:
+        raise PatternError(f"disk-used={used} must be between 0 and 1")
+    return NodeDisk(name, used, fill, now)
 
 
 # --- per-pod counters ------------------------------------------------------------------------
@@ -197,6 +232,7 @@ class PodInfo:
     started: float
     ready: bool
     faults: Faults
+    container: str = "app"  # the first container's name, for per-container series
 
 
 @dataclasses.dataclass
@@ -229,6 +265,10 @@ class PodCounters:
     def memory(self, now: float) -> float:
         return self.info.faults.memory + self.info.faults.memory_leak * max(0.0, now - self.info.started)
 
+    def restarts(self, now: float) -> int:
+        every = self.info.faults.restart_every
+        return int(max(0.0, now - self.info.started) // every) if every > 0 else 0
+
 
 class World:
     """Services, their demand and their pods' counters; ``advance`` integrates demand over time.
@@ -240,6 +280,7 @@ class World:
         self.now = now
         self.patterns: dict[tuple[str, str], Pattern] = {}
         self.pods: dict[str, PodCounters] = {}
+        self.nodes: dict[str, NodeDisk] = {}
 
     def demand(self, namespace: str, service: str, t: float | None = None) -> float:
         pattern = self.patterns.get((namespace, service), Constant())
@@ -270,6 +311,16 @@ class World:
             counters.info = info
             alive[info.uid] = counters
         self.pods = alive
+
+    def update_nodes(self, nodes: Iterable[NodeDisk]) -> None:
+        """Replace the nodes; a node whose disk settings did not change keeps filling from when
+        they were first seen."""
+        kept: dict[str, NodeDisk] = {}
+        for node in nodes:
+            old = self.nodes.get(node.name)
+            same = old is not None and (old.used, old.fill) == (node.used, node.fill)
+            kept[node.name] = old if same and old is not None else node
+        self.nodes = kept
 
     def exposition(self) -> str:
         return render(self)
@@ -351,6 +402,23 @@ def render(world: World) -> str:
             [("namespace", i.namespace), ("service", i.service), ("revision", i.revision), ("pod", i.name)]
         )
         lines.append(f"homeostat_sim_memory_working_set_bytes{labels} {_value(c.memory(world.now))}")
+
+    # Named like kube-state-metrics and node-exporter, so the operator's default queries work.
+    header("kube_pod_container_status_restarts_total", "counter", "Restarts of the pod's container.")
+    for c in ready:
+        i = c.info
+        labels = _labels([("namespace", i.namespace), ("pod", i.name), ("container", i.container)])
+        lines.append(f"kube_pod_container_status_restarts_total{labels} {c.restarts(world.now)}")
+    header("node_filesystem_size_bytes", "gauge", "Size of the node's root filesystem.")
+    nodes = sorted(world.nodes.values(), key=lambda n: n.name)
+    for node in nodes:
+        labels = _labels([("node", node.name), ("mountpoint", "/"), ("device", "/dev/root")])
+        lines.append(f"node_filesystem_size_bytes{labels} {_value(DISK_SIZE)}")
+    header("node_filesystem_avail_bytes", "gauge", "Space left on the node's root filesystem.")
+    for node in nodes:
+        labels = _labels([("node", node.name), ("mountpoint", "/"), ("device", "/dev/root")])
+        avail = DISK_SIZE * (1 - node.used_at(world.now))
+        lines.append(f"node_filesystem_avail_bytes{labels} {_value(avail)}")
     return "\n".join(lines) + "\n"
 
 

@@ -50,6 +50,11 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+def _first_container(pod: Mapping[str, Any]) -> str:
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("name") or "app")
+
+
 class Simulator:
     """Polls the cluster every ``poll_interval`` seconds and serves ``/metrics``."""
 
@@ -168,6 +173,7 @@ class Simulator:
                 core.list_pod_for_all_namespaces(label_selector=model.LABEL_SERVICE, _request_timeout=10)
             )["items"]
         problems: dict[str, str] = {}
+        disks = self._node_disks(core, problems)
         patterns: dict[tuple[str, str], model.Pattern] = {}
         for service in services:
             meta = service["metadata"]
@@ -201,6 +207,7 @@ class Simulator:
                     started=now if started is None else started,
                     ready=_ready(pod) and (meta["namespace"], labels.get(model.LABEL_SERVICE)) in patterns,
                     faults=faults,
+                    container=_first_container(pod),
                 )
             )
         for what, why in problems.items():
@@ -209,8 +216,30 @@ class Simulator:
         with self.lock:
             self.world.advance(now)  # what happened so far, with the pods Ready until now
             self.world.update(patterns, pods)
+            if disks is not None:
+                self.world.update_nodes(disks)
             self.problems = problems
             self.polls += 1
+
+
+    def _node_disks(self, core: Any, problems: dict[str, str]) -> list[model.NodeDisk] | None:
+        """Every node's disk (None when nodes cannot be listed, e.g. with namespaced credentials)."""
+        try:
+            items = self._api.sanitize_for_serialization(core.list_node(_request_timeout=10))["items"]
+        except kubernetes.client.ApiException as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        now = self.clock()
+        disks = []
+        for node in items:
+            name = node["metadata"]["name"]
+            try:
+                disks.append(model.parse_node_disk(name, node["metadata"].get("annotations") or {}, now))
+            except model.PatternError as exc:
+                problems[f"node {name}"] = str(exc)
+                disks.append(model.NodeDisk(name, since=now))
+        return disks
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,3 +141,40 @@ def test_demand_history_is_openmetrics_with_timestamps() -> None:
     values = [float(line.split()[1]) for line in lines if not line.startswith("#")]
     assert values == pytest.approx([0.0, 5.0, 10.0])
     assert not math.isnan(sum(values))
+
+
+def test_restart_counter_climbs_from_pod_start() -> None:
+    counters = model.PodCounters(pod("a", restart_every="20s"))  # started at 1000
+    assert [counters.restarts(t) for t in (900.0, 1019.9, 1020.0, 1065.0)] == [0, 0, 1, 3]
+    assert model.PodCounters(pod("b")).restarts(1000.0) == 0
+    with pytest.raises(model.PatternError):
+        model.parse_faults({model.ANNOTATION_RESTART_EVERY: "0s"})
+
+
+def test_node_disk_fills_from_when_first_seen_and_is_exported_per_node() -> None:
+    world = model.World(now=100.0)
+    filling = model.parse_node_disk(
+        "n1", {model.ANNOTATION_DISK_FILL: "0.1", model.ANNOTATION_DISK_USED: "0.5"}, 100.0
+    )
+    world.update_nodes([filling, model.parse_node_disk("n2", {}, 100.0)])
+    world.update_nodes(
+        [
+            model.parse_node_disk(
+                "n1", {model.ANNOTATION_DISK_FILL: "0.1", model.ANNOTATION_DISK_USED: "0.5"}, 130.0
+            )
+        ]
+    )
+    assert world.nodes["n1"].since == 100.0 and "n2" not in world.nodes  # unchanged settings keep filling
+    world.update({(NS, SVC): model.Constant(10)}, [pod("a", restart_every="10s")])
+    world.advance(160.0)  # one minute after first seen: 0.6 used
+    text = world.exposition()
+    size = model.DISK_SIZE
+    assert (
+        f'node_filesystem_size_bytes{{node="n1",mountpoint="/",device="/dev/root"}} {float(size)!r}' in text
+    )
+    avail = next(line for line in text.splitlines() if line.startswith("node_filesystem_avail_bytes"))
+    assert float(avail.split()[-1]) == pytest.approx(size * 0.4)
+    assert 'kube_pod_container_status_restarts_total{namespace="ns",pod="web-a",container="app"} ' in text
+    assert model.NodeDisk("n", used=0.9, fill=1.0).used_at(600.0) == 1.0
+    with pytest.raises(model.PatternError):
+        model.parse_node_disk("n", {model.ANNOTATION_DISK_USED: "2"}, 0.0)
