@@ -7,6 +7,11 @@ service with ``spec.healing`` about once a second. Everything it reads comes fro
 ``ports.HealingActions`` and ``ports.ApprovalGate``, records them (``status.healing``,
 ``status.lastRemediation``, an Event and a log line) and persists the state.
 
+Services with ``spec.healing.slo`` also need Prometheus answers: a task per service asks the
+runtime's ``ports.MetricsProvider`` every ``slo.interval`` (never the 1 s pass itself, which only
+reads the latest readings), and any failure becomes an Unknown reading, which the core never
+treats as a breach.
+
 Collaborators come from kopf's memo, put there by the CLI: ``healing_actions``
 (``ports.HealingActions``) and, optionally, ``approval_gate`` (``ports.ApprovalGate``). Without a
 gate, actions that need approval simply stay pending: nothing risky ever runs unapproved.
@@ -53,7 +58,9 @@ class SloProbe:
         self.readings: dict[str, rem.SloReading] = {}  # by objective name
         self.due = 0.0
         self.task: asyncio.Task[None] | None = None
-        self.problem = ""  # the last Unknown reason logged, so a lasting outage is logged once
+        # Objectives last logged as unknown: an outage is logged when it starts and ends, not on
+        # every evaluation (the reason's wording changes, e.g. a circuit's retry countdown).
+        self.unknown: tuple[str, ...] = ()
 
     def stop(self) -> None:
         if self.task is not None:
@@ -360,7 +367,7 @@ async def _probe(
     objectives: tuple[rem.SloObjective, ...],
 ) -> None:
     """Ask Prometheus for every objective; whatever goes wrong becomes an Unknown reading."""
-    problems = []
+    problems: dict[str, str] = {}
     for objective in objectives:
         value: float | None = None
         why = ""
@@ -384,14 +391,15 @@ async def _probe(
         reading = rem.read_slo(objective, value, probe.readings.get(objective.name), _now(), why)
         probe.readings[objective.name] = reading
         if reading.verdict is rem.SloVerdict.UNKNOWN:
-            problems.append(f"{objective.name}: {reading.message}")
-    problem = "; ".join(problems)
-    if problem != probe.problem:
-        if problem:
-            logger.warning(f"{namespace}/{name}: SLO unknown, no SLO action is taken: {problem}")
+            problems[objective.name] = reading.message
+    unknown = tuple(sorted(problems))
+    if unknown != probe.unknown:
+        if unknown:
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+            logger.warning(f"{namespace}/{name}: SLO unknown, no SLO action is taken: {why}")
         else:
             logger.info(f"{namespace}/{name}: SLO readings available again")
-        probe.problem = problem
+        probe.unknown = unknown
 
 
 def _event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
