@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+import chaos_report as report
 from cluster import local
 from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
 
@@ -122,7 +123,7 @@ def deployment_replicas(cluster: Cluster, namespace: str, name: str) -> int | No
 
 
 def test_a_partition_from_the_api_server_is_survived_and_caught_up(
-    local_cluster: local.LocalCluster, fault_namespace: str, tmp_path: Path
+    local_cluster: local.LocalCluster, fault_namespace: str, tmp_path: Path, chaos_report: report.Recorder
 ) -> None:
     ns = fault_namespace
     proxy = Partition(api_address(local_cluster.kubeconfig))
@@ -133,6 +134,8 @@ def test_a_partition_from_the_api_server_is_survived_and_caught_up(
     try:
         local_cluster.kubectl("apply", "-n", ns, "-f", "-", input=web("web"))
         wait_for(lambda: deployment_replicas(local_cluster, ns, "web") == 3, timeout=60, what="web deployed")
+        # The Service is created after the Deployment: on a busy machine, seconds after it.
+        wait_for(lambda: get_json(local_cluster, "service", "web", "-n", ns), timeout=60, what="the Service")
         proxy.sever()
         # While the operator is cut off, a user scales the service and deletes a child.
         local_cluster.kubectl("scale", "rsvc", "web", "-n", ns, "--replicas=5")
@@ -148,6 +151,7 @@ def test_a_partition_from_the_api_server_is_survived_and_caught_up(
             lambda: get_json(local_cluster, "service", "web", "-n", ns), timeout=90, what="Service restored"
         )
         assert operator.alive()
+        chaos_report.record("partition", trials=1, faults=1, converged=1, operators=[operator])
     finally:
         operator.stop()
         proxy.close()
@@ -155,7 +159,7 @@ def test_a_partition_from_the_api_server_is_survived_and_caught_up(
 
 @pytest.mark.chaos
 def test_an_api_server_restart_mid_rollout_converges(
-    local_cluster: local.LocalCluster, fault_namespace: str, tmp_path: Path
+    local_cluster: local.LocalCluster, fault_namespace: str, tmp_path: Path, chaos_report: report.Recorder
 ) -> None:
     ns = fault_namespace
     canary = {
@@ -188,5 +192,6 @@ def test_an_api_server_restart_mid_rollout_converges(
         )
         assert done["stableRevision"] == done["revision"]
         assert operator.alive()
+        chaos_report.record("API server restart", trials=1, faults=1, converged=1, operators=[operator])
     finally:
         operator.stop()

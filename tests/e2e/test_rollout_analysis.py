@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+import chaos_report as report
 from conftest import REPO, Cluster, OperatorProcess, get_json, service_events, wait_for
 from prom import PrometheusServer
 from traffic import model
@@ -201,9 +202,9 @@ def test_bad_blue_green_preview_never_gets_traffic(
 
 
 def test_prometheus_down_holds_the_rollout_until_it_returns(
-    cluster: Cluster, analysed: tuple[OperatorProcess, PrometheusServer, str]
+    cluster: Cluster, analysed: tuple[OperatorProcess, PrometheusServer, str], chaos_report: report.Recorder
 ) -> None:
-    _, server, namespace = analysed
+    operator, server, namespace = analysed
     apply(cluster, namespace, service("blind", CANARY, GOOD))
     wait_phase(cluster, namespace, "blind", "Promoted")
     apply(cluster, namespace, service("blind", CANARY, "registry.k8s.io/pause:3.8"))
@@ -227,6 +228,7 @@ def test_prometheus_down_holds_the_rollout_until_it_returns(
         server.start()
     done = wait_phase(cluster, namespace, "blind", "Promoted")
     assert done["rollout"]["analysis"]["lastVerdict"] == "Pass"
+    chaos_report.record("Prometheus stop", trials=1, faults=1, converged=1, operators=[operator])
 
 
 def test_slo_burn_rate_fails_a_revision_that_spends_the_error_budget(

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+import chaos_report as report
 from conftest import REPO, Cluster, OperatorProcess, get_json, service_events, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,11 @@ def events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def test_sigkill_at_random_points_of_rollouts(
-    cluster: Cluster, crds_installed: None, chaos_namespace: str, tmp_path: Path
+    cluster: Cluster,
+    crds_installed: None,
+    chaos_namespace: str,
+    tmp_path: Path,
+    chaos_report: report.Recorder,
 ) -> None:
     seed = int(os.environ.get("HOMEOSTAT_CHAOS_SEED", str(int(time.time()))))
     rng = random.Random(seed)
@@ -123,6 +128,14 @@ def test_sigkill_at_random_points_of_rollouts(
         f"trials={TRIALS} kills={kills} converged={len(revisions)} "
         f"duplicate_events={len(duplicates)} duplicate_notifications={len(repeated)} "
         f"promoted_events={promoted} promoted_notifications={len(notified)}"
+    )
+    chaos_report.record(
+        "rollout SIGKILL",
+        trials=TRIALS,
+        faults=kills,
+        converged=len(revisions),
+        duplicates=sum(n - 1 for n in duplicates.values()) + sum(n - 1 for n in repeated.values()),
+        operators=[operator],
     )
     assert len(set(revisions)) == TRIALS
     assert not duplicates, duplicates
