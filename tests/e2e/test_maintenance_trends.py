@@ -1,0 +1,281 @@
+"""Restart-count and disk trends end to end: the operator, a real Prometheus, simulated counters.
+
+The traffic simulator exports ``kube_pod_container_status_restarts_total`` for pods annotated
+``traffic.homeostat.dev/restart-every`` and node-exporter's filesystem gauges for nodes annotated
+``traffic.homeostat.dev/disk-fill``, under the names the operator's default queries use, so
+these tests run the defaults. A real Prometheus scrapes it every second; the operator's healing
+loop acts on what the trend checks request, under a RemediationPolicy of the test's own.
+
+Each test asserts *before*: the request (status, Event, predicted time) exists while the value
+is still below the limit, and the prediction is close to when the simulated series reaches it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import prom
+from conftest import Cluster, OperatorProcess, get_json, wait_for
+from traffic import model, simulator
+
+pytestmark = pytest.mark.e2e
+
+TAINT = "homeostat.dev/disk-test"
+
+
+class Setup:
+    def __init__(self, cluster: Cluster, namespace: str, policy: str, operator: OperatorProcess) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.policy = policy
+        self.operator = operator
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest))
+
+    def get(self, name: str) -> dict[str, Any]:
+        body = get_json(self.cluster, "rsvc", name, "-n", self.namespace)
+        assert body is not None, f"rsvc {name} is gone"
+        return body
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        listed = get_json(self.cluster, "pods", "-n", self.namespace, "-l", f"homeostat.dev/service={name}")
+        return [p for p in (listed or {}).get("items") or [] if not p["metadata"].get("deletionTimestamp")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        listed = get_json(
+            self.cluster,
+            "events",
+            "-n",
+            self.namespace,
+            "--field-selector",
+            f"involvedObject.kind=ReplicatedService,involvedObject.name={name}",
+        )
+        return list((listed or {}).get("items") or [])
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "homeostat.dev/v1alpha1",
+        "kind": "RemediationPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "actions": {
+                "RestartPod": {"risk": "low", "mode": "auto"},
+                "CordonNode": {"risk": "medium", "mode": "auto"},
+            },
+            "rateLimits": {"perService": {"maxActions": 20, "window": "10m"}},
+            "blastRadius": {"minHealthyNodes": "50%", "maxConcurrentActions": 20},
+            "cooldown": "1m",
+            "verifyWindow": "1m",
+            "circuitBreaker": {"failures": 5, "window": "10m"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(
+    cluster: Cluster,
+    crds_installed: None,
+    prometheus: prom.PrometheusServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Setup]:
+    namespace = f"mt-{uuid.uuid4().hex[:8]}"
+    policy = f"mt-{uuid.uuid4().hex[:8]}"
+    workdir: Path = tmp_path_factory.mktemp("trends")
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_policy(policy)))
+    operator = OperatorProcess(
+        cluster.kubeconfig,
+        workdir / "operator.log",
+        ("--namespace", namespace, "--prometheus-url", prometheus.url, "--http-port", "0"),
+    ).start()
+    try:
+        yield Setup(cluster, namespace, policy, operator)
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        cluster.kubectl(
+            "delete", "remediationpolicy", policy, "--ignore-not-found", "--wait=false", check=False
+        )
+        print(f"operator log: {operator.log_path}")
+
+
+def service(
+    name: str, policy: str, healing: dict[str, Any], pod_spec: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "homeostat.dev/v1alpha1",
+        "kind": "ReplicatedService",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+                    **(pod_spec or {}),
+                },
+            },
+            "replicas": {"min": 1, "max": 3, "desired": 1},
+            "healing": healing,
+            "approvals": {"policy": policy},
+        },
+    }
+
+
+def seconds(timestamp: str) -> float:
+    return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _requests(body: dict[str, Any], resource: str) -> list[dict[str, Any]]:
+    requests = ((body.get("status") or {}).get("maintenance") or {}).get("requests") or []
+    return [r for r in requests if r.get("resource") == resource]
+
+
+def test_a_pod_whose_restarts_climb_is_flagged_before_the_limit_and_restarted(setup: Setup) -> None:
+    every, limit = 3.0, 20  # the pod reaches 20 restarts 60 s after it started
+    manifest = service(
+        "flappy",
+        setup.policy,
+        # The default query: kube-state-metrics' counter summed by pod.
+        {
+            "predictiveMaintenance": {
+                "restarts": {"limit": limit, "leadTime": "40s", "window": "30s", "interval": "2s"}
+            }
+        },
+    )
+    manifest["spec"]["template"]["metadata"]["annotations"] = {model.ANNOTATION_RESTART_EVERY: f"{every:g}s"}
+    setup.apply(manifest)
+    (first,) = wait_for(
+        lambda: [p for p in setup.pods("flappy") if (p.get("status") or {}).get("startTime")],
+        what="the flappy pod started",
+    )
+    name = first["metadata"]["name"]
+    started = seconds(first["status"]["startTime"])
+
+    def flagged() -> tuple[float, dict[str, Any], dict[str, Any]] | None:
+        body = setup.get("flappy")
+        mine = [r for r in _requests(body, "restarts") if r.get("pod") == name]
+        return (time.time(), mine[0], body["status"]["maintenance"]) if mine else None
+
+    seen, request, maintenance = wait_for(flagged, timeout=90, interval=0.3, what="a restart-trend request")
+    truth = started + limit * every
+    restarts_then = math.floor((seen - started) / every)
+    predicted = seconds(request["predictedExhaustionAt"])
+    print(f"flagged at {restarts_then} restarts; predicted {predicted - truth:+.1f}s from the truth")
+    assert restarts_then < limit, "flagged only after the limit was reached"
+    assert seen < truth
+    assert (request["cause"], request["action"], request["key"]) == (
+        "PredictedExhaustion",
+        "RestartPod",
+        f"{name}/PredictedExhaustion/restarts",
+    )
+    assert abs(predicted - truth) < 15
+    (finding,) = [f for f in maintenance["restarts"]["findings"] if f["pod"] == name]
+    assert finding["verdict"] == "ExhaustionPredicted" and finding["limit"] == limit
+    assert finding["value"] < limit and finding["perSecond"] == pytest.approx(1 / every, rel=0.35)
+    assert "restart limit" in maintenance["restarts"]["message"]
+
+    events = [e for e in setup.events("flappy") if e["reason"] == "PredictedExhaustion"]
+    assert events and events[0]["type"] == "Warning"
+    assert name in events[0]["message"] and "restart limit 20" in events[0]["message"]
+
+    # Healing replaces the pod (RestartPod runs automatically under the policy): it is gone and
+    # a new one, starting from zero restarts, serves instead.
+    wait_for(
+        lambda: all(p["metadata"]["name"] != name for p in setup.pods("flappy")) and setup.pods("flappy"),
+        timeout=30,
+        what=f"{name} replaced",
+    )
+    remediations = [e for e in setup.events("flappy") if e["reason"] == "Remediation"]
+    assert any("RestartPod" in e["message"] and name in e["message"] for e in remediations), remediations
+    setup.cluster.kubectl("delete", "rsvc", "flappy", "-n", setup.namespace, "--wait=false")
+
+
+@pytest.fixture
+def filling_node(cluster: Cluster, traffic_simulator: simulator.Simulator) -> Iterator[str]:
+    """A KWOK node of the test's own (tainted, so only the test's pod lands there), whose disk
+    is half full and fills by 40 % of its size a minute: the 90 % threshold is a minute away."""
+    name = f"disk-{uuid.uuid4().hex[:6]}"
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "kwok.x-k8s.io/node": "fake",
+                model.ANNOTATION_DISK_USED: "0.5",
+                model.ANNOTATION_DISK_FILL: "0.4",
+            },
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name},
+        },
+        "spec": {"taints": [{"key": TAINT, "effect": "NoSchedule"}]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+    yield name
+    cluster.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def test_a_node_whose_disk_fills_is_flagged_before_the_threshold_and_cordoned(
+    setup: Setup, filling_node: str, traffic_simulator: simulator.Simulator
+) -> None:
+    pinned = {
+        "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"kubernetes.io/hostname": filling_node},
+    }
+    healing = {
+        "predictiveMaintenance": {
+            "action": "Cordon",
+            # The default query: node-exporter's filesystem gauges of "/", by node.
+            "disk": {"threshold": 0.9, "leadTime": "40s", "window": "30s", "interval": "2s"},
+        }
+    }
+    setup.apply(service("full", setup.policy, healing, pinned))
+    wait_for(
+        lambda: [p for p in setup.pods("full") if p["spec"].get("nodeName") == filling_node],
+        what="the pod on the filling node",
+    )
+
+    def flagged() -> tuple[float, dict[str, Any], dict[str, Any]] | None:
+        body = setup.get("full")
+        mine = [r for r in _requests(body, "disk") if r.get("node") == filling_node]
+        return (time.time(), mine[0], body["status"]["maintenance"]) if mine else None
+
+    seen, request, maintenance = wait_for(flagged, timeout=90, interval=0.3, what="a disk-trend request")
+    with traffic_simulator.lock:
+        disk = traffic_simulator.world.nodes[filling_node]
+    used_then = disk.used_at(seen)
+    truth = disk.since + (0.9 - disk.used) / disk.fill * 60
+    predicted = seconds(request["predictedExhaustionAt"])
+    print(f"flagged at {used_then:.1%} used; predicted {predicted - truth:+.1f}s from the truth")
+    assert used_then < 0.9, "flagged only after the threshold was reached"
+    assert (request["cause"], request["action"]) == ("PredictedExhaustion", "CordonNode")
+    assert request["key"] == f"{filling_node}/PredictedExhaustion/disk"
+    assert abs(predicted - truth) < 10
+    (finding,) = [f for f in maintenance["disk"]["findings"] if f["node"] == filling_node]
+    assert finding["verdict"] == "ExhaustionPredicted" and finding["value"] < 0.9
+    # Only the nodes hosting the service's pods are judged: the other nodes' disks are not.
+    assert maintenance["disk"]["checked"] == 1
+
+    events = [e for e in setup.events("full") if e["reason"] == "PredictedExhaustion"]
+    assert events and events[0]["type"] == "Warning"
+    assert filling_node in events[0]["message"] and "disk" in events[0]["message"]
+
+    # The configured action runs through the healing loop: the node is cordoned.
+    wait_for(
+        lambda: (get_json(setup.cluster, "node", filling_node) or {}).get("spec", {}).get("unschedulable"),
+        timeout=30,
+        what=f"node {filling_node} cordoned",
+    )
+    remediations = [e for e in setup.events("full") if e["reason"] == "Remediation"]
+    assert any("CordonNode" in e["message"] and filling_node in e["message"] for e in remediations)
+    setup.cluster.kubectl("delete", "rsvc", "full", "-n", setup.namespace, "--wait=false")
