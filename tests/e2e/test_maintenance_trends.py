@@ -279,3 +279,47 @@ def test_a_node_whose_disk_fills_is_flagged_before_the_threshold_and_cordoned(
     remediations = [e for e in setup.events("full") if e["reason"] == "Remediation"]
     assert any("CordonNode" in e["message"] and filling_node in e["message"] for e in remediations)
     setup.cluster.kubectl("delete", "rsvc", "full", "-n", setup.namespace, "--wait=false")
+
+
+@pytest.mark.parametrize(
+    ("healing", "accepted", "message"),
+    [
+        ({"predictiveMaintenance": {"restarts": {}}}, True, ""),  # no node-risk query needed
+        ({"predictiveMaintenance": {"disk": {}, "action": "Drain"}}, True, ""),
+        (
+            {"predictiveMaintenance": {"restarts": {"limit": 0}}},
+            False,
+            "spec.healing.predictiveMaintenance.restarts.limit",
+        ),
+        (
+            {"predictiveMaintenance": {"restarts": {"leadTime": "0s"}}},
+            False,
+            "spec.healing.predictiveMaintenance.restarts.leadTime must be a positive duration",
+        ),
+        (
+            {"predictiveMaintenance": {"disk": {"threshold": 1.5}}},
+            False,
+            "spec.healing.predictiveMaintenance.disk.threshold",
+        ),
+        (
+            {"predictiveMaintenance": {"disk": {"threshold": 0}}},
+            False,
+            "spec.healing.predictiveMaintenance.disk.threshold",
+        ),
+        (
+            {"predictiveMaintenance": {"disk": {"window": "soon"}}},
+            False,
+            "spec.healing.predictiveMaintenance.disk.window",
+        ),
+    ],
+)
+def test_api_validation_of_the_trend_blocks(
+    cluster: Cluster, crds_installed: None, healing: dict[str, Any], accepted: bool, message: str
+) -> None:
+    manifest = service("validated", "default", healing)
+    manifest["metadata"]["namespace"] = "default"
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(manifest), check=False
+    )
+    assert (result.returncode == 0) is accepted, result.stderr
+    assert message in result.stderr

@@ -365,11 +365,11 @@ def describe(finding: Finding) -> str:
     left = "" if finding.seconds_to_limit is None else _seconds(finding.seconds_to_limit)
     if finding.resource is Resource.RESTARTS:
         count = "" if finding.value is None else f"{finding.value:.1f} restarts"
-        rate = "" if finding.slope is None else f", rising {finding.slope * 3600:.1f}/h"
+        rate = "" if finding.slope is None else f", rising {_rate(finding.slope, '{:.1f}')}"
         when = f"; predicted to reach the restart limit in {left}" if left else ""
         return f"pod {finding.subject}: {count}{rate}, restart limit {finding.limit:g}{when}"
     used = "" if finding.value is None else f"disk {finding.value:.1%} used"
-    rate = "" if finding.slope is None else f", rising {finding.slope * 3600:.1%}/h"
+    rate = "" if finding.slope is None else f", rising {_rate(finding.slope, '{:.1%}')}"
     when = f"; predicted to fill to the threshold in {left}" if left else ""
     return f"node {finding.subject}: {used}{rate}, threshold {finding.limit:.0%}{when}"
 
@@ -388,6 +388,13 @@ def requests(
         request = Request(f.resource, f.subject, action_for(spec), now, exhausted, describe(f))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
+
+
+def _rate(per_second: float, form: str) -> str:
+    """Per hour, or per minute when that reads better (fast failures, compressed tests)."""
+    if abs(per_second) * 3600 >= 100 or (form.endswith("%}") and abs(per_second) * 3600 >= 1):
+        return form.format(per_second * 60) + "/min"
+    return form.format(per_second * 3600) + "/h"
 
 
 def _seconds(value: float) -> str:
