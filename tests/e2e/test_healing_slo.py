@@ -203,6 +203,31 @@ def test_a_new_revision_with_a_high_error_rate_is_rolled_back(setup: Setup) -> N
     assert setup.desired("api") == 2  # rolled back, not scaled
 
 
+@pytest.mark.parametrize(
+    ("slo", "message"),
+    [
+        ({}, "spec.healing.slo needs errorRate or latency when enabled"),
+        ({"latency": {"max": 0.3}}, "spec.healing.slo.latency.query: Required value"),
+        ({"errorRate": {"query": "q", "max": 2}}, "spec.healing.slo.errorRate.max: Invalid value"),
+        ({"latency": {"query": "q", "max": 0}}, "spec.healing.slo.latency.max: Invalid value"),
+        ({"latency": {"query": "q", "max": 1}, "interval": "0s"}, "slo.interval must be a positive duration"),
+        (
+            {"latency": {"query": "q", "max": 1}, "action": "Panic"},
+            "spec.healing.slo.action: Unsupported value",
+        ),
+    ],
+)
+def test_bad_slo_blocks_are_refused_by_the_api_server(
+    cluster: Cluster, crds_installed: None, slo: dict[str, Any], message: str
+) -> None:
+    body = service("bad", {})
+    body["metadata"]["namespace"] = "default"
+    body["spec"]["healing"] = {"slo": slo}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
 def test_without_prometheus_nothing_is_done_until_it_answers_again(setup: Setup) -> None:
     """Runs last: it stops the module's Prometheus."""
     setup.prometheus.stop()
