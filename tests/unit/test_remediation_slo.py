@@ -5,8 +5,11 @@ cannot answer. Time is an argument everywhere; no clock is read, nothing is mock
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
+import random
 from typing import Any
 
 import pytest
@@ -289,3 +292,114 @@ def test_bad_slo_specs_name_the_field(raw: dict[str, Any], field: str) -> None:
     with pytest.raises(rem.specs.SpecError) as info:
         rem.parse_healing(raw)
     assert info.value.field == field
+
+
+# --- bounded model check ---------------------------------------------------------------------------
+#
+# A small world around the real ``step``: the latency reading turns bad, good or unknown, a new
+# revision is deployed or becomes stable, time passes; executed effects change the world the way
+# the handler and the cluster would (a scale-up raises the replica count, a rollback marks the
+# revision rolled back). Every sequence up to MODEL_DEPTH events is explored, with and without an
+# autoscaler owning the replica count, and after every event:
+# - no action unless the reading is Breached and has been for ``for`` (never act blind);
+# - a scale-up goes up, never beyond max, and never on an autoscaled service;
+# - a rollback only of an unproven revision;
+# - an SLO incident is never resolved as succeeded while its reading is Unknown;
+# - the state survives a round trip through storage.
+
+MODEL_EVENTS = ("bad", "good", "blind", "deploy", "promote", "tick-3s", "tick-40s", "tick-5m")
+MODEL_DEPTH = 4
+MODEL_SAMPLES, MODEL_SAMPLE_LENGTH = 400, 25
+ONE = dataclasses.replace(SLO, objectives=(LATENCY,), slo_for=30.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    now: float = NOW
+    value: float | None = 0.1
+    reading: rem.SloReading | None = None
+    replicas: int = 2
+    current: str = "r1"
+    stable: str = "r1"
+    rolled_back: str = ""
+    revisions: int = 1
+    autoscaled: bool = False
+
+    def view(self) -> rem.ServiceView:
+        return view(
+            *((self.reading,) if self.reading is not None else ()),
+            healing=ONE,
+            replicas=self.replicas,
+            max_replicas=4,
+            current_revision=self.current,
+            stable_revision=self.stable,
+            rolled_back=self.rolled_back,
+            autoscaled=self.autoscaled,
+        )
+
+
+def _event(world: World, event: str) -> World:
+    if event in ("bad", "good", "blind"):
+        world = dataclasses.replace(world, value={"bad": 0.9, "good": 0.1, "blind": None}[event])
+    elif event == "deploy":
+        n = world.revisions + 1
+        world = dataclasses.replace(world, current=f"r{n}", revisions=n)
+    elif event == "promote":
+        world = dataclasses.replace(world, stable=world.current)
+    else:
+        seconds = {"tick-3s": 3, "tick-40s": 40, "tick-5m": 300}[event]
+        world = dataclasses.replace(world, now=world.now + seconds)
+    # The handler's probe answers on every event (an interval shorter than any tick).
+    return dataclasses.replace(world, reading=rem.read_slo(LATENCY, world.value, world.reading, world.now))
+
+
+def _pass(
+    state: rem.HealingState, world: World, seen: collections.Counter[str]
+) -> tuple[rem.HealingState, World, list[str]]:
+    before = world.view()
+    state, effects = run(state, before, world.now)
+    problems = []
+    reading = world.reading
+    for effect in effects:
+        seen[
+            type(effect).__name__ + (f":{effect.action.value}" if isinstance(effect, rem.Execute) else "")
+        ] += 1
+        if isinstance(effect, rem.Execute):
+            breached = reading is not None and reading.verdict is V.BREACHED and reading.since is not None
+            if not breached or world.now - reading.since < ONE.slo_for:  # type: ignore[union-attr, operator]
+                problems.append(f"acted on {reading}")
+            if effect.action is A.SCALE_UP:
+                wanted = int(effect.value)
+                if not world.replicas < wanted <= 4 or world.autoscaled:
+                    problems.append(f"scale-up {world.replicas} -> {wanted} (autoscaled {world.autoscaled})")
+                world = dataclasses.replace(world, replicas=wanted)
+            elif effect.action is A.ROLLBACK:
+                if not rem.unproven(before):
+                    problems.append(f"rolled back a proven revision {world.current}")
+                world = dataclasses.replace(world, rolled_back=world.current)
+            else:
+                problems.append(f"unexpected {effect.action}")
+        blind = reading is not None and reading.verdict is V.UNKNOWN
+        if isinstance(effect, rem.Resolved) and effect.succeeded and blind:
+            problems.append("resolved while blind")
+    if rem.HealingState.from_storage(state.as_in_storage()) != dataclasses.replace(state, policy_error=""):
+        problems.append("storage round trip")
+    return state, world, problems
+
+
+@pytest.mark.parametrize("autoscaled", [False, True], ids=["replicas-free", "autoscaled"])
+def test_model_slo_healing_never_acts_blind_or_beyond_its_bounds(autoscaled: bool) -> None:
+    start = World(autoscaled=autoscaled)
+    seen: collections.Counter[str] = collections.Counter()
+    rng = random.Random(6)
+    exhaustive = itertools.product(MODEL_EVENTS, repeat=MODEL_DEPTH)
+    samples = (tuple(rng.choices(MODEL_EVENTS, k=MODEL_SAMPLE_LENGTH)) for _ in range(MODEL_SAMPLES))
+    for trace in itertools.chain(exhaustive, samples):
+        state, world = rem.HealingState(), start
+        for i, event in enumerate(trace):
+            world = _event(world, event)
+            state, world, problems = _pass(state, world, seen)
+            assert not problems, (trace[: i + 1], problems)
+    # The model reaches what it checks: actions, verification both ways, and escalation.
+    assert seen["Execute:Rollback"] and seen["Resolved"] and seen["Escalate"]
+    assert bool(seen["Execute:ScaleUp"]) is not autoscaled
