@@ -3,8 +3,9 @@
 Every ``spec.autoscaling.interval`` the load metric and its history are read through the
 metrics port, the forecast is fitted in a process pool (an optimised Holt-Winters fit takes
 hundreds of milliseconds of CPU, which would stall every other handler on kopf's event loop),
-``core.scaling`` decides, and the count is written through the scale subresource. Memory trends
-of the service's pods are checked on their own interval the same way.
+``core.scaling`` decides, and the count is written through the scale subresource. Memory and
+restart-count trends of the service's pods, and disk trends of the nodes they run on, are
+checked on their own intervals the same way (``core.maintenance``, ``core.trends``).
 
 This is not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer
 would block deleting a service whenever the operator is down. A startup task walks the
