@@ -549,6 +549,7 @@ def _decision_condition(decision: sc.Decision, why: str, generation: int) -> dic
 # own status.maintenance.restarts and .disk; each owns its entries of the shared requests list
 # (by their ``resource``; entries without one are memory's, as written before there were others).
 _MEMORY_KEYS = ("lastEvaluated", "reason", "message", "pods", "findings")
+MAX_REQUESTS = 64  # status.maintenance.requests maxItems
 
 
 async def _write_maintenance(
@@ -579,7 +580,8 @@ async def _write_maintenance(
                 for r in previous.get("requests") or []
                 if isinstance(r, Mapping) and r.get("resource", tr.Resource.MEMORY.value) != resource.value
             ]
-            merged["requests"] = [*kept, *(requests or [])]
+            # The CRD bounds the list; past it the API server would refuse the whole patch.
+            merged["requests"] = [*kept, *(requests or [])][:MAX_REQUESTS]
         live = any(v not in (None, [], {}) for v in merged.values())
         await rs.write_status(runtime, body, {"maintenance": merged if live else None})
 
