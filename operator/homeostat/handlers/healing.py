@@ -87,7 +87,7 @@ class Loop:
 
 
 @kopf.index("", "v1", "pods", labels={kids.LABEL_SERVICE: kopf.PRESENT})  # type: ignore[arg-type]
-def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     meta = body.get("metadata") or {}
     slim = {
         "metadata": {
@@ -100,7 +100,7 @@ def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_
 
 
 @kopf.index("", "v1", "nodes")
-def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     wanted = ("Ready", *rem.PRESSURE_CONDITIONS)
     conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") in wanted]
     return {
@@ -113,7 +113,7 @@ def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 
 @kopf.index(kids.GROUP, kids.VERSION, "remediationpolicies")
-def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+async def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {name: copy.deepcopy(dict(spec))}
 
 
