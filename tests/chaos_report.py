@@ -8,13 +8,17 @@ at the end of the session. A test that requested the recorder and failed is list
 table, so a failure before its ``record`` call does not silently drop a row.
 
 "crashes" counts operator processes that exited without the test killing them, plus tracebacks
-in their logs (an unhandled exception the operator survived is still a defect to look at).
-Registered as a pytest plugin from tests/conftest.py.
+in their logs (an unhandled exception the operator survived is still a defect to look at),
+except those ending in ``homeostat.ports.Unavailable``: that is the operator saying the fault
+the test injected (API server or Prometheus away) is there, and it survives it by design.
+Those are counted apart and printed under the table, since a traceback for an expected outage
+is noise worth removing. Registered as a pytest plugin from tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -34,6 +38,9 @@ ORDER = (
     "fuzz",
 )
 TRACEBACK = "Traceback (most recent call last)"
+EXPECTED = "homeostat.ports.Unavailable"
+# A log record starts with its timestamp (the operator's plain format): "[2026-11-23 21:39:04,011]".
+RECORD = re.compile(r"^\[\d{4}-", re.MULTILINE)
 
 
 class Operator(Protocol):
@@ -52,6 +59,7 @@ class Row:
     converged: int = 0
     duplicates: int = 0
     crashes: int = 0
+    expected_tracebacks: int = 0  # not a column: printed under the table
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -64,9 +72,25 @@ class Row:
         )
 
 
+def tracebacks(log: str) -> tuple[list[str], int]:
+    """The final exception line of each unexpected traceback in ``log``, and how many expected
+    ones (``homeostat.ports.Unavailable``) there were."""
+    unexpected, expected = [], 0
+    for record in RECORD.split(log):
+        if TRACEBACK not in record:
+            continue
+        lines = [line for line in record.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        if last.startswith(EXPECTED):
+            expected += 1
+        else:
+            unexpected.append(last)
+    return unexpected, expected
+
+
 def count_crashes(operators: Iterable[Operator]) -> int:
-    """Exits the test did not cause, plus tracebacks in the operators' logs."""
-    return sum(op.unexpected_exits() + op.logs().count(TRACEBACK) for op in operators)
+    """Exits the test did not cause, plus unexpected tracebacks in the operators' logs."""
+    return sum(op.unexpected_exits() + len(tracebacks(op.logs())[0]) for op in operators)
 
 
 class Recorder:
@@ -91,7 +115,9 @@ class Recorder:
         row.faults += faults
         row.converged += converged
         row.duplicates += duplicates
+        operators = list(operators)
         row.crashes += crashes + count_crashes(operators)
+        row.expected_tracebacks += sum(tracebacks(op.logs())[1] for op in operators)
 
     def table(self) -> str:
         rank = {name: i for i, name in enumerate(ORDER)}
@@ -147,5 +173,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("chaos and fault summary")
     if _RECORDER.rows:
         terminalreporter.write_line(_RECORDER.table())
+    noisy = [
+        f"{r.scenario} {r.expected_tracebacks}" for r in _RECORDER.rows.values() if r.expected_tracebacks
+    ]
+    if noisy:
+        terminalreporter.write_line(
+            f"tracebacks for an expected outage ({EXPECTED}, survived, not counted as crashes): "
+            + ", ".join(noisy)
+        )
     for nodeid in _RECORDER.failed:
         terminalreporter.write_line(f"FAILED, its figures may be missing above: {nodeid}")

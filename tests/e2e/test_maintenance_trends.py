@@ -201,6 +201,45 @@ def test_a_pod_whose_restarts_climb_is_flagged_before_the_limit_and_restarted(se
     setup.cluster.kubectl("delete", "rsvc", "flappy", "-n", setup.namespace, "--wait=false")
 
 
+def test_memory_and_restart_checks_share_status_without_dropping_each_other(setup: Setup) -> None:
+    """Two checks of one service run as separate tasks and write the same status key: each
+    keeps its own part (memory at the top, restarts under its key) and its own requests."""
+    memory_query = (
+        "sum by (pod) (homeostat_sim_memory_working_set_bytes"
+        '{namespace="{{namespace}}", service="{{service}}"})'
+    )
+    healing = {
+        "predictiveMaintenance": {
+            "memory": {"query": memory_query, "leadTime": "2m", "window": "1m", "interval": "2s"},
+            "restarts": {"limit": 1000, "leadTime": "1m", "window": "1m", "interval": "3s"},
+        }
+    }
+    # The pod leaks towards its 160 Mi limit (flagged at once) and restarts every 2 s (a trend,
+    # but 1000 restarts are far away: Growing, no request).
+    manifest = service("both", setup.policy, healing)
+    template = manifest["spec"]["template"]
+    template["metadata"]["annotations"] = {
+        model.ANNOTATION_MEMORY_LEAK: "2Mi",
+        model.ANNOTATION_RESTART_EVERY: "2s",
+    }
+    template["spec"]["containers"][0]["resources"] = {"limits": {"memory": "160Mi"}}
+    setup.apply(manifest)
+
+    def together() -> dict[str, Any] | None:
+        maintenance = (setup.get("both").get("status") or {}).get("maintenance") or {}
+        memory = [r for r in maintenance.get("requests") or [] if r.get("resource", "memory") == "memory"]
+        restarts = (maintenance.get("restarts") or {}).get("findings") or []
+        growing = [f for f in restarts if f["verdict"] == "Growing"]
+        return maintenance if memory and growing and maintenance.get("findings") else None
+
+    maintenance = wait_for(
+        together, timeout=90, interval=0.3, what="memory request and restart trend together"
+    )
+    assert maintenance["reason"] == "Evaluated" and maintenance["restarts"]["reason"] == "Evaluated"
+    assert not _requests({"status": {"maintenance": maintenance}}, "restarts")
+    setup.cluster.kubectl("delete", "rsvc", "both", "-n", setup.namespace, "--wait=false")
+
+
 @pytest.fixture
 def filling_node(cluster: Cluster, traffic_simulator: simulator.Simulator) -> Iterator[str]:
     """A KWOK node of the test's own (tainted, so only the test's pod lands there), whose disk

@@ -58,6 +58,8 @@ def events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     return service_events(cluster, namespace, "chaos")
 
 
+# About 15 s a trial on two busy cores: pytest's default 600 s is too short for 50.
+@pytest.mark.timeout(300 + 60 * TRIALS)
 def test_sigkill_at_random_points_of_rollouts(
     cluster: Cluster,
     crds_installed: None,

@@ -221,7 +221,6 @@ class Simulator:
             self.problems = problems
             self.polls += 1
 
-
     def _node_disks(self, core: Any, problems: dict[str, str]) -> list[model.NodeDisk] | None:
         """Every node's disk (None when nodes cannot be listed, e.g. with namespaced credentials)."""
         try:

@@ -38,3 +38,19 @@ def test_two_workers_run_two_fits_at_once() -> None:
         assert state.pool is not None and len(state.pool._processes) == 2
     finally:
         state.shutdown()
+
+
+def test_workers_get_one_blas_thread_each() -> None:
+    """Several workers each running OpenBLAS with a thread per core oversubscribe the CPUs."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    state = autoscaling.Autoscaler(2)
+    try:
+        seen = asyncio.run(state.compute(os.getenv, "OPENBLAS_NUM_THREADS"))
+        assert seen == "1"
+    finally:
+        state.shutdown()
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
