@@ -87,7 +87,9 @@ class Loop:
 
 
 @kopf.index("", "v1", "pods", labels={kids.LABEL_SERVICE: kopf.PRESENT})  # type: ignore[arg-type]
-async def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def healing_pods(
+    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     meta = body.get("metadata") or {}
     slim = {
         "metadata": {
