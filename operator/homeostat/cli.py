@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -202,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     # kopf reports every successful handler run at INFO; with level-based reconciles that is a
     # line per watch event and drowns what the operator actually did.
     logging.getLogger("kopf.objects").addFilter(_drop_handler_success)
-    logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.configuration.host)
+    logging.getLogger("homeostat").info("connected to Kubernetes %s at %s", version, api.host)
     logging.getLogger("homeostat").info("metrics backend: %s", metrics_provider or "none configured")
     from homeostat.adapters import approvals as approval_store
     from homeostat.adapters import notifiers, slack
@@ -223,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
     telemetry = prometheus_telemetry.PrometheusTelemetry()
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api),
-        credentials=functools.partial(kube.credentials, args.kubeconfig),
+        credentials=api.credentials,
         resync_seconds=args.resync_interval,
         metrics=metrics_provider,
         notifier=chat.notifier,

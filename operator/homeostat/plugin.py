@@ -26,8 +26,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import kubernetes
-
 from homeostat import ports
 from homeostat.adapters import approvals, kube
 from homeostat.core import approval as appr
@@ -342,14 +340,6 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-def _current_namespace(kubeconfig: str | None) -> str:
-    try:
-        _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
-    except Exception:  # no kubeconfig: in-cluster or broken, load_client reports it properly
-        return "default"
-    return str((active or {}).get("context", {}).get("namespace") or "default")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -359,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     ctx = Context(
         approvals.KubeApprovals(api),
-        args.namespace or _current_namespace(args.kubeconfig),
+        args.namespace or api.namespace,
         workloads=kube.KubernetesWorkloads(api),
     )
     try:

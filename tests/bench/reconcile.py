@@ -5,6 +5,11 @@ the moment a watch sees its Deployment. The baseline is Kubernetes' own Deployme
 on the same cluster and machine: Deployment create → its ReplicaSet seen by a watch. Memory is
 the operator's resident set size, idle (baseline) and with N services reconciled.
 
+The operator runs from the built wheel installed into a fresh virtual environment, the way the
+Dockerfile installs it: the development environment also holds the official Kubernetes client,
+which kopf imports whenever it is installed, so running from it would measure a process no user
+runs (ADR 0016).
+
 Usage: python tests/bench/reconcile.py [--services 100] [--fleet 1000]
 """
 
@@ -22,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,9 +166,27 @@ def ready_count(api: kubernetes.client.ApiClient, namespace: str) -> int:
     return sum(1 for i in items["items"] if (i.get("status") or {}).get("phase") == "Ready")
 
 
+def install_operator(where: Path) -> Path:
+    """Build the wheel and install it into a fresh environment; return its console script."""
+    dist = where / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    env_dir = where / "venv"
+    venv.create(env_dir, with_pip=True)
+    wheel = next(dist.glob("homeostat-*.whl"))
+    subprocess.run([str(env_dir / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, timeout=900)
+    return env_dir / "bin" / "homeostat"
+
+
 @contextlib.contextmanager
-def operator(kubeconfig: Path, namespaces: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    args = [str(Path(sys.executable).parent / "homeostat"), "run", "--kubeconfig", str(kubeconfig)]
+def operator(
+    script: Path, kubeconfig: Path, namespaces: list[str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    args = [str(script), "run", "--kubeconfig", str(kubeconfig)]
     for ns in namespaces:
         args += ["--namespace", ns]
     args += ["--log-level", "warning"]
@@ -205,10 +229,10 @@ def main() -> int:
         for ns in (lat_ns, base_ns, fleet_ns):
             core.create_namespace({"metadata": {"name": ns}})
 
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            operator(kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op.log") as proc,
-        ):
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            script = install_operator(Path(tmp))
+            proc = stack.enter_context(operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op.log"))
             time.sleep(5)
             results["rss_idle_mb"] = rss_mb(proc.pid)
 

@@ -620,6 +620,8 @@ def test_sigkill_at_random_points_of_remediations(env: Env, chaos_report: report
     )
     assert all(o.converged for o in outcomes)
     assert sum(o.duplicates for o in outcomes) == 0, [o.notes for o in outcomes if o.duplicates]
+    # Write-ahead: every action taken has its record, whenever the kill came.
+    assert sum(o.lost for o in outcomes) == 0, [o.notes for o in outcomes if o.lost]
     assert env.operator.alive(), env.operator.logs()[-3000:]
 
 

@@ -15,11 +15,10 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 
 from homeostat import ports
-from homeostat.adapters import kube_healing
+from homeostat.adapters import kube, kube_healing
 
 NODE = "kwok-node-1"
 
@@ -181,9 +180,7 @@ def api() -> Iterator[FakeAPI]:
 
 
 def healing(fake: FakeAPI, patterns: tuple[str, ...]) -> kube_healing.KubernetesHealing:
-    config = kubernetes.client.Configuration()
-    config.host = fake.url
-    return kube_healing.KubernetesHealing(kubernetes.client.ApiClient(config), drain_namespaces=patterns)
+    return kube_healing.KubernetesHealing(kube.Client(fake.url), drain_namespaces=patterns)
 
 
 @pytest.mark.parametrize(

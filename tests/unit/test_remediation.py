@@ -278,13 +278,62 @@ def test_a_symptom_that_stays_fails_verification_and_escalates() -> None:
     failing = view(pod("a", ready=False, not_ready_for=900))
     state, _ = run(rem.HealingState(), failing, NOW)
     state, effects = run(state, failing, NOW + 30)
-    assert effects == ()  # still within the verify window
+    # Still within the verify window, and the very pod is still there: the restart is asked
+    # for again (a resume), which is no new action.
+    assert [(type(e).__name__, getattr(e, "resume", None)) for e in effects] == [("Execute", True)]
+    assert len(state.history) == 1
     state, effects = run(state, failing, NOW + 61)
     assert kinds(effects) == ["Escalate"]
     assert effects[0].reason == "LadderExhausted"  # type: ignore[union-attr]
     assert [r.outcome for r in state.history] == [pol.Outcome.FAILED]
     state, effects = run(state, failing, NOW + 3600)
     assert effects == ()  # escalated: a human owns it now
+
+
+RESUMES = [
+    ("restart of a failed pod", view(pod("a", phase="Failed", exit_code=1)), A.RESTART_POD, True),
+    (
+        "rollback of a crashing new revision",
+        view(pod("a", revision="r2", phase="Failed", exit_code=1), current_revision="r2"),
+        A.ROLLBACK,
+        True,
+    ),
+    (
+        "pods off a failed node",
+        view(
+            pod("a", node="n1"), pod("b", node="n2"), nodes=(node("n1", ready=False, down_for=45), node("n2"))
+        ),
+        A.RESCHEDULE_PODS,
+        True,
+    ),
+    (
+        "memory limit after an OOM kill",
+        view(pod("a", last_reason="OOMKilled", last_finished_ago=10)),
+        A.RAISE_MEMORY_LIMIT,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "action", "resumable"), [r[1:] for r in RESUMES], ids=[r[0] for r in RESUMES]
+)
+def test_an_action_recorded_but_perhaps_not_carried_out_is_asked_again_the_same_way(
+    service: rem.ServiceView, action: pol.Action, resumable: bool
+) -> None:
+    """After a crash between the write-ahead record and the action, the symptom is still there
+    during the verify window: repeatable actions are asked for again, identically (same pods,
+    same rollback command id), without a new record; the others wait for verification."""
+    state, (first,) = run(rem.HealingState(), service, NOW)
+    assert isinstance(first, rem.Execute) and first.action is action and not first.resume
+    restored = rem.HealingState.from_storage(state.as_in_storage())  # as read back after a restart
+    again, effects = run(restored, service, NOW + 10)
+    assert len(again.history) == 1
+    if resumable:
+        (resumed,) = effects
+        assert resumed == dataclasses.replace(first, resume=True, message=resumed.message)
+    else:
+        assert effects == ()
 
 
 def test_a_restarted_pod_whose_replacement_fails_counts_as_a_failure() -> None:

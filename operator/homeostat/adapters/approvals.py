@@ -9,16 +9,11 @@ end as one write and one ``Conflict``, and the loser re-reads and is judged agai
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import json
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any
-
-import kubernetes
-import urllib3
 
 from homeostat import ports
 from homeostat.adapters import kube
@@ -33,11 +28,21 @@ def _path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
-class KubeApprovals:
-    """``ports.ApprovalStore`` and ``ports.ApprovalGate`` over the official client (in threads)."""
+def _error(exc: kube.ApiError) -> Exception:
+    if exc.status == 409:
+        return ports.Conflict(exc.message)
+    if exc.status == 404:
+        return LookupError(exc.message)
+    if exc.status in (400, 403, 422):
+        return ports.Rejected(f"{exc.status}: {exc.message}")
+    return ports.Unavailable(f"{exc.status}: {exc.message}")
 
-    def __init__(self, api: kubernetes.client.ApiClient, requester: str = kids.MANAGER) -> None:
-        self._api = api
+
+class KubeApprovals:
+    """``ports.ApprovalStore`` and ``ports.ApprovalGate`` over ``adapters.kube``."""
+
+    def __init__(self, client: kube.Client, requester: str = kids.MANAGER) -> None:
+        self._client = client
         self.requester = requester
 
     def _call(
@@ -49,21 +54,15 @@ class KubeApprovals:
         query: list[tuple[str, str]] | None = None,
     ) -> Any:
         try:
-            return kube.request(self._api, path, method, body=body, content_type=content_type, query=query)
-        except kubernetes.client.ApiException as exc:
-            message = _message(exc)
-            if exc.status == 409:
-                raise ports.Conflict(message) from None
-            if exc.status == 404:
-                raise LookupError(message) from None
-            if exc.status in (400, 403, 422):
-                raise ports.Rejected(f"{exc.status}: {message}") from None
-            raise ports.Unavailable(f"{exc.status}: {message}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ports.Unavailable(str(exc).splitlines()[0][:200]) from None
+            return self._client.call_sync(path, method, body=body, content_type=content_type, query=query)
+        except kube.ApiError as exc:
+            raise _error(exc) from None
 
-    async def _run(self, *args: Any) -> Any:
-        return await asyncio.to_thread(self._call, *args)
+    async def _run(self, path: str, method: str, body: Any = None, content_type: str | None = None) -> Any:
+        try:
+            return await self._client.call(path, method, body=body, content_type=content_type)
+        except kube.ApiError as exc:
+            raise _error(exc) from None
 
     # --- ports.ApprovalStore -------------------------------------------------------------------
 
@@ -208,10 +207,3 @@ def ticket(body: Mapping[str, Any], now: float) -> ports.ApprovalTicket:
             meta["namespace"], meta["name"], appr.Phase.DENIED, f"invalid approval: {exc}"
         )
     return ports.ApprovalTicket(meta["namespace"], meta["name"], state.phase, state.reason)
-
-
-def _message(exc: kubernetes.client.ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except ValueError:
-        return str(exc.reason)

@@ -3,7 +3,7 @@ the template, and ask the rollout machinery for a rollback.
 
 Evictions go through the Eviction API (policy/v1), never a plain delete, so PodDisruptionBudgets
 are honoured; a 429 means the budget would be broken and the drain stops there. Every call
-reuses ``adapters.kube``'s request handling (worker thread, timeouts, error mapping).
+reuses ``adapters.kube``'s request handling (timeouts, error mapping).
 
 An operator installed for a few namespaces may not be allowed to list or evict pods anywhere
 else (ADR 0014). Given those namespaces (``drain_namespaces``), a drain cordons the node, evicts
@@ -13,12 +13,9 @@ on a cluster-wide list it has no right to.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-
-import kubernetes
 
 from homeostat import ports
 from homeostat.adapters import kube
@@ -38,18 +35,18 @@ def _status_code(exc: ports.Unavailable) -> str:
 
 
 class KubernetesHealing:
-    """``ports.HealingActions`` over the official client."""
+    """``ports.HealingActions`` over ``adapters.kube``."""
 
-    def __init__(self, api: kubernetes.client.ApiClient, *, drain_namespaces: Sequence[str] = ()) -> None:
+    def __init__(self, client: kube.Client, *, drain_namespaces: Sequence[str] = ()) -> None:
         """``drain_namespaces``: the namespace patterns (``--namespace`` values: names, globs,
         ``!exclusions``) a drain is confined to; empty drains pods of every namespace."""
-        self._calls = kube.KubernetesWorkloads(api)
+        self._calls = kube.KubernetesWorkloads(client)
         self.drain_namespaces = tuple(drain_namespaces)
 
     async def _call(
         self, path: str, method: str, body: Any = None, content_type: str | None = None, **kw: Any
     ) -> Any:
-        return await asyncio.to_thread(self._calls._call, path, method, body, content_type, kw.get("query"))
+        return await self._calls._call(path, method, body, content_type, kw.get("query"))
 
     async def delete_pod(self, namespace: str, name: str, *, force: bool) -> bool:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}

@@ -3,14 +3,10 @@
 Scaling through ``/scale`` rather than patching the spec means the autoscaler owns exactly one
 field (``spec.replicas.desired``), the API server checks it against the same validation as
 ``kubectl scale``, and a rollout editing the template at the same moment never conflicts with
-it. The synchronous client call runs in a worker thread, like every call in ``adapters.kube``.
+it. The call goes through ``adapters.kube`` like every other (timeouts, error mapping).
 """
 
 from __future__ import annotations
-
-import asyncio
-
-import kubernetes
 
 from homeostat import ports
 from homeostat.adapters import kube
@@ -18,15 +14,15 @@ from homeostat.core import children as kids
 
 
 class KubernetesScaler:
-    """``ports.Scaler`` over the official client."""
+    """``ports.Scaler`` over ``adapters.kube``."""
 
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+    def __init__(self, client: kube.Client) -> None:
         # Reuses the Workloads adapter's request handling (timeouts, error mapping).
-        self._calls = kube.KubernetesWorkloads(api)
+        self._calls = kube.KubernetesWorkloads(client)
 
     async def scale(self, owner: kids.Owner, replicas: int) -> None:
         if replicas < 0:
             raise ports.Rejected(f"cannot scale {owner.namespace}/{owner.name} to {replicas} replicas")
         path = kube._path(kids.API_VERSION, kids.KIND, owner.namespace, owner.name) + "/scale"
         body = {"spec": {"replicas": replicas}}
-        await asyncio.to_thread(self._calls._call, path, "PATCH", body, "application/merge-patch+json")
+        await self._calls._call(path, "PATCH", body, "application/merge-patch+json")

@@ -681,6 +681,14 @@ def ladder(
     return ()
 
 
+def _ladder_for(finding: Finding, view: ServiceView) -> tuple[pol.Action, ...]:
+    """``ladder`` with the action predictive maintenance asked for on the finding's target."""
+    maint = {
+        f"Node/{r.node}" if r.node else f"Pod/{view.namespace}/{r.pod}": r.action for r in view.maintenance
+    }
+    return ladder(finding, view, maint.get(finding.target))
+
+
 # --- persisted state ---------------------------------------------------------------------------
 
 
@@ -786,9 +794,21 @@ class Execute:
     node: str = ""
     container: str = ""
     value: str = ""  # the new memory limit, the new replica count, or the rollback's unique id
-    # A drain resumed on a later pass: evictions a disruption budget refused are tried again
-    # while the verify window lasts. Not a new action: no record, no rate-limit cost.
+    # The incident's action issued again on a later pass while the verify window lasts and its
+    # target still shows the symptom: evictions a disruption budget refused, or an action the
+    # operator recorded (write-ahead) but was killed before carrying out. Only for actions whose
+    # repetition is the same request (_RESUMABLE). Not a new action: no record, no rate-limit cost.
     resume: bool = False
+
+
+# Repeating these asks for the same end state: the same pods deleted (a gone pod is a no-op),
+# the same node drained, the same rollback command (its id derives from when it was decided).
+# ScaleUp and RaiseMemoryLimit are left out: recomputed from a spec they already changed, they
+# would go one step further.
+_RESUMABLE = frozenset(
+    a.value
+    for a in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS, pol.Action.DRAIN_NODE, pol.Action.ROLLBACK)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -933,19 +953,14 @@ def _advance(
             effects.append(Resolved(key, incident.target, incident.symptom, True, text))
             return None, history
         if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
-            if incident.action == pol.Action.DRAIN_NODE.value and finding is not None:
-                node = incident.target.removeprefix("Node/")
-                effects.append(
-                    Execute(
-                        key,
-                        pol.Action.DRAIN_NODE,
-                        incident.target,
-                        incident.symptom,
-                        finding.detail,
-                        node=node,
-                        resume=True,
-                    )
-                )
+            # Only while the symptom still calls for this action: a revision proven stable
+            # meanwhile is not rolled back because a rollback was once decided.
+            if finding is not None and incident.action in _RESUMABLE:
+                action = pol.Action(incident.action)
+                if action in _ladder_for(finding, ctx.view):
+                    resumed = _parameters(incident, finding, action, ctx.view, incident.acted_at or now)
+                    if isinstance(resumed, Execute):
+                        effects.append(dataclasses.replace(resumed, resume=True))
             return incident, history
         history = _settle(history, incident, pol.Outcome.FAILED)
         if finding is None:
@@ -962,11 +977,7 @@ def _advance(
         return None, history
     if incident.phase is Phase.ESCALATED:
         return incident, history
-    maint = {
-        f"Node/{r.node}" if r.node else f"Pod/{ctx.view.namespace}/{r.pod}": r.action
-        for r in ctx.view.maintenance
-    }
-    actions = ladder(finding, ctx.view, maint.get(finding.target))
+    actions = _ladder_for(finding, ctx.view)
     if incident.step >= len(actions):
         why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"
         effects.append(

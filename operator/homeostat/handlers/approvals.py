@@ -496,7 +496,7 @@ _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "ownerReference
 
 
 @kopf.index(*APPROVALS)  # type: ignore[arg-type]
-def approvals(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def approvals(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     meta = body.get("metadata") or {}
     slim = {k: meta[k] for k in _KEPT_METADATA if k in meta}
     return {

@@ -384,6 +384,10 @@ async def _autoscale(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, 
     condition = _decision_condition(decision, why, generation)
     applied = False
     if decision.changed and auto.mode is not sc.Mode.PREVIEW:
+        # Write-ahead, as in healing: the scaling record the rate policies and stabilisation
+        # window read is stored before the count changes, so a crash in between can only make
+        # the next change wait, never let it come early.
+        await rs.write_status(runtime, body, {"autoscaling": {**saved, "scaling": new_state.to_dict()}})
         failure = await _apply(memo, body, decision)
         if failure is None:
             applied = True

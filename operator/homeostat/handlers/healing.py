@@ -80,6 +80,10 @@ class Loop:
         self.pressure_since: dict[str, float] = {}  # node -> when this process first saw it under pressure
         self.blocked: dict[tuple[str, str], str] = {}  # (uid, incident) -> last refused eviction reported
         self.policy_errors: dict[str, str] = {}  # by service uid, reported once per change
+        # Incidents whose action this process carried out. An action resumed while verifying
+        # is carried out again only when it is not here: after a restart, the write-ahead
+        # record says it was decided but not whether it ran.
+        self.executed: set[tuple[str, str]] = set()  # (uid, incident)
         self.slo: dict[str, SloProbe] = {}  # by service uid; breached-since lives in the readings
 
 
@@ -87,7 +91,9 @@ class Loop:
 
 
 @kopf.index("", "v1", "pods", labels={kids.LABEL_SERVICE: kopf.PRESENT})  # type: ignore[arg-type]
-def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def healing_pods(
+    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     meta = body.get("metadata") or {}
     slim = {
         "metadata": {
@@ -100,7 +106,7 @@ def healing_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_
 
 
 @kopf.index("", "v1", "nodes")
-def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     wanted = ("Ready", *rem.PRESSURE_CONDITIONS)
     conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") in wanted]
     return {
@@ -113,7 +119,7 @@ def healing_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 
 @kopf.index(kids.GROUP, kids.VERSION, "remediationpolicies")
-def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+async def healing_policies(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {name: copy.deepcopy(dict(spec))}
 
 
@@ -302,6 +308,13 @@ async def _heal(
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
     ctx = rem.Context(view, policy, others, cluster, approvals, now)
     state, effects = rem.step(state, ctx)
+    if any(isinstance(e, rem.Execute) and not e.resume for e in effects):
+        # Write-ahead: the record of an action (its history entry, the incident now Verifying)
+        # is stored before the action runs. A crash in between then leaves an action counted
+        # but not taken, which verification escalates, never one taken but uncounted, which
+        # would slip past rate limits and the circuit breaker and could run twice. A failed
+        # write raises here, before anything is done.
+        await rs.write_status(runtime, body, {"healing": {**state.as_in_storage(), "policyError": None}})
     last: dict[str, Any] | None = None
     held: dict[tuple[str, str], list[rem.Held]] = {}
     for effect in effects:
@@ -322,6 +335,7 @@ async def _heal(
     for owner, key in [k for k in loop.approvals if k[0] == uid and k[1] not in live]:
         loop.approvals.pop((owner, key), None)
         loop.tickets.pop((owner, key), None)
+    loop.executed -= {k for k in loop.executed if k[0] == uid and k[1] not in live}
     # A merge patch keeps keys it does not mention: clear a policy error reported earlier.
     changes: dict[str, Any] = {"healing": {**state.as_in_storage(), "policyError": None}}
     changes["healing"]["slo"] = [r.as_in_storage() for r in readings] or None
@@ -424,6 +438,10 @@ async def _execute(
 ) -> tuple[rem.HealingState, dict[str, Any] | None]:
     uid = body["metadata"]["uid"]
     if isinstance(effect, rem.Execute):
+        key = (uid, effect.incident)
+        drain = effect.action is pol.Action.DRAIN_NODE
+        if effect.resume and not drain and key in loop.executed:
+            return state, None
         actions: ports.HealingActions = memo["healing_actions"]
         try:
             done = await _run(actions, body, effect)
@@ -436,16 +454,22 @@ async def _execute(
             return state, None
         except (ports.Unavailable, ports.Rejected) as exc:
             if effect.resume:
-                logger.warning(f"resuming the drain of {effect.node}: {exc}")
+                logger.warning(f"resuming {effect.action.value} on {effect.target}: {exc}")
                 return state, None
             text = f"{effect.action.value} on {effect.target} failed: {exc}"
             _event(body, "Warning", "RemediationFailed", text)
             await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.FAILED, text)
             state = rem.action_failed(state, effect.incident, str(exc), now)
             return state, _last(effect.action.value, effect.target, effect.cause.value, "Failed", now)
-        if effect.resume:
+        if effect.resume and drain:
             if not done.endswith(" 0 pod(s) evicted"):
                 _event(body, "Normal", "DrainResumed", f"{done} after the disruption budget allowed it")
+            return state, None
+        loop.executed.add(key)
+        if effect.resume:
+            # Recorded before a restart, perhaps never carried out: this is its first run here.
+            text = f"{effect.action.value} on {effect.target} ({effect.cause.value}), resumed: {done}"
+            _event(body, "Normal", "RemediationResumed", text)
             return state, None
         loop.blocked.pop((uid, effect.incident), None)
         text = f"{effect.action.value} on {effect.target} ({effect.cause.value}): {done}. {effect.message}"

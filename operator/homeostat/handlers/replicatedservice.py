@@ -113,7 +113,7 @@ def _runtime(memo: Any) -> Runtime:
 
 
 @kopf.on.login()
-def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+async def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf's client uses exactly the credentials the CLI checked (flag, in-cluster or env)."""
     creds = _runtime(memo).credentials()
     return kopf.ConnectionInfo(
@@ -142,12 +142,14 @@ def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return slim
 
 
+# Index functions are async, cheap and never wait: kopf runs sync handlers in worker threads, and
+# each thread that allocates grows its own malloc arena (ADR 0016).
 @kopf.index(*RSVC)  # type: ignore[arg-type]
-def services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): _slim(body)}
 
 
-def _child_index(
+async def _child_index(
     *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str, str], Any]:
     return {(namespace, name, body["kind"]): _slim(body)}
@@ -158,7 +160,7 @@ for _group, _version, _plural in CHILD_KINDS:
 
 
 @kopf.index("apps", "v1", "controllerrevisions", labels=MANAGED)
-def revisions(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+async def revisions(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Pod templates of past revisions, so a rollout can bring the stable one back."""
     service = labels.get(kids.LABEL_SERVICE)
     if not service:
