@@ -1,4 +1,5 @@
-"""Predictive maintenance beyond memory: pods whose restart counter climbs, nodes whose disk fills.
+"""Predictive maintenance beyond memory: pods whose restart counter climbs, nodes whose disk
+fills, nodes a failure-risk metric says will fail.
 
 Both are slow failures that announce themselves. A pod that restarts every few minutes is
 heading for CrashLoopBackOff and its back-off delays (and, at a count the operator sets, for
@@ -12,7 +13,11 @@ counter only rises, in integer steps, so a drop is a reset (the pod was replaced
 name, or the exporter restarted) and a sample that rises and falls straight back is a glitch,
 not a restart; a counter that moved fewer than twice in the window has no rate to speak of.
 Disk usage is a gauge between 0 and 1 whose steep drop means a cleanup, after which only the
-newer samples count. Everything here is pure: the caller passes the series, the spec and ``now``.
+newer samples count. The node risk query (``predictiveMaintenance.query``) needs no trend:
+someone else's model already answers "how likely is this node to fail", and a reading at or
+above the threshold is the request; a reading that is missing, NaN or outside 0..1 is no
+reading, never a reason to act. Everything here is pure: the caller passes the series (or the
+samples), the spec and ``now``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +58,11 @@ class Resource(enum.StrEnum):
     MEMORY = "memory"
     RESTARTS = "restarts"
     DISK = "disk"
+    RISK = "risk"  # the block's own query: a failure risk per node, no trend
+
+
+# Resources whose subject is a node, not a pod.
+NODE_RESOURCES = frozenset({Resource.DISK, Resource.RISK})
 
 
 class NodeAction(enum.StrEnum):
@@ -108,6 +118,9 @@ DISK_DEFAULTS = TrendSpec(
     window=6 * 3600.0,
     interval=300.0,
 )
+# ``limit`` is the risk threshold; window and lead time do not apply to a reading.
+RISK_DEFAULTS = TrendSpec(Resource.RISK, limit=0.8, interval=60.0)
+RISK_FIELD = "spec.healing.predictiveMaintenance"
 
 
 def _duration(raw: Mapping[str, Any], key: str, default: float, field: str) -> float:
@@ -151,12 +164,7 @@ def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
         raise SpecError(f"{field}.limit", "must be a whole number of restarts, at least 1")
     if defaults.resource is Resource.DISK and not 0 < limit <= 1:
         raise SpecError(f"{field}.threshold", "must be a used fraction above 0 and at most 1")
-    action = block.get("action", NodeAction.NOTIFY.value)
-    try:
-        node_action = NodeAction(action)
-    except ValueError:
-        choices = ", ".join(a.value for a in NodeAction)
-        raise SpecError("spec.healing.predictiveMaintenance.action", f"must be one of {choices}") from None
+    node_action = _node_action(block)
     return TrendSpec(
         resource=defaults.resource,
         enabled=enabled,
@@ -169,6 +177,15 @@ def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
     )
 
 
+def _node_action(block: Mapping[str, Any]) -> NodeAction:
+    action = block.get("action", NodeAction.NOTIFY.value)
+    try:
+        return NodeAction(action)
+    except ValueError:
+        choices = ", ".join(a.value for a in NodeAction)
+        raise SpecError(f"{RISK_FIELD}.action", f"must be one of {choices}") from None
+
+
 def parse_restarts(healing: Mapping[str, Any] | None) -> TrendSpec:
     """``spec.healing.predictiveMaintenance.restarts``; disabled when absent or switched off."""
     return _parse(healing, RESTARTS_DEFAULTS)
@@ -177,6 +194,28 @@ def parse_restarts(healing: Mapping[str, Any] | None) -> TrendSpec:
 def parse_disk(healing: Mapping[str, Any] | None) -> TrendSpec:
     """``spec.healing.predictiveMaintenance.disk``, with the block's node ``action``."""
     return _parse(healing, DISK_DEFAULTS)
+
+
+def parse_risk(healing: Mapping[str, Any] | None) -> TrendSpec:
+    """The block's own ``query``, ``threshold``, ``interval`` and node ``action``; disabled
+    when the block is absent or switched off, or has no query (the sub-blocks need none)."""
+    block = (healing or {}).get("predictiveMaintenance")
+    if not isinstance(block, Mapping) or block.get("enabled", True) is False or block.get("query") is None:
+        return RISK_DEFAULTS
+    query = block["query"]
+    if not isinstance(query, str) or not query.strip():
+        raise SpecError(f"{RISK_FIELD}.query", "must be a non-empty PromQL query")
+    threshold = _number(block, "threshold", RISK_DEFAULTS.limit, RISK_FIELD)
+    if not 0 <= threshold <= 1:
+        raise SpecError(f"{RISK_FIELD}.threshold", "must be a risk between 0 and 1")
+    return dataclasses.replace(
+        RISK_DEFAULTS,
+        enabled=True,
+        query=query,
+        limit=threshold,
+        interval=_duration(block, "interval", RISK_DEFAULTS.interval, RISK_FIELD),
+        node_action=_node_action(block),
+    )
 
 
 # --- assessment ------------------------------------------------------------------------------
@@ -333,7 +372,7 @@ class Request:
     subject: str
     action: str
     requested_at: float
-    exhausted_at: float
+    exhausted_at: float | None  # None for a risk reading, which predicts no time
     message: str
     cause: str = CAUSE
 
@@ -342,20 +381,22 @@ class Request:
         return f"{self.subject}/{self.cause}/{self.resource.value}"
 
     def to_dict(self, rfc3339: Callable[[float], str]) -> dict[str, Any]:
-        return {
+        out = {
             "key": self.key,
-            "pod" if self.resource is not Resource.DISK else "node": self.subject,
+            "node" if self.resource in NODE_RESOURCES else "pod": self.subject,
             "resource": self.resource.value,
             "cause": self.cause,
             "action": self.action,
             "requestedAt": rfc3339(self.requested_at),
-            "predictedExhaustionAt": rfc3339(self.exhausted_at),
-            "message": self.message,
         }
+        if self.exhausted_at is not None:
+            out["predictedExhaustionAt"] = rfc3339(self.exhausted_at)
+        out["message"] = self.message
+        return out
 
 
 def action_for(spec: TrendSpec) -> str:
-    if spec.resource is Resource.DISK:
+    if spec.resource in NODE_RESOURCES:
         return NODE_REQUEST_ACTIONS[spec.node_action]
     return RESTART_ACTION
 
@@ -388,6 +429,98 @@ def requests(
         request = Request(f.resource, f.subject, action_for(spec), now, exhausted, describe(f))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
+
+
+# --- node failure risk -----------------------------------------------------------------------
+
+
+class RiskVerdict(enum.StrEnum):
+    AT_RISK = "AtRisk"  # at or above the threshold
+    BELOW_THRESHOLD = "BelowThreshold"
+    NO_DATA = "NoData"  # no series for the node, or only NaN or values outside 0..1: never acted on
+
+
+_RISK_ORDER = {RiskVerdict.AT_RISK: 0, RiskVerdict.NO_DATA: 1, RiskVerdict.BELOW_THRESHOLD: 2}
+# The query in a request's message is for a human to recognise, not to copy: long ones are cut.
+_QUERY_IN_MESSAGE = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class RiskReading:
+    """One node's failure risk as the query answered it."""
+
+    node: str
+    verdict: RiskVerdict
+    threshold: float
+    risk: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"node": self.node, "verdict": self.verdict.value, "limit": self.threshold}
+        if self.risk is not None:
+            out["value"] = round(self.risk, 6)
+        return out
+
+
+def assess_risk(
+    samples: Iterable[tuple[str, float]], hosting: Collection[str], spec: TrendSpec
+) -> tuple[RiskReading, ...]:
+    """The risk of each node that hosts the service's pods, from ``(node label, value)``
+    samples of an instant query; other nodes are not this service's business. A node with
+    several series takes the highest usable one; one with none is ``NO_DATA``. The riskiest
+    first, then the unknown, then the rest, by name."""
+    usable: dict[str, list[float]] = {}
+    for node, value in samples:
+        if node in hosting and math.isfinite(value) and 0 <= value <= 1:
+            usable.setdefault(node, []).append(value)
+    readings = []
+    for node in set(hosting) - {""}:
+        values = usable.get(node)
+        if not values:
+            readings.append(RiskReading(node, RiskVerdict.NO_DATA, spec.limit))
+            continue
+        risk = max(values)
+        verdict = RiskVerdict.AT_RISK if risk >= spec.limit else RiskVerdict.BELOW_THRESHOLD
+        readings.append(RiskReading(node, verdict, spec.limit, risk))
+    readings.sort(key=lambda r: (_RISK_ORDER[r.verdict], -(r.risk or 0.0), r.node))
+    return tuple(readings)
+
+
+def describe_risk(reading: RiskReading, query: str) -> str:
+    shown = query if len(query) <= _QUERY_IN_MESSAGE else query[: _QUERY_IN_MESSAGE - 3] + "..."
+    if reading.risk is None:
+        return f"node {reading.node}: no usable failure risk from {shown}"
+    sign = ">=" if reading.verdict is RiskVerdict.AT_RISK else "<"
+    return f"node {reading.node} failure risk {reading.risk:.2f} {sign} {reading.threshold:g} from {shown}"
+
+
+def risk_requests(
+    readings: Sequence[RiskReading], previous: Mapping[str, float], spec: TrendSpec, query: str, *, now: float
+) -> tuple[tuple[Request, ...], tuple[Request, ...]]:
+    """One request per node at or above the threshold, and the new ones (for an Event);
+    ``previous`` as in ``requests``. A node whose risk fell, or is unknown, has none: the
+    request is cleared rather than kept on an old reading. ``query`` is the rendered query."""
+    wanted = []
+    for r in readings:
+        if r.verdict is not RiskVerdict.AT_RISK:
+            continue
+        request = Request(Resource.RISK, r.node, action_for(spec), now, None, describe_risk(r, query))
+        wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
+    return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
+
+
+def risk_summary(readings: Sequence[RiskReading], spec: TrendSpec) -> tuple[str, str]:
+    """The status part's ``reason`` and ``message``: NoData when a hosting node's risk is
+    unknown (so it cannot be acted on), Evaluated otherwise."""
+    at_risk = sum(r.verdict is RiskVerdict.AT_RISK for r in readings)
+    unknown = sorted(r.node for r in readings if r.verdict is RiskVerdict.NO_DATA)
+    message = (
+        f"{len(readings)} node(s) hosting its pods checked, {at_risk} at or above the failure-risk "
+        f"threshold {spec.limit:g}"
+    )
+    if not unknown:
+        return "Evaluated", message
+    names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    return "NoData", f"{message}; no usable risk (no series, NaN or outside 0..1) for {names}: not acted on"
 
 
 def _rate(per_second: float, form: str) -> str:

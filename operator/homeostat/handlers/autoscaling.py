@@ -4,8 +4,9 @@ Every ``spec.autoscaling.interval`` the load metric and its history are read thr
 metrics port, the forecast is fitted in a process pool (an optimised Holt-Winters fit takes
 hundreds of milliseconds of CPU, which would stall every other handler on kopf's event loop),
 ``core.scaling`` decides, and the count is written through the scale subresource. Memory and
-restart-count trends of the service's pods, and disk trends of the nodes they run on, are
-checked on their own intervals the same way (``core.maintenance``, ``core.trends``).
+restart-count trends of the service's pods, and disk trends and the failure-risk query of the
+nodes they run on, are checked on their own intervals the same way (``core.maintenance``,
+``core.trends``).
 
 This is not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer
 would block deleting a service whenever the operator is down. A startup task walks the
@@ -203,7 +204,7 @@ def _intervals(body: Mapping[str, Any]) -> dict[str, float]:
     except specs.SpecError:
         work["maintenance"] = INVALID_RETRY
     maintenance = status.get("maintenance") or {}
-    for kind, parse in (("restarts", tr.parse_restarts), ("disk", tr.parse_disk)):
+    for kind, parse in (("restarts", tr.parse_restarts), ("disk", tr.parse_disk), ("risk", tr.parse_risk)):
         try:
             trend = parse(spec.get("healing"))
             if trend.enabled or maintenance.get(kind):
@@ -220,7 +221,7 @@ def _work_of(state: Autoscaler, body: Mapping[str, Any]) -> dict[str, float]:
         meta.get("generation"),
         bool(status.get("forecast")),
         bool(status.get("maintenance")),
-        tuple(kind for kind in ("restarts", "disk") if (status.get("maintenance") or {}).get(kind)),
+        tuple(kind for kind in ("restarts", "disk", "risk") if (status.get("maintenance") or {}).get(kind)),
         _has_autoscaling_condition(status),
     )
     cached = state.work.get(meta["uid"])
@@ -771,11 +772,69 @@ async def _check_trend(
         await _notify_maintenance(memo, body, request.message, title, request.key)
 
 
+async def _check_risk(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:
+    """The block's failure-risk query for the nodes the service's pods run on: readings in
+    status.maintenance.risk, a request for the node action per node at or above the threshold.
+    Unlike a trend, a reading is only as good as it is fresh: when Prometheus does not answer,
+    or answers NaN or nothing for a node, that node gets no request (recorded ones are cleared)
+    and the service's status says why; the log says it once, when it starts."""
+    body = _fresh(indexes, stale)
+    if body is None:
+        return
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    raw = body.get("spec") or {}
+    status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    resource = tr.Resource.RISK
+    try:
+        spec = tr.parse_risk(raw.get("healing"))
+    except specs.SpecError as exc:
+        await _write_maintenance(memo, body, resource, {"reason": "InvalidSpec", "message": str(exc)}, [])
+        return
+    if not spec.enabled:
+        await _write_maintenance(memo, body, resource, None)
+        return
+    now = time.time()
+    previous = _own_part(status.get("maintenance") or {}, resource)
+    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    hosting = _hosting_nodes(indexes, body)
+    try:
+        if runtime.metrics is None:
+            raise ports.Unavailable("no metrics provider")
+        samples = await runtime.metrics.instant(query) if hosting else ()
+    except ports.Unavailable as exc:
+        message = f"failure risk unknown, no node acted on: {exc}"[:1024]
+        if previous.get("reason") != "MetricUnavailable":
+            log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+        blind = {"lastEvaluated": sc.rfc3339(now), "reason": "MetricUnavailable", "message": message}
+        await _write_maintenance(memo, body, resource, blind, [])
+        return
+    pairs = [(s.labels.get("node", ""), s.value) for s in samples]
+    readings = tr.assess_risk(pairs, hosting, spec)
+    known = _known_requests(status.get("maintenance") or {}, resource)
+    wanted, new = tr.risk_requests(readings, known, spec, query, now=now)
+    reason, message = tr.risk_summary(readings, spec)
+    if reason != "Evaluated" and previous.get("reason") != reason:
+        log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+    part = {
+        "lastEvaluated": sc.rfc3339(now),
+        "reason": reason,
+        "message": message,
+        "checked": len(readings),
+        "findings": [r.to_dict() for r in readings][:20],
+    }
+    await _write_maintenance(memo, body, resource, part, [r.to_dict(sc.rfc3339) for r in wanted])
+    for request in new:
+        title = f"node failure risk at or above {spec.limit:g} ({request.action})"
+        await _notify_maintenance(memo, body, request.message, title, request.key)
+
+
 _WORKERS: dict[str, Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]] = {
     "autoscaling": _autoscale,
     "maintenance": _maintain,
     "restarts": _check_restarts,
     "disk": _check_disk,
+    "risk": _check_risk,
 }
 
 
