@@ -1,9 +1,11 @@
-"""Restart-count and disk trends end to end: the operator, a real Prometheus, simulated counters.
+"""Restart-count and disk trends, and the node failure-risk query, end to end: the operator, a
+real Prometheus, simulated counters.
 
 The traffic simulator exports ``kube_pod_container_status_restarts_total`` for pods annotated
 ``traffic.homeostat.dev/restart-every`` and node-exporter's filesystem gauges for nodes annotated
 ``traffic.homeostat.dev/disk-fill``, under the names the operator's default queries use, so
-these tests run the defaults. A real Prometheus scrapes it every second; the operator's healing
+these tests run the defaults; and ``homeostat_sim_node_failure_risk`` for nodes annotated
+``traffic.homeostat.dev/failure-risk``. A real Prometheus scrapes it every second; the operator's healing
 loop acts on what the trend checks request, under a RemediationPolicy of the test's own.
 
 Each test asserts *before*: the request (status, Event, predicted time) exists while the value
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -320,6 +323,206 @@ def test_a_node_whose_disk_fills_is_flagged_before_the_threshold_and_cordoned(
     setup.cluster.kubectl("delete", "rsvc", "full", "-n", setup.namespace, "--wait=false")
 
 
+RISK_TAINT = "homeostat.dev/risk-test"
+RISK_QUERY = "max by (node) (homeostat_sim_node_failure_risk)"
+
+
+def _node(name: str, risk: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", model.ANNOTATION_FAILURE_RISK: risk},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name, **labels},
+        },
+        "spec": {"taints": [{"key": RISK_TAINT, "effect": "NoSchedule"}]},
+    }
+
+
+@pytest.fixture
+def risky_nodes(
+    cluster: Cluster, traffic_simulator: simulator.Simulator
+) -> Iterator[tuple[str, str, str, str]]:
+    """Three KWOK nodes of the test's own, tainted so only the test's pods land there: two
+    labelled for the service's pods (risks 0.3 and 0.5) and one that hosts none (risk 0.99).
+    Returns the label value and the three names."""
+    tag = uuid.uuid4().hex[:6]
+    names = (f"risk-a-{tag}", f"risk-b-{tag}", f"risk-c-{tag}")
+    hosts = {"homeostat.dev/risk-test": tag}
+    for name, risk, labels in zip(names, ("0.3", "0.5", "0.99"), (hosts, hosts, {}), strict=True):
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_node(name, risk, labels)))
+    yield (tag, *names)
+    for name in names:
+        cluster.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def test_a_node_whose_failure_risk_crosses_the_threshold_is_cordoned_and_the_others_are_not(
+    setup: Setup, risky_nodes: tuple[str, str, str, str]
+) -> None:
+    tag, node_a, node_b, node_c = risky_nodes
+    pinned = {
+        "tolerations": [{"key": RISK_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"homeostat.dev/risk-test": tag},
+        # One pod per node, so the service runs on both labelled nodes.
+        "affinity": {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": {"app": "risky"}},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        },
+    }
+    healing = {
+        "predictiveMaintenance": {"query": RISK_QUERY, "threshold": 0.8, "interval": "2s", "action": "Cordon"}
+    }
+    manifest = service("risky", setup.policy, healing, pinned)
+    manifest["spec"]["replicas"] = {"min": 2, "max": 2, "desired": 2}
+    setup.apply(manifest)
+    wait_for(
+        lambda: {p["spec"].get("nodeName") for p in setup.pods("risky")} == {node_a, node_b},
+        timeout=90,
+        what="a pod on each labelled node",
+    )
+
+    def risk() -> dict[str, Any]:
+        return dict(((setup.get("risky").get("status") or {}).get("maintenance") or {}).get("risk") or {})
+
+    def node(name: str) -> dict[str, Any]:
+        body = get_json(setup.cluster, "node", name)
+        assert body is not None, f"node {name} is gone"
+        return body
+
+    def readings(*expected: tuple[str, str, float]) -> dict[str, Any] | None:
+        part = risk()
+        got = {(f["node"], f["verdict"], f.get("value")) for f in part.get("findings") or []}
+        return part if got == set(expected) else None
+
+    # Both hosting nodes are judged (the non-hosting one at 0.99 is not), neither is at risk.
+    below = wait_for(
+        lambda: readings((node_a, "BelowThreshold", 0.3), (node_b, "BelowThreshold", 0.5)),
+        timeout=90,
+        interval=0.5,
+        what="both hosting nodes read below the threshold",
+    )
+    assert below["reason"] == "Evaluated" and below["checked"] == 2
+    assert not _requests(setup.get("risky"), "risk")
+
+    # Node A's risk crosses the threshold: a request for the node action, a Warning Event, and
+    # the healing loop cordons it under the policy.
+    setup.cluster.kubectl("annotate", "node", node_a, "--overwrite", f"{model.ANNOTATION_FAILURE_RISK}=0.93")
+
+    def flagged() -> dict[str, Any] | None:
+        mine = [r for r in _requests(setup.get("risky"), "risk") if r.get("node") == node_a]
+        return mine[0] if mine else None
+
+    request = wait_for(flagged, timeout=60, interval=0.3, what="a failure-risk request for node A")
+    assert (request["cause"], request["action"], request["key"]) == (
+        "PredictedExhaustion",
+        "CordonNode",
+        f"{node_a}/PredictedExhaustion/risk",
+    )
+    assert request["message"] == f"node {node_a} failure risk 0.93 >= 0.8 from {RISK_QUERY}"
+    events = [e for e in setup.events("risky") if e["reason"] == "PredictedExhaustion"]
+    assert events and events[0]["type"] == "Warning"
+    assert f"node {node_a} failure risk 0.93 >= 0.8" in events[0]["message"]
+    wait_for(lambda: node(node_a).get("spec", {}).get("unschedulable"), timeout=60, what=f"{node_a} cordoned")
+    remediations = [e for e in setup.events("risky") if e["reason"] == "Remediation"]
+    assert any("CordonNode" in e["message"] and node_a in e["message"] for e in remediations), remediations
+    # Only node A: B is below the threshold, C (0.99) runs none of the service's pods.
+    assert [r["node"] for r in _requests(setup.get("risky"), "risk")] == [node_a]
+    assert not node(node_b).get("spec", {}).get("unschedulable")
+    assert not node(node_c).get("spec", {}).get("unschedulable")
+
+    # The risk falls: the request is cleared (the cordon stays; uncordoning is a human's call).
+    setup.cluster.kubectl("annotate", "node", node_a, "--overwrite", f"{model.ANNOTATION_FAILURE_RISK}=0.1")
+    wait_for(lambda: not _requests(setup.get("risky"), "risk"), timeout=60, what="the request cleared")
+
+    # An answer that is no risk (NaN) is never acted on, however high B was before: NoData.
+    setup.cluster.kubectl("annotate", "node", node_b, "--overwrite", f"{model.ANNOTATION_FAILURE_RISK}=NaN")
+    blind = wait_for(
+        lambda: readings((node_a, "BelowThreshold", 0.1), (node_b, "NoData", None)),
+        timeout=60,
+        what="node B without a usable risk",
+    )
+    assert blind["reason"] == "NoData" and node_b in blind["message"]
+    assert not _requests(setup.get("risky"), "risk")
+    assert not node(node_b).get("spec", {}).get("unschedulable")
+    setup.cluster.kubectl("delete", "rsvc", "risky", "-n", setup.namespace, "--wait=false")
+
+
+def test_with_prometheus_down_no_node_is_acted_on_and_the_log_says_so_once(
+    cluster: Cluster, crds_installed: None, tmp_path: Path, risky_nodes: tuple[str, str, str, str]
+) -> None:
+    """An operator whose Prometheus does not answer: the node at 0.99 keeps its pods and stays
+    schedulable, status says MetricUnavailable, and the warning is logged once, not per interval."""
+    tag, _, _, node_c = risky_nodes
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    namespace, policy = f"mt-{uuid.uuid4().hex[:8]}", f"mt-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_policy(policy)))
+    cluster.kubectl("label", "node", node_c, f"homeostat.dev/risk-down={tag}")
+    operator = OperatorProcess(
+        cluster.kubeconfig,
+        tmp_path / "operator.log",
+        ("--namespace", namespace, "--prometheus-url", f"http://127.0.0.1:{port}", "--http-port", "0"),
+    ).start()
+    blind = Setup(cluster, namespace, policy, operator)
+    try:
+        pinned = {
+            "tolerations": [{"key": RISK_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"homeostat.dev/risk-down": tag},
+        }
+        healing = {
+            "predictiveMaintenance": {
+                "query": RISK_QUERY,
+                "threshold": 0.8,
+                "interval": "1s",
+                "action": "Cordon",
+            }
+        }
+        blind.apply(service("unseen", policy, healing, pinned))
+        wait_for(
+            lambda: [p for p in blind.pods("unseen") if p["spec"].get("nodeName") == node_c],
+            timeout=90,
+            what="the pod on the risky node",
+        )
+
+        def part() -> dict[str, Any]:
+            return dict(
+                ((blind.get("unseen").get("status") or {}).get("maintenance") or {}).get("risk") or {}
+            )
+
+        first = wait_for(
+            lambda: (p := part()).get("reason") == "MetricUnavailable" and p,
+            timeout=90,
+            what="the risk check reporting Prometheus unavailable",
+        )
+        assert "no node acted on" in first["message"]
+        # Several more evaluations, still blind: nothing requested, nothing cordoned, one log line.
+        for _ in range(3):
+            seen = part().get("lastEvaluated")
+            wait_for(
+                lambda seen=seen: part().get("lastEvaluated") not in (None, seen), timeout=60, what="a re-run"
+            )
+        assert part()["reason"] == "MetricUnavailable"
+        assert not _requests(blind.get("unseen"), "risk")
+        assert not (get_json(cluster, "node", node_c) or {}).get("spec", {}).get("unschedulable")
+        log = operator.log_path.read_text()
+        assert log.count(f"{namespace}/unseen: failure risk unknown, no node acted on") == 1, log[-3000:]
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        cluster.kubectl(
+            "delete", "remediationpolicy", policy, "--ignore-not-found", "--wait=false", check=False
+        )
+
+
 @pytest.mark.parametrize(
     ("healing", "accepted", "message"),
     [
@@ -349,6 +552,17 @@ def test_a_node_whose_disk_fills_is_flagged_before_the_threshold_and_cordoned(
             {"predictiveMaintenance": {"disk": {"window": "soon"}}},
             False,
             "spec.healing.predictiveMaintenance.disk.window",
+        ),
+        ({"predictiveMaintenance": {"query": "q", "threshold": 0.5, "interval": "10s"}}, True, ""),
+        (
+            {"predictiveMaintenance": {"query": "q", "threshold": 1.5}},
+            False,
+            "spec.healing.predictiveMaintenance.threshold",
+        ),
+        (
+            {"predictiveMaintenance": {"query": "q", "interval": "0s"}},
+            False,
+            "spec.healing.predictiveMaintenance.interval must be a positive duration",
         ),
     ],
 )

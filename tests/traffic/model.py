@@ -30,6 +30,9 @@ ANNOTATION_RESTART_EVERY = "traffic.homeostat.dev/restart-every"
 ANNOTATION_DISK_FILL = "traffic.homeostat.dev/disk-fill"
 ANNOTATION_DISK_USED = "traffic.homeostat.dev/disk-used"
 DEFAULT_DISK_USED = 0.3
+# On a node: the failure risk (0 to 1, or NaN) exported as homeostat_sim_node_failure_risk{node}
+# for the operator's predictiveMaintenance.query; nodes without it export no series.
+ANNOTATION_FAILURE_RISK = "traffic.homeostat.dev/failure-risk"
 DISK_SIZE = 100 * 2**30
 
 LABEL_SERVICE = "homeostat.dev/service"
@@ -205,6 +208,7 @@ class NodeDisk:
     used: float = DEFAULT_DISK_USED
     fill: float = 0.0
     since: float = 0.0
+    failure_risk: float | None = None
 
     def used_at(self, now: float) -> float:
         return min(1.0, self.used + self.fill * max(0.0, now - self.since) / 60)
@@ -215,7 +219,11 @@ def parse_node_disk(name: str, annotations: Mapping[str, str], now: float) -> No
     fill = _number("disk-fill", annotations.get(ANNOTATION_DISK_FILL, "0"))
     if used > 1:
         raise PatternError(f"disk-used={used} must be between 0 and 1")
-    return NodeDisk(name, used, fill, now)
+    risk_text = annotations.get(ANNOTATION_FAILURE_RISK)
+    risk = None
+    if risk_text is not None:
+        risk = math.nan if risk_text.strip().lower() == "nan" else _number("failure-risk", risk_text)
+    return NodeDisk(name, used, fill, now, risk)
 
 
 # --- per-pod counters ------------------------------------------------------------------------
@@ -319,7 +327,10 @@ class World:
         for node in nodes:
             old = self.nodes.get(node.name)
             same = old is not None and (old.used, old.fill) == (node.used, node.fill)
-            kept[node.name] = old if same and old is not None else node
+            # The risk is a level, not a trend: it changes without restarting the fill.
+            kept[node.name] = (
+                dataclasses.replace(old, failure_risk=node.failure_risk) if same and old is not None else node
+            )
         self.nodes = kept
 
     def exposition(self) -> str:
@@ -419,6 +430,11 @@ def render(world: World) -> str:
         labels = _labels([("node", node.name), ("mountpoint", "/"), ("device", "/dev/root")])
         avail = DISK_SIZE * (1 - node.used_at(world.now))
         lines.append(f"node_filesystem_avail_bytes{labels} {_value(avail)}")
+    header("homeostat_sim_node_failure_risk", "gauge", "Predicted failure risk of the node (0 to 1).")
+    for node in nodes:
+        if node.failure_risk is not None:
+            risk = "NaN" if math.isnan(node.failure_risk) else _value(node.failure_risk)
+            lines.append(f"homeostat_sim_node_failure_risk{_labels([('node', node.name)])} {risk}")
     return "\n".join(lines) + "\n"
 
 

@@ -178,3 +178,35 @@ def test_node_disk_fills_from_when_first_seen_and_is_exported_per_node() -> None
     assert model.NodeDisk("n", used=0.9, fill=1.0).used_at(600.0) == 1.0
     with pytest.raises(model.PatternError):
         model.parse_node_disk("n", {model.ANNOTATION_DISK_USED: "2"}, 0.0)
+
+
+def test_node_failure_risk_is_exported_as_a_gauge_and_changes_without_restarting_the_fill() -> None:
+    world = model.World(now=100.0)
+    world.update_nodes(
+        [
+            model.parse_node_disk(
+                "n1", {model.ANNOTATION_FAILURE_RISK: "0.2", model.ANNOTATION_DISK_FILL: "0.1"}, 100.0
+            ),
+            model.parse_node_disk("n2", {model.ANNOTATION_FAILURE_RISK: "NaN"}, 100.0),
+            model.parse_node_disk("n3", {}, 100.0),
+        ]
+    )
+    world.update_nodes(
+        [
+            model.parse_node_disk(
+                "n1", {model.ANNOTATION_FAILURE_RISK: "0.9", model.ANNOTATION_DISK_FILL: "0.1"}, 130.0
+            ),
+            model.parse_node_disk("n2", {model.ANNOTATION_FAILURE_RISK: "NaN"}, 130.0),
+            model.parse_node_disk("n3", {}, 130.0),
+        ]
+    )
+    assert world.nodes["n1"].since == 100.0 and world.nodes["n1"].failure_risk == 0.9
+    lines = [
+        line for line in world.exposition().splitlines() if line.startswith("homeostat_sim_node_failure_risk")
+    ]
+    assert lines == [
+        'homeostat_sim_node_failure_risk{node="n1"} 0.9',
+        'homeostat_sim_node_failure_risk{node="n2"} NaN',
+    ]
+    with pytest.raises(model.PatternError):
+        model.parse_node_disk("n", {model.ANNOTATION_FAILURE_RISK: "high"}, 0.0)
