@@ -60,6 +60,28 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def controller_manager(cluster: str) -> int | None:
+    """The pid of this cluster's kube-controller-manager: the baseline for steady-state CPU."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "kube-controller-manager" in cmdline.split(" ")[0] and cluster in cmdline:
+                return int(entry.name)
+    return None
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -229,8 +251,7 @@ def main() -> int:
         for ns in (lat_ns, base_ns, fleet_ns):
             core.create_namespace({"metadata": {"name": ns}})
 
-        with contextlib.ExitStack() as stack:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             script = install_operator(Path(tmp))
             proc = stack.enter_context(operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op.log"))
             time.sleep(5)
@@ -259,6 +280,24 @@ def main() -> int:
                 raise SystemExit(
                     f"operator died during the benchmark:\n{(Path(tmp) / 'op.log').read_text()[-3000:]}"
                 )
+            # Steady state: nothing changes; what does watching 1100 services cost?
+            kcm = controller_manager("homeostat-bench") if owned is not None else None
+            ours0, kcm0, window = cpu_seconds(proc.pid), cpu_seconds(kcm) if kcm else 0.0, 60.0
+            time.sleep(window)
+            results["cpu_fleet_pct"] = 100 * (cpu_seconds(proc.pid) - ours0) / window
+            results["cpu_kcm_pct"] = 100 * (cpu_seconds(kcm) - kcm0) / window if kcm else None
+            # A restart with the fleet in place: every object arrives at once, the worst case.
+            stack.close()
+            proc = stack.enter_context(
+                operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op-restart.log")
+            )
+            previous, stable_since = -1.0, time.monotonic()
+            while time.monotonic() - stable_since < 30 and time.monotonic() - started < 1800:
+                time.sleep(5)
+                now_rss = rss_mb(proc.pid)
+                if abs(now_rss - previous) > 2:
+                    previous, stable_since = now_rss, time.monotonic()
+            results["rss_restart_mb"] = rss_mb(proc.pid)
 
         for ns in (lat_ns, base_ns, fleet_ns):
             core.delete_namespace(ns)
@@ -294,6 +333,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"ratio to idle {ratio:.2f}x, target <= {TARGETS['rss_mb']:.0f} MB: {verdict}"
     )
     print(f"fleet of {args.fleet} converged to Ready in {r['fleet_converge_s']:.0f} s")
+    kcm = r.get("cpu_kcm_pct")
+    base = f"kube-controller-manager {kcm:.1f}%, ratio {r['cpu_fleet_pct'] / kcm:.2f}x" if kcm else "n/a"
+    print(
+        f"steady-state CPU over 60 s with the fleet: {r['cpu_fleet_pct']:.1f}% of a core (baseline: {base})"
+    )
+    verdict = "meets" if r["rss_restart_mb"] <= TARGETS["rss_mb"] else "MISSES"
+    print(
+        f"operator RSS after a restart with the fleet in place (every object at once): "
+        f"{r['rss_restart_mb']:.0f} MB, target <= {TARGETS['rss_mb']:.0f} MB: {verdict}"
+    )
 
 
 if __name__ == "__main__":
