@@ -34,20 +34,19 @@ def table(*rows: tuple[str, str, str]) -> frozenset[Triple]:
 
 # Rules on namespaced resources: the ClusterRole in cluster-wide mode, each Role otherwise.
 NAMESPACED = table(
-    ("homeostat.dev", "replicatedservices", "get list watch patch update"),
-    ("homeostat.dev", "replicatedservices/status", "get patch update"),
-    ("homeostat.dev", "replicatedservices/scale", "get patch update"),
-    ("homeostat.dev", "approvals", "get list watch create patch update"),
-    ("homeostat.dev", "approvals/status", "get patch update"),
-    ("apps", "deployments", "get list watch create patch update delete"),
+    ("homeostat.dev", "replicatedservices", "get list watch patch"),
+    ("homeostat.dev", "replicatedservices/status", "patch"),
+    ("homeostat.dev", "replicatedservices/scale", "patch"),
+    ("homeostat.dev", "approvals", "get list watch create"),
+    ("homeostat.dev", "approvals/status", "patch"),
+    ("apps", "deployments", "get list watch create patch delete"),
     ("apps", "controllerrevisions", "get list watch create patch delete"),
-    ("", "services", "get list watch create patch update delete"),
-    ("policy", "poddisruptionbudgets", "get list watch create patch update delete"),
+    ("", "services", "get list watch create patch delete"),
+    ("policy", "poddisruptionbudgets", "get list watch create patch delete"),
     ("", "pods", "get list watch delete"),
     ("", "pods/eviction", "create"),
-    ("", "events", "create patch"),
-    ("events.k8s.io", "events", "create patch"),
-    ("gateway.networking.k8s.io", "httproutes", "get list watch patch update"),
+    ("", "events", "create"),
+    ("gateway.networking.k8s.io", "httproutes", "get patch"),
 )
 # Cluster-scoped resources, granted by a ClusterRole in both modes.
 CLUSTER_SCOPED = table(
@@ -204,3 +203,13 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
     assert not [
         doc for doc in docs if doc["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
     ]
+
+
+def test_no_rule_grants_update_because_the_operator_never_replaces_objects() -> None:
+    """The chart grants no `update`: that stays true only while no code path sends a PUT."""
+    sources = (Path(__file__).resolve().parents[2] / "operator" / "homeostat").rglob("*.py")
+    offenders = [str(p) for p in sources if '"PUT"' in p.read_text() or "'PUT'" in p.read_text()]
+    assert offenders == []
+    for _, rules, roles in MODES.values():
+        verbs = {verb for _, _, verb in rules | (roles or frozenset())}
+        assert "update" not in verbs

@@ -94,36 +94,37 @@ that needs it; tests/unit/test_rbac_audit.py pins the exact set. Arguments: (dic
 */}}
 {{- define "homeostat.rules.namespaced" -}}
 {{- $root := .root -}}
-# ReplicatedService: kopf lists/watches it and patches finalizers and annotations; `update` is
-# for whole-object writes of spec.replicas.desired by the autoscaler.
+# ReplicatedService: kopf lists/watches it; healing reads it and patches the template (a raised
+# memory limit) and the rollout-command annotation (a rollback). The operator never PUTs
+# anything, so no rule grants `update`.
 - apiGroups: ["homeostat.dev"]
   resources: ["replicatedservices"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Status reports (conditions, phase, ready replicas).
+  verbs: ["get", "list", "watch", "patch"]
+# Status reports (conditions, phase, ready replicas), merge patches only.
 - apiGroups: ["homeostat.dev"]
   resources: ["replicatedservices/status"]
-  verbs: ["get", "patch", "update"]
-# The scale subresource, written by the autoscaler like `kubectl scale rsvc` does.
+  verbs: ["patch"]
+# The scale subresource, written by the autoscaler and by healing's ScaleUp like `kubectl scale`.
 - apiGroups: ["homeostat.dev"]
   resources: ["replicatedservices/scale"]
-  verbs: ["get", "patch", "update"]
-# Approvals: the operator opens them and records the decision.
+  verbs: ["patch"]
+# Approvals: the operator opens them, watches them and records decisions in their status.
 - apiGroups: ["homeostat.dev"]
   resources: ["approvals"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: ["homeostat.dev"]
   resources: ["approvals/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Children: Deployment, Service, PodDisruptionBudget (server-side apply = create + patch).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # ControllerRevisions keep the pod template of every revision, so a rollout can run the
 # stable revision again after the spec moved on.
 - apiGroups: ["apps"]
@@ -136,17 +137,15 @@ that needs it; tests/unit/test_rbac_audit.py pins the exact set. Arguments: (dic
 - apiGroups: [""]
   resources: ["pods/eviction"]
   verbs: ["create"]
-# Events on ReplicatedServices (kopf.event and kopf's own handler events).
+# Events on ReplicatedServices and Approvals (kopf.event, kopf's handler events, the approval
+# audit trail): always created, never patched.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-# Canary traffic weights with Gateway API.
+  verbs: ["create"]
+# Canary traffic weights with Gateway API: the named HTTPRoute is read and JSON-patched.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "patch"]
 {{- if and .namespaced (include "homeostat.peeringName" $root) }}
 # kopf peering keep-alives of a namespaced operator.
 - apiGroups: ["kopf.dev"]
