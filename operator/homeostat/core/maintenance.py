@@ -84,15 +84,17 @@ def memory_limit(template: Mapping[str, Any]) -> float | None:
     return total if containers else None
 
 
-def _duration(raw: Mapping[str, Any], key: str, default: float) -> float:
+def positive_duration(raw: Mapping[str, Any], key: str, default: float, field: str = FIELD) -> float:
+    """``raw[key]`` as seconds, ``default`` when absent; anything but a positive duration string
+    is a ``SpecError`` naming ``field.key``."""
     value = raw.get(key)
     if value is None:
         return default
     if not isinstance(value, str):
-        raise SpecError(f"{FIELD}.{key}", f"must be a duration string like 30m, got {value!r}")
-    seconds = parse_duration(value, f"{FIELD}.{key}")
+        raise SpecError(f"{field}.{key}", f"must be a duration string like 30m, got {value!r}")
+    seconds = parse_duration(value, f"{field}.{key}")
     if seconds <= 0:
-        raise SpecError(f"{FIELD}.{key}", "must be a positive duration")
+        raise SpecError(f"{field}.{key}", "must be a positive duration")
     return seconds
 
 
@@ -116,9 +118,9 @@ def parse(healing: Mapping[str, Any] | None, template: Mapping[str, Any] | None)
     spec = MemorySpec(
         enabled=enabled,
         query=query,
-        lead_time=_duration(raw, "leadTime", MemorySpec.lead_time),
-        window=_duration(raw, "window", MemorySpec.window),
-        interval=_duration(raw, "interval", MemorySpec.interval),
+        lead_time=positive_duration(raw, "leadTime", MemorySpec.lead_time),
+        window=positive_duration(raw, "window", MemorySpec.window),
+        interval=positive_duration(raw, "interval", MemorySpec.interval),
         limit=memory_limit(template or {}),
     )
     return spec

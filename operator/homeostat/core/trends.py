@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from homeostat.core import maintenance as mt
-from homeostat.core.spec import SpecError, parse_duration
+from homeostat.core.spec import SpecError
 
 CAUSE = mt.CAUSE
 DEFAULT_RESTARTS_QUERY = (
@@ -123,18 +123,6 @@ RISK_DEFAULTS = TrendSpec(Resource.RISK, limit=0.8, interval=60.0)
 RISK_FIELD = "spec.healing.predictiveMaintenance"
 
 
-def _duration(raw: Mapping[str, Any], key: str, default: float, field: str) -> float:
-    value = raw.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise SpecError(f"{field}.{key}", f"must be a duration string like 30m, got {value!r}")
-    seconds = parse_duration(value, f"{field}.{key}")
-    if seconds <= 0:
-        raise SpecError(f"{field}.{key}", "must be a positive duration")
-    return seconds
-
-
 def _number(raw: Mapping[str, Any], key: str, default: float, field: str) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -170,9 +158,9 @@ def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
         enabled=enabled,
         query=query,
         limit=limit,
-        lead_time=_duration(raw, "leadTime", defaults.lead_time, field),
-        window=_duration(raw, "window", defaults.window, field),
-        interval=_duration(raw, "interval", defaults.interval, field),
+        lead_time=mt.positive_duration(raw, "leadTime", defaults.lead_time, field),
+        window=mt.positive_duration(raw, "window", defaults.window, field),
+        interval=mt.positive_duration(raw, "interval", defaults.interval, field),
         node_action=node_action,
     )
 
@@ -213,7 +201,7 @@ def parse_risk(healing: Mapping[str, Any] | None) -> TrendSpec:
         enabled=True,
         query=query,
         limit=threshold,
-        interval=_duration(block, "interval", RISK_DEFAULTS.interval, RISK_FIELD),
+        interval=mt.positive_duration(block, "interval", RISK_DEFAULTS.interval, RISK_FIELD),
         node_action=_node_action(block),
     )
 

@@ -658,23 +658,9 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
         await _write_maintenance(memo, body, memory, None)
         return
     now = time.time()
-    previous = _own_part(status.get("maintenance") or {}, memory)
-    if runtime.metrics is None:
-        unavailable = {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}
-        await _write_maintenance(memo, body, memory, unavailable)
+    per_pod = await _trend_history(memo, body, memory, spec, label="pod", now=now)
+    if per_pod is None:
         return
-    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
-    try:
-        series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
-    except ports.Unavailable as exc:
-        # Requests already recorded stay: losing Prometheus does not make a leak go away.
-        changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
-        await _write_maintenance(memo, body, memory, changes)
-        return
-    per_pod: dict[str, list[tuple[float, float]]] = {}
-    for one in series:
-        pod = one.labels.get("pod", "")
-        per_pod.setdefault(pod, []).extend(one.points)
     findings = await _autoscaler(memo).compute(mt.assess_all, sorted(per_pod.items()), spec, now=now)
     known = _known_requests(status.get("maintenance") or {}, memory)
     wanted, new = mt.requests(findings, known, now=now)
@@ -689,6 +675,33 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
     for request in new:
         title = "pod predicted to run out of memory"
         await _notify_maintenance(memo, body, request.message, title, request.key)
+
+
+async def _trend_history(
+    memo: Any, body: Mapping[str, Any], resource: tr.Resource, spec: Any, *, label: str, now: float
+) -> dict[str, list[tuple[float, float]]] | None:
+    """The trend query's history over ``spec.window``, per subject (the ``label`` of each series),
+    or None after recording in status why there is none. Requests already recorded stay when
+    Prometheus is unavailable: losing it does not make a leak or a filling disk go away."""
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
+    previous = _own_part(status.get("maintenance") or {}, resource)
+    if runtime.metrics is None:
+        unavailable = {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}
+        await _write_maintenance(memo, body, resource, unavailable)
+        return None
+    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    try:
+        series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
+    except ports.Unavailable as exc:
+        changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
+        await _write_maintenance(memo, body, resource, changes)
+        return None
+    per_subject: dict[str, list[tuple[float, float]]] = {}
+    for one in series:
+        per_subject.setdefault(one.labels.get(label, ""), []).extend(one.points)
+    return per_subject
 
 
 def _hosting_nodes(indexes: Mapping[str, Any], body: Mapping[str, Any]) -> set[str]:
@@ -730,23 +743,10 @@ async def _check_trend(
         await _write_maintenance(memo, body, resource, None)
         return
     now = time.time()
-    previous = _own_part(status.get("maintenance") or {}, resource)
-    if runtime.metrics is None:
-        unavailable = {**previous, "reason": "MetricUnavailable", "message": "no metrics provider"}
-        await _write_maintenance(memo, body, resource, unavailable)
-        return
-    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
-    try:
-        series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
-    except ports.Unavailable as exc:
-        # Requests already recorded stay: losing Prometheus does not stop a disk filling.
-        changes = {**previous, "reason": "MetricUnavailable", "message": str(exc)[:1024]}
-        await _write_maintenance(memo, body, resource, changes)
-        return
     label = "pod" if resource is tr.Resource.RESTARTS else "node"
-    per_subject: dict[str, list[tuple[float, float]]] = {}
-    for one in series:
-        per_subject.setdefault(one.labels.get(label, ""), []).extend(one.points)
+    per_subject = await _trend_history(memo, body, resource, spec, label=label, now=now)
+    if per_subject is None:
+        return
     if resource is tr.Resource.DISK:
         hosting = _hosting_nodes(indexes, body)
         per_subject = {node: points for node, points in per_subject.items() if node in hosting}
