@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import kopf
 
@@ -646,16 +646,13 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
         return
     runtime = _runtime(memo)
     meta = body["metadata"]
-    raw = body.get("spec") or {}
     status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
     memory = tr.Resource.MEMORY
-    try:
-        spec = mt.parse(raw.get("healing"), raw.get("template"))
-    except specs.SpecError as exc:
-        await _write_maintenance(memo, body, memory, {"reason": "InvalidSpec", "message": str(exc)})
-        return
-    if not spec.enabled:
-        await _write_maintenance(memo, body, memory, None)
+    # Memory requests outlive a spec error: a bad edit does not make a leak go away.
+    spec = await _check_spec(
+        memo, body, memory, lambda raw: mt.parse(raw.get("healing"), raw.get("template")), keep_requests=True
+    )
+    if spec is None:
         return
     now = time.time()
     per_pod = await _trend_history(memo, body, memory, spec, label="pod", now=now)
@@ -675,6 +672,36 @@ async def _maintain(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, A
     for request in new:
         title = "pod predicted to run out of memory"
         await _notify_maintenance(memo, body, request.message, title, request.key)
+
+
+class _Switchable(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+
+
+_S = TypeVar("_S", bound=_Switchable)
+
+
+async def _check_spec(
+    memo: Any,
+    body: Mapping[str, Any],
+    resource: tr.Resource,
+    parse: Callable[[Mapping[str, Any]], _S],
+    *,
+    keep_requests: bool = False,
+) -> _S | None:
+    """The check's settings from the service's spec, or None after recording in status why the
+    check does not run (an invalid block, or one switched off)."""
+    try:
+        spec = parse(body.get("spec") or {})
+    except specs.SpecError as exc:
+        invalid = {"reason": "InvalidSpec", "message": str(exc)}
+        await _write_maintenance(memo, body, resource, invalid, None if keep_requests else [])
+        return None
+    if not spec.enabled:
+        await _write_maintenance(memo, body, resource, None)
+        return None
+    return spec
 
 
 async def _trend_history(
@@ -731,16 +758,10 @@ async def _check_trend(
         return
     runtime = _runtime(memo)
     meta = body["metadata"]
-    raw = body.get("spec") or {}
     status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
     parse = tr.parse_restarts if resource is tr.Resource.RESTARTS else tr.parse_disk
-    try:
-        spec = parse(raw.get("healing"))
-    except specs.SpecError as exc:
-        await _write_maintenance(memo, body, resource, {"reason": "InvalidSpec", "message": str(exc)}, [])
-        return
-    if not spec.enabled:
-        await _write_maintenance(memo, body, resource, None)
+    spec = await _check_spec(memo, body, resource, lambda raw: parse(raw.get("healing")))
+    if spec is None:
         return
     now = time.time()
     label = "pod" if resource is tr.Resource.RESTARTS else "node"
@@ -783,16 +804,10 @@ async def _check_risk(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str,
         return
     runtime = _runtime(memo)
     meta = body["metadata"]
-    raw = body.get("spec") or {}
     status = runtime.reported.get(meta["uid"]) or body.get("status") or {}
     resource = tr.Resource.RISK
-    try:
-        spec = tr.parse_risk(raw.get("healing"))
-    except specs.SpecError as exc:
-        await _write_maintenance(memo, body, resource, {"reason": "InvalidSpec", "message": str(exc)}, [])
-        return
-    if not spec.enabled:
-        await _write_maintenance(memo, body, resource, None)
+    spec = await _check_spec(memo, body, resource, lambda raw: tr.parse_risk(raw.get("healing")))
+    if spec is None:
         return
     now = time.time()
     previous = _own_part(status.get("maintenance") or {}, resource)
