@@ -215,6 +215,26 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failed e2e test, show what the shared operator logged about the test's namespace.
+
+    CI prints only the failure, and the operator's log is gone with the runner: without this a
+    timeout there says that something did not happen, never why.
+    """
+    report = yield
+    args = getattr(item, "funcargs", {})
+    proc, namespace = args.get("operator_process"), args.get("namespace")
+    if report.failed and call.when == "call" and isinstance(proc, OperatorProcess) and namespace:
+        lines = proc.logs().splitlines()
+        about = [line for line in lines if namespace in line][-60:]
+        errors = [line for line in lines if "Traceback" in line or "[ERROR" in line][-10:]
+        report.sections.append(
+            ("operator log", "\n".join([*about, "--- recent errors ---", *errors]) or "(nothing)")
+        )
+    return report
+
+
 @pytest.fixture(scope="session")
 def operator_process(
     cluster: Cluster, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
