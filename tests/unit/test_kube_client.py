@@ -236,3 +236,52 @@ def test_preflight_reports_the_version_or_one_line(server: str) -> None:
     Canned.answers = {("GET", "/version"): (401, {"message": "Unauthorized"})}
     with pytest.raises(kube.ConfigError, match="refused us: 401 Unauthorized"):
         kube.preflight(kube.Client(server))
+
+
+def _slow_plugin(tmp_path: Path, *, fail: bool = False) -> kube.Client:
+    """A client whose credential plugin takes a while, as cloud CLIs do, and logs each run."""
+    script = tmp_path / "plugin.py"
+    script.write_text(
+        "import json, sys, time\n"
+        f"open({str(tmp_path / 'runs')!r}, 'a').write('run\\n')\n"
+        "time.sleep(1)\n"
+        + ("sys.exit(3)\n" if fail else "")
+        + "print(json.dumps({'status': {'token': 'slow', 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
+    )
+    return kube.Client("http://127.0.0.1:9", exec_plugin=kube._Exec(sys.executable, (str(script),), {}))
+
+
+def test_a_credential_plugin_runs_off_the_event_loop_and_once_for_concurrent_calls(
+    server: str, tmp_path: Path
+) -> None:
+    Canned.answers = {("GET", "/version"): (200, {"gitVersion": "v1"})}
+    client = _slow_plugin(tmp_path)
+    client.host = server
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        answers = await asyncio.gather(*(client.call("/version", "GET") for _ in range(5)))
+        task.cancel()
+        await client.close()
+        assert answers == [{"gitVersion": "v1"}] * 5
+        return ticks
+
+    ticks = asyncio.run(scenario())
+    # The plugin sleeps for a second; a loop it blocked could not have ticked meanwhile.
+    assert ticks >= 5
+    assert (tmp_path / "runs").read_text().count("run") == 1
+    assert {s["authorization"] for s in Canned.seen} == {"Bearer slow"}
+
+
+def test_a_failing_credential_plugin_makes_calls_unavailable(tmp_path: Path) -> None:
+    client = _slow_plugin(tmp_path, fail=True)
+    with pytest.raises(ports.Unavailable, match="credential plugin"):
+        asyncio.run(client.call("/version", "GET"))

@@ -89,8 +89,11 @@ class _Exec:
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             raise ConfigError(f"the credential plugin {self.command} failed: {_one_line(exc)}") from None
 
+    def stale(self) -> bool:
+        return self.token is None or time.time() > self.expires - 60
+
     def bearer(self) -> str | None:
-        if self.token is None or time.time() > self.expires - 60:
+        if self.stale():
             status = self.fetch()
             self.token = status.get("token") or None
             expiry = status.get("expirationTimestamp")
@@ -135,6 +138,7 @@ class Client:
         self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refresh: asyncio.Lock | None = None  # one credential plugin run at a time
 
     def __repr__(self) -> str:  # never the token
         return f"Client(host={self.host!r})"
@@ -198,6 +202,7 @@ class Client:
     ) -> Any:
         session = self._session_for_loop()
         data = None if body is None else json.dumps(body).encode()
+        await self._refresh_credentials()
         try:
             async with session.request(
                 method, self._url(path, query), data=data, headers=self._headers(content_type, body)
@@ -209,6 +214,20 @@ class Client:
             raise ports.Unavailable(_one_line(exc) or type(exc).__name__) from None
         return _decode(status, reason, raw)
 
+    async def _refresh_credentials(self) -> None:
+        """Run an expiring exec plugin in a thread: a cloud CLI can take seconds, and on the
+        event loop it would stall every handler. Concurrent callers wait for one run."""
+        plugin = self._exec
+        if plugin is None or not plugin.stale():
+            return
+        assert self._refresh is not None  # made with the session, for this loop
+        async with self._refresh:
+            if plugin.stale():
+                try:
+                    await asyncio.to_thread(plugin.bearer)
+                except ConfigError as exc:
+                    raise ports.Unavailable(str(exc)) from None
+
     def _session_for_loop(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
@@ -217,6 +236,7 @@ class Client:
             timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
             self._loop = loop
+            self._refresh = asyncio.Lock()
         return self._session
 
     async def close(self) -> None:
