@@ -124,7 +124,7 @@ class Conflict(Exception):
 class ApprovalTicket:
     """Where an incident's approval stands. Execute the action only when ``phase`` is
     ``Phase.APPROVED``; ``Pending`` means ask again later; ``Denied`` and ``Expired`` are final
-    for this incident (a new incident needs a different cause)."""
+    for this occurrence of the incident (``Request.incident``); a later one opens a new request."""
 
     namespace: str
     name: str
@@ -135,13 +135,21 @@ class ApprovalTicket:
 class ApprovalGate(Protocol):
     """The gate remediation calls before a risky action (implemented over the Kubernetes API).
 
-    ``request`` creates the Approval for ``request``'s action + target + cause in ``namespace``
-    (the service's namespace) or finds the one that exists, and returns its phase: calling it
-    again on every reconcile is cheap and never opens a second request or a second Slack post.
-    Raises ``Unavailable`` when the API server cannot be reached (treat as not approved).
+    ``request`` creates the Approval for ``request``'s action + target + cause + incident in
+    ``namespace`` (the service's namespace) or finds the one that exists, and returns its phase:
+    calling it again on every reconcile is cheap and never opens a second request or a second
+    Slack post. Raises ``Unavailable`` when the API server cannot be reached (treat as not
+    approved).
     """
 
     async def request(self, namespace: str, request: appr.Request) -> ApprovalTicket: ...
+
+    async def find(
+        self, namespace: str, action: str, target: appr.Target, cause: str, incident: str
+    ) -> ApprovalTicket | None:
+        """The request ``request`` would find, or None; never creates one. For an action resumed
+        after a restart, whose ticket was in the memory of the process that was killed."""
+        ...
 
     async def record_outcome(self, ticket: ApprovalTicket, result: appr.ActionResult, message: str) -> None:
         """After executing an approved action, record how it went in the Approval's status."""

@@ -365,6 +365,22 @@ def test_object_name_is_a_function_of_the_incident() -> None:
     )
 
 
+def test_each_occurrence_of_an_incident_is_a_request_of_its_own() -> None:
+    target = ap.Target("Node", "", "kwok-node-1")
+    first = ap.object_name("DrainNode", target, "NodePressure", "1000.000/0")
+    assert first == ap.object_name("DrainNode", target, "NodePressure", "1000.000/0")
+    assert first != ap.object_name("DrainNode", target, "NodePressure", "1000.000/1")  # next step
+    assert first != ap.object_name("DrainNode", target, "NodePressure", "2000.000/0")  # it came back
+    # Requests made before the field existed keep their names.
+    assert ap.object_name("DrainNode", target, "NodePressure", "") == ap.object_name(
+        "DrainNode", target, "NodePressure"
+    )
+    req = request(incident="1000.000/0")
+    assert req.as_spec()["incident"] == "1000.000/0" and "incident" not in request().as_spec()
+    assert ap.parse_request(req.as_spec()) == req
+    assert req.key() != request().key()
+
+
 def test_vote_id_is_attached_only_to_accepted_decisions() -> None:
     accepted = ap.with_vote(ap.decide(request(), ap.State(), kube("alice"), APPROVE, NOW), "v7")
     assert accepted.state.decisions[-1].vote == "v7"

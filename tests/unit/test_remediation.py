@@ -453,3 +453,85 @@ def test_bad_healing_specs_name_the_field(raw: dict[str, Any], field: str) -> No
     with pytest.raises(rem.specs.SpecError) as info:
         rem.parse_healing(raw)
     assert info.value.field == field
+
+
+APPROVED = pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"kubectl:alice"}), "homeostat")
+
+
+def _restarted(service: rem.ServiceView, first_seen: float) -> rem.ServiceView:
+    """The view of a process started anew: it times every node condition from its first sight."""
+    nodes = {
+        name: dataclasses.replace(
+            n,
+            not_ready_since=None if n.not_ready_since is None else max(n.not_ready_since, first_seen),
+            pressure_since=None if n.pressure_since is None else max(n.pressure_since, first_seen),
+        )
+        for name, n in service.nodes.items()
+    }
+    return dataclasses.replace(service, nodes=nodes)
+
+
+def test_a_drain_being_verified_survives_a_restart_that_times_the_pressure_again() -> None:
+    """The defect the chaos suite found: after a restart the pressure was younger than the grace
+    period, so no finding; the verifying drain read that as cleared, and when the pressure showed
+    again a second incident drained the node a second time."""
+    pressured = view(pod("a"), nodes=(node("n1", pressure_for=60), node("n2")))
+    state, (ask,) = run(rem.HealingState(), pressured, NOW)
+    state, (execute,) = run(state, pressured, NOW + 1, {ask.incident: APPROVED})  # type: ignore[union-attr]
+    assert isinstance(execute, rem.Execute) and not execute.resume
+    restored = rem.HealingState.from_storage(state.as_in_storage())
+    restarted = _restarted(pressured, NOW + 5)  # grace is 30 s
+    state, effects = run(restored, restarted, NOW + 6)
+    assert effects == ()
+    assert [(i.phase, i.action) for i in state.incidents] == [(rem.Phase.VERIFYING, "DrainNode")]
+    state, (resumed,) = run(state, restarted, NOW + 36)  # past the grace period, still verifying
+    assert isinstance(resumed, rem.Execute) and resumed.resume and resumed.occurrence == execute.occurrence
+    drained = _restarted(view(pod("b", node="n2"), nodes=(node("n1", pressure_for=60), node("n2"))), NOW + 5)
+    state, effects = run(state, drained, NOW + 40)
+    assert kinds(effects) == ["Resolved"] and [r.action for r in state.history] == [A.DRAIN_NODE]
+
+
+PRESSURED = view(pod("a"), nodes=(node("n1", pressure_for=60), node("n2")))
+DOWN = view(pod("a"), nodes=(node("n1", ready=False, down_for=60), node("n2")))
+UNSETTLED = [
+    ("pressure on a node with pods", PRESSURED, PRESSURED, True),
+    ("a failed node with pods", DOWN, DOWN, True),
+    ("the pressure is gone", PRESSURED, view(pod("a")), False),
+    ("the node is back", DOWN, view(pod("a")), False),
+    ("the pods left the node", PRESSURED, dataclasses.replace(PRESSURED, pods=(pod("a", node="n2"),)), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kept"), [u[1:] for u in UNSETTLED], ids=[u[0] for u in UNSETTLED]
+)
+def test_an_open_node_incident_is_kept_while_a_new_process_times_its_condition(
+    before: rem.ServiceView, after: rem.ServiceView, kept: bool
+) -> None:
+    """Kept while the condition holds but is younger than the grace period (as a restarted
+    process sees it); cleared once the condition or the pods are gone."""
+    policy = dataclasses.replace(POLICY, actions={})  # every action denied: the incidents stay open
+    state, _ = rem.step(rem.HealingState(), rem.Context(before, policy, (), CLUSTER, {}, NOW))
+    assert state.incidents
+    later = _restarted(after, NOW + 5)
+    state, effects = rem.step(state, rem.Context(later, policy, (), CLUSTER, {}, NOW + 6))
+    assert bool(state.incidents) is kept, (state.incidents, effects)
+    assert not [e for e in effects if isinstance(e, rem.Execute | rem.AskApproval)]
+
+
+def test_an_approval_answers_one_occurrence_and_one_step() -> None:
+    pressured = view(pod("a"), nodes=(node("n1", pressure_for=60), node("n2")))
+    state, (ask,) = run(rem.HealingState(), pressured, NOW)
+    assert isinstance(ask, rem.AskApproval) and ask.occurrence == f"{NOW:.3f}/0"
+    # A restart finds the same occurrence (both parts are stored): the same request.
+    _, (again,) = run(rem.HealingState.from_storage(state.as_in_storage()), pressured, NOW + 1)
+    assert again == dataclasses.replace(ask, message=again.message)  # type: ignore[union-attr]
+    answer = dataclasses.replace(APPROVED, occurrence=ask.occurrence)
+    state, (execute,) = run(state, pressured, NOW + 2, {ask.incident: answer})
+    assert isinstance(execute, rem.Execute) and execute.occurrence == ask.occurrence
+    state, (resolved,) = run(state, view(pod("b", node="n2")), NOW + 3)
+    assert isinstance(resolved, rem.Resolved) and state.incidents == ()
+    # The pods and the pressure come back: a new occurrence. The old answer does not cover it.
+    state, (fresh,) = run(state, pressured, NOW + 100, {ask.incident: answer})
+    assert isinstance(fresh, rem.AskApproval) and fresh.occurrence == f"{NOW + 100:.3f}/0"
+    assert [r.action for r in state.history] == [A.DRAIN_NODE]

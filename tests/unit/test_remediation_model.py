@@ -5,13 +5,17 @@ one service with two pod slots on three nodes, a policy with a rate limit, a coo
 circuit breaker, a blast-radius guard and one action (DrainNode) that needs approval. The world
 carries out the effects the way the handler and the cluster would: a restarted pod comes back
 healthy under a new name, rescheduled pods move to a Ready node, a drain moves pods off the
-node, and an approval request gets an answer only when an event gives one.
+node, and an approval request gets an answer only when an event gives one. Answers live in the
+gate (the Approval objects, which outlive the operator) under the incident's key and occurrence;
+the loop's memory of them is lost when the operator restarts.
 
 Events: a pod fails; a pod's replacement keeps failing (storm); a node goes NotReady or comes
 back; a node comes under memory pressure or recovers; a human approves (with one decider, with
 the requester as decider, or with two), denies, or lets a request expire; time passes (10 s,
-1 min, 10 min). Every sequence up to ``DEPTH`` events is explored exhaustively, then
-``SAMPLES`` longer random sequences (fixed seed).
+1 min, 10 min); the operator restarts (its state read back from storage, its memory of
+approvals gone, and node conditions timed again from its first sight). Every sequence up to
+``DEPTH`` events is explored exhaustively, then ``SAMPLES`` longer random sequences (fixed
+seed).
 
 Invariants, checked after every event against the whole trace so far:
 - inv_approval: no action that needs approval runs without an APPROVED answer whose deciders,
@@ -22,6 +26,7 @@ Invariants, checked after every event against the whole trace so far:
 - inv_circuit: no action on a subject while its failures in the window reach the breaker;
 - inv_blast_radius: no node action while fewer nodes than required are Ready;
 - inv_escalated_is_quiet: an escalated incident never acts;
+- inv_one_action_per_answer: one approval authorises one action, across restarts;
 - inv_storage: the state survives a round trip through storage.
 """
 
@@ -88,6 +93,7 @@ EVENTS = (
     "tick-10s",
     "tick-1m",
     "tick-10m",
+    "restart",
 )
 
 
@@ -106,9 +112,13 @@ class World:
     pressure: dict[str, float] = dataclasses.field(default_factory=dict)
     cordoned: set[str] = dataclasses.field(default_factory=set)
     storm: bool = False  # replacements fail too
+    # The gate's Approvals by (incident key, occurrence), and the loop's memory of them by
+    # incident key, which a restart loses.
+    gate: dict[tuple[str, str], pol.ApprovalState] = dataclasses.field(default_factory=dict)
     answers: dict[str, pol.ApprovalState] = dataclasses.field(default_factory=dict)
     asked: set[str] = dataclasses.field(default_factory=set)
     counter: int = 2
+    started: float = START  # when the operator process (re)started
 
     def fresh(self, avoid: str = "") -> Pod:
         self.counter += 1
@@ -134,14 +144,18 @@ class World:
             n: rem.NodeView(
                 n,
                 ready=n not in self.down,
-                not_ready_since=self.down.get(n),
+                not_ready_since=self._seen(self.down.get(n)),
                 unschedulable=n in self.cordoned,
                 pressure=("MemoryPressure",) if n in self.pressure else (),
-                pressure_since=self.pressure.get(n),
+                pressure_since=self._seen(self.pressure.get(n)),
             )
             for n in NODES
         }
         return rem.ServiceView(NS, SVC, HEALING, "r1", "r1", tuple(pods), nodes, {"app": None}, 2, 4)
+
+    def _seen(self, since: float | None) -> float | None:
+        """A process times a condition from its first sight of it (NodeView.of)."""
+        return None if since is None else max(since, self.started)
 
     def cluster(self) -> pol.ClusterView:
         return pol.ClusterView(len(NODES), len([n for n in NODES if n not in self.down]))
@@ -155,11 +169,17 @@ class World:
             elif effect.action is A.CORDON_NODE:
                 self.cordoned.add(effect.node)
             elif effect.action is A.DRAIN_NODE:
+                # A disruption budget lets one pod go at a time: the rest leave on later passes
+                # (resumes), so a drain can be half done when the operator restarts.
                 self.cordoned.add(effect.node)
-                self.pods = [self.fresh(avoid=effect.node) if p.node == effect.node else p for p in self.pods]
+                first = next((p.name for p in self.pods if p.node == effect.node), None)
+                self.pods = [self.fresh(avoid=effect.node) if p.name == first else p for p in self.pods]
         elif isinstance(effect, rem.AskApproval):
+            pending = pol.ApprovalState(pol.ApprovalVerdict.PENDING, occurrence=effect.occurrence)
             self.asked.add(effect.incident)
-            self.answers.setdefault(effect.incident, pol.ApprovalState(pol.ApprovalVerdict.PENDING))
+            self.answers[effect.incident] = self.gate.setdefault(
+                (effect.incident, effect.occurrence), pending
+            )
 
 
 @dataclasses.dataclass
@@ -170,13 +190,15 @@ class Trace:
     refused: set[str] = dataclasses.field(default_factory=set)  # open incidents denied or expired
     ever_refused: int = 0
     after_no: list[str] = dataclasses.field(default_factory=list)  # incidents that acted after a no
+    used: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # answers actions ran under
 
 
 def answer(world: World, verdict: pol.ApprovalVerdict, deciders: Iterable[str] = ()) -> None:
     for key in sorted(world.asked):
         state = world.answers.get(key)
         if state is not None and state.verdict is pol.ApprovalVerdict.PENDING:
-            world.answers[key] = pol.ApprovalState(verdict, frozenset(deciders), REQUESTER)
+            decided = pol.ApprovalState(verdict, frozenset(deciders), REQUESTER, state.occurrence)
+            world.answers[key] = world.gate[(key, state.occurrence)] = decided
 
 
 def event(world: World, name: str) -> None:
@@ -208,6 +230,10 @@ def event(world: World, name: str) -> None:
         answer(world, pol.ApprovalVerdict.EXPIRED)
     elif name.startswith("tick-"):
         world.now += {"tick-10s": 10, "tick-1m": 60, "tick-10m": 600}[name]
+    elif name == "restart":
+        world.started = world.now
+        world.answers.clear()
+        world.asked.clear()
 
 
 def simulate(events: Iterable[str]) -> tuple[Trace, list[str]]:
@@ -215,6 +241,8 @@ def simulate(events: Iterable[str]) -> tuple[Trace, list[str]]:
     for name in events:
         event(world, name)
         done.append(name)
+        if name == "restart":
+            state = rem.HealingState.from_storage(state.as_in_storage())
         for key, ans in world.answers.items():
             if (
                 ans.verdict in (pol.ApprovalVerdict.DENIED, pol.ApprovalVerdict.EXPIRED)
@@ -229,9 +257,13 @@ def simulate(events: Iterable[str]) -> tuple[Trace, list[str]]:
             if isinstance(effect, rem.Execute):
                 if effect.incident in trace.refused:
                     trace.after_no.append(effect.incident)
-                trace.executes.append(
-                    (world.now, effect, world.answers.get(effect.incident), world.cluster(), before)
-                )
+                ran_under = world.answers.get(effect.incident)
+                if not effect.resume and ran_under is not None:
+                    trace.used.append((effect.incident, ran_under.occurrence))
+                # A resume after a restart runs under the answer the gate kept for its occurrence.
+                kept = world.gate.get((effect.incident, effect.occurrence)) if effect.resume else None
+                approval = world.answers.get(effect.incident) or kept
+                trace.executes.append((world.now, effect, approval, world.cluster(), before))
             world.apply(effect)
         live = {i.key for i in state.incidents}
         for key in [k for k in world.answers if k not in live]:
@@ -269,6 +301,7 @@ def check(trace: Trace, state: rem.HealingState, done: list[str]) -> None:
             f"inv_escalated_is_quiet: {where}"
         )
     assert not trace.after_no, f"inv_no_action_after_no: {where}"
+    assert len(trace.used) == len(set(trace.used)), f"inv_one_action_per_answer: {where}"
     for at, effect in actions:
         window = [a for a, _ in actions if at - POLICY.per_service.window_seconds < a <= at]  # type: ignore[union-attr]
         assert len(window) <= POLICY.per_service.max_actions, f"inv_rate_limit: {where}"  # type: ignore[union-attr]
@@ -313,6 +346,30 @@ def test_no_drain_without_quorum_or_after_a_no(events: tuple[str, ...]) -> None:
     assert not [e for _, e, *_ in trace.executes if e.action is A.DRAIN_NODE]
 
 
+def test_a_half_done_drain_is_not_run_again_after_a_restart() -> None:
+    """The chaos suite's finding: the restarted process timed the pressure anew, saw no finding
+    for the grace period, took the verifying drain as done, and when the pressure showed again
+    drained a second time under the first approval."""
+    trace, _ = simulate(
+        (
+            "pressure-n1",
+            "tick-1m",
+            "approve-2",
+            "restart",
+            "tick-10s",
+            "tick-10s",
+            "tick-10s",
+            "tick-1m",
+            "tick-10s",
+        )
+    )
+    drains = [e for _, e, *_ in trace.executes if e.action is A.DRAIN_NODE]
+    assert [e.resume for e in drains] == [False, True]
+
+
 def test_a_drain_with_quorum_runs() -> None:
     trace, _ = simulate(("pressure-n1", "tick-1m", "approve-2", "tick-10s"))
-    assert [e.action for _, e, *_ in trace.executes] == [A.DRAIN_NODE]
+    assert [(e.action, e.resume) for _, e, *_ in trace.executes] == [
+        (A.DRAIN_NODE, False),
+        (A.DRAIN_NODE, True),
+    ]

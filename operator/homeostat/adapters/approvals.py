@@ -1,8 +1,9 @@
 """Approval objects over the Kubernetes API: the gate remediation calls, and the store the
 approval handlers and the kubectl plugin read and write.
 
-The gate is create-or-get by a name derived from action + target + cause, so asking on every
-reconcile (or from two operator processes) finds the one request instead of opening another.
+The gate is create-or-get by a name derived from action + target + cause + incident occurrence,
+so asking on every reconcile (or from two operator processes, or after a restart) finds the one
+request instead of opening another.
 Status writes carry the resourceVersion they were computed from: two clicks racing each other
 end as one write and one ``Conflict``, and the loser re-reads and is judged against the winner.
 """
@@ -114,7 +115,7 @@ class KubeApprovals:
     # --- ports.ApprovalGate --------------------------------------------------------------------
 
     async def request(self, namespace: str, request: appr.Request) -> ports.ApprovalTicket:
-        name = appr.object_name(request.action, request.target, request.cause)
+        name = appr.object_name(request.action, request.target, request.cause, request.incident)
         body = await self.get(namespace, name)
         if body is None:
             manifest = await self._manifest(namespace, name, request)
@@ -127,6 +128,12 @@ class KubeApprovals:
                         f"approval {namespace}/{name} vanished while being opened"
                     ) from None
         return ticket(body, time.time())
+
+    async def find(
+        self, namespace: str, action: str, target: appr.Target, cause: str, incident: str
+    ) -> ports.ApprovalTicket | None:
+        body = await self.get(namespace, appr.object_name(action, target, cause, incident))
+        return None if body is None else ticket(body, time.time())
 
     async def record_outcome(
         self, ticket: ports.ApprovalTicket, result: appr.ActionResult, message: str

@@ -173,6 +173,11 @@ class Request:
     expires_at: float
     channel: str = ""  # Slack channel; empty means no Slack message (kubectl only)
     evidence: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Which occurrence of the problem this is (the requester's incident id). Part of the key:
+    # retries and restarts within one occurrence find the first request, but a problem that
+    # comes back after it cleared, or the next step of a ladder, asks again. An answer is about
+    # one occurrence; it never authorises a later one.
+    incident: str = ""
 
     @property
     def required(self) -> int:
@@ -181,7 +186,7 @@ class Request:
         return max(self.quorum, 2) if self.risk is Risk.CRITICAL else max(self.quorum, 1)
 
     def key(self) -> str:
-        return incident_key(self.action, self.target, self.cause)
+        return incident_key(self.action, self.target, self.cause, self.incident)
 
     def as_spec(self) -> dict[str, Any]:
         return {
@@ -205,6 +210,7 @@ class Request:
             },
             "channel": self.channel,
             "expiresAt": format_time(self.expires_at),
+            **({"incident": self.incident} if self.incident else {}),
         }
 
 
@@ -281,14 +287,17 @@ class Result:
 _NAME_CHARS = re.compile(r"[^a-z0-9]+")
 
 
-def incident_key(action: str, target: Target, cause: str) -> str:
-    return "\x1f".join((action, target.kind, target.namespace, target.name, cause))
+def incident_key(action: str, target: Target, cause: str, incident: str = "") -> str:
+    parts = (action, target.kind, target.namespace, target.name, cause)
+    # Without an incident id the key is what it was before the field existed.
+    return "\x1f".join((*parts, incident) if incident else parts)
 
 
-def object_name(action: str, target: Target, cause: str) -> str:
-    """The Approval's name is a function of action + target + cause, so asking twice about the
-    same incident (a retry, a restart, a second operator) finds the first request."""
-    digest = hashlib.sha256(incident_key(action, target, cause).encode()).hexdigest()[:16]
+def object_name(action: str, target: Target, cause: str, incident: str = "") -> str:
+    """The Approval's name is a function of action + target + cause (+ the occurrence), so
+    asking twice about the same incident (a retry, a restart, a second operator) finds the
+    first request."""
+    digest = hashlib.sha256(incident_key(action, target, cause, incident).encode()).hexdigest()[:16]
     prefix = _NAME_CHARS.sub("-", action.lower()).strip("-")[:40] or "approval"
     return f"{prefix}-{digest}"
 
@@ -401,6 +410,7 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
         expires_at=parse_time(spec.get("expiresAt"), "spec.expiresAt"),
         channel=str(spec.get("channel") or ""),
         evidence={str(k): str(v) for k, v in _mapping(evidence, "spec.evidence").items()},
+        incident=str(spec.get("incident") or ""),
     )
 
 

@@ -285,6 +285,7 @@ class ApprovalState:
     verdict: ApprovalVerdict
     deciders: frozenset[str] = frozenset()
     requester: str = ""
+    occurrence: str = ""  # the incident occurrence it answers (remediation.Incident.occurrence)
 
 
 class Outcome(enum.StrEnum):

@@ -472,6 +472,14 @@ def _oom(view: ServiceView, pod: PodView, now: float) -> list[Finding]:
     return found
 
 
+def _live(view: ServiceView) -> list[PodView]:
+    # Pods of a revision that was rolled back are remnants (a ReplicaSet scaled to zero leaves
+    # its failed pods behind): the rollback already answered them.
+    return [
+        p for p in view.pods if not p.deleting and not (view.rolled_back and p.revision == view.rolled_back)
+    ]
+
+
 def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
     """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
     spec = view.healing
@@ -482,11 +490,7 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
         if not n.ready and n.not_ready_since is not None and now - n.not_ready_since >= spec.grace
     }
     new_revision_crash = ""
-    # Pods of a revision that was rolled back are remnants (a ReplicaSet scaled to zero leaves
-    # its failed pods behind): the rollback already answered them.
-    live = [
-        p for p in view.pods if not p.deleting and not (view.rolled_back and p.revision == view.rolled_back)
-    ]
+    live = _live(view)
     for pod in live:
         pod_ref = f"Pod/{view.namespace}/{pod.name}"
         on_failed_node = pod.node in failed_nodes or (
@@ -607,6 +611,31 @@ def _blind(view: ServiceView) -> frozenset[str]:
     )
 
 
+def _unsettled(view: ServiceView, now: float) -> frozenset[str]:
+    """Keys of node symptoms whose condition holds, but not yet for the time that makes it a
+    finding. That time is counted from when this process first saw the condition (NodeView
+    trusts the later of that and lastTransitionTime), so it starts again after a restart: an
+    incident verifying a drain must not read the gap as "cleared" (and then, when the symptom
+    shows again, open a second incident that acts again), nor may a pending one be dropped."""
+    spec = view.healing
+    if not spec.node_failure:
+        return frozenset()
+    occupied = {p.node for p in _live(view)}
+    keys = set()
+    for node in view.nodes.values():
+        target = f"Node/{node.name}"
+        if not node.ready and node.not_ready_since is not None:
+            down = now - node.not_ready_since
+            if node.name in occupied and down < spec.grace:
+                keys.add(f"{Symptom.NODE_NOT_READY.value}:{target}")
+            if not node.unschedulable and down < spec.cordon_after:
+                keys.add(f"{Symptom.NODE_DOWN_LONG.value}:{target}")
+        pressed = node.ready and node.pressure and node.pressure_since is not None
+        if pressed and node.name in occupied and now - (node.pressure_since or now) < spec.grace:
+            keys.add(f"{Symptom.NODE_PRESSURE.value}:{target}")
+    return frozenset(keys)
+
+
 def unproven(view: ServiceView) -> bool:
     """The spec asks for a revision that has not become the stable one (and was not already
     rolled back): the change is the likeliest cause of a new problem."""
@@ -713,6 +742,13 @@ class Incident:
     reason: str = ""
     message: str = ""
 
+    @property
+    def occurrence(self) -> str:
+        """This occurrence of the problem at this step of its ladder: what an approval is about.
+        Stable across restarts (both parts are stored); a new occurrence of the same symptom, or
+        the next step, is a different one, so one answer never authorises two actions."""
+        return f"{self.since:.3f}/{self.step}"
+
     def as_in_storage(self) -> dict[str, Any]:
         stored: dict[str, Any] = {
             "key": self.key,
@@ -799,6 +835,7 @@ class Execute:
     # operator recorded (write-ahead) but was killed before carrying out. Only for actions whose
     # repetition is the same request (_RESUMABLE). Not a new action: no record, no rate-limit cost.
     resume: bool = False
+    occurrence: str = ""  # Incident.occurrence: names the approval the action ran under, if any
 
 
 # Repeating these asks for the same end state: the same pods deleted (a gone pod is a no-op),
@@ -817,6 +854,7 @@ class AskApproval:
     request: pol.Request
     rule: pol.ActionRule
     message: str
+    occurrence: str = ""  # Incident.occurrence: part of the approval's identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -869,6 +907,7 @@ def _parameters(
 ) -> Execute | str:
     """The Execute effect for ``action``, or why it cannot be done (which escalates)."""
     base = Execute(incident.key, action, incident.target, incident.symptom, finding.detail)
+    base = dataclasses.replace(base, occurrence=incident.occurrence)
     if action in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS):
         return dataclasses.replace(
             base,
@@ -917,7 +956,7 @@ class Context:
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
     findings = {f.key: f for f in detect(ctx.view, ctx.now)}
-    blind = _blind(ctx.view)
+    blind = _blind(ctx.view) | _unsettled(ctx.view, ctx.now)
     history = list(state.history)
     effects: list[Effect] = []
     incidents: list[Incident] = []
@@ -934,6 +973,15 @@ def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect,
             incidents.append(kept)
     ordered = tuple(sorted(incidents, key=lambda i: (i.since, i.key))[-INCIDENT_LIMIT:])
     return HealingState(ordered, _prune(history, ctx.policy, ctx.now)), tuple(effects)
+
+
+def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
+    """The gate's answer for this occurrence of the incident; one about an earlier occurrence or
+    ladder step does not count, and the request is made again."""
+    approval = ctx.approvals.get(incident.key)
+    if approval is not None and approval.occurrence and approval.occurrence != incident.occurrence:
+        return None
+    return approval
 
 
 def _advance(
@@ -986,9 +1034,8 @@ def _advance(
         return _escalated(incident, "", "LadderExhausted", why), history
     action = actions[incident.step]
     request = request_for(incident, action, ctx.view)
-    decision = pol.decide(
-        ctx.policy, request, [*ctx.others, *history], ctx.cluster, now, approval=ctx.approvals.get(key)
-    )
+    approval = _answer_for(incident, ctx)
+    decision = pol.decide(ctx.policy, request, [*ctx.others, *history], ctx.cluster, now, approval=approval)
     if decision.verdict is pol.Verdict.EXECUTE:
         effect = _parameters(incident, finding, action, ctx.view, now)
         if isinstance(effect, str):
@@ -1017,8 +1064,9 @@ def _advance(
         return acting, [*history, record]
     if decision.verdict is pol.Verdict.NEEDS_APPROVAL:
         assert decision.rule is not None  # decide always names the rule it asks approval under
-        # Sent on every pass: the gate finds the existing request by action + target + cause.
-        effects.append(AskApproval(key, request, decision.rule, finding.detail))
+        # Sent on every pass: the gate finds the existing request by action + target + cause +
+        # occurrence.
+        effects.append(AskApproval(key, request, decision.rule, finding.detail, incident.occurrence))
         waiting = dataclasses.replace(
             incident,
             phase=Phase.AWAITING_APPROVAL,

@@ -308,13 +308,7 @@ async def _heal(
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
     ctx = rem.Context(view, policy, others, cluster, approvals, now)
     state, effects = rem.step(state, ctx)
-    if any(isinstance(e, rem.Execute) and not e.resume for e in effects):
-        # Write-ahead: the record of an action (its history entry, the incident now Verifying)
-        # is stored before the action runs. A crash in between then leaves an action counted
-        # but not taken, which verification escalates, never one taken but uncounted, which
-        # would slip past rate limits and the circuit breaker and could run twice. A failed
-        # write raises here, before anything is done.
-        await rs.write_status(runtime, body, {"healing": {**state.as_in_storage(), "policyError": None}})
+    await _write_ahead(runtime, loop, body, state, effects)
     last: dict[str, Any] | None = None
     held: dict[tuple[str, str], list[rem.Held]] = {}
     for effect in effects:
@@ -342,6 +336,30 @@ async def _heal(
     if last is not None:
         changes["lastRemediation"] = last
     await rs.write_status(runtime, body, changes)
+
+
+async def _write_ahead(
+    runtime: rs.Runtime,
+    loop: Loop,
+    body: Mapping[str, Any],
+    state: rem.HealingState,
+    effects: tuple[rem.Effect, ...],
+) -> None:
+    """Store the state before its effects run, when a crash in between would be unsafe.
+
+    The record of an action (its history entry, the incident now Verifying) is stored before the
+    action runs. A crash in between then leaves an action counted but not taken, which
+    verification escalates, never one taken but uncounted, which would slip past rate limits
+    and the circuit breaker and could run twice. And an approval request is named after its
+    incident's occurrence (when it was first seen): the incident is stored before the first
+    request, or a restart in between would see a new occurrence and open a second request for
+    the same problem. A failed write raises here, before anything is done.
+    """
+    uid = body["metadata"]["uid"]
+    acting = any(isinstance(e, rem.Execute) and not e.resume for e in effects)
+    asking = any(isinstance(e, rem.AskApproval) and (uid, e.incident) not in loop.tickets for e in effects)
+    if acting or asking:
+        await rs.write_status(runtime, body, {"healing": {**state.as_in_storage(), "policyError": None}})
 
 
 def _autoscaled(spec: Mapping[str, Any]) -> bool:
@@ -461,11 +479,16 @@ async def _execute(
             await _record_outcome(memo, loop, (uid, effect.incident), appr.ActionResult.FAILED, text)
             state = rem.action_failed(state, effect.incident, str(exc), now)
             return state, _last(effect.action.value, effect.target, effect.cause.value, "Failed", now)
+        first_here = key not in loop.executed
+        loop.executed.add(key)
+        if effect.resume and first_here:
+            # The process that decided the action was killed holding the approval's ticket: its
+            # outcome is recorded now, so the Approval shows the action ran under it.
+            await _record_resumed(memo, body, effect, done)
         if effect.resume and drain:
             if not done.endswith(" 0 pod(s) evicted"):
                 _event(body, "Normal", "DrainResumed", f"{done} after the disruption budget allowed it")
             return state, None
-        loop.executed.add(key)
         if effect.resume:
             # Recorded before a restart, perhaps never carried out: this is its first run here.
             text = f"{effect.action.value} on {effect.target} ({effect.cause.value}), resumed: {done}"
@@ -554,6 +577,7 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         expires_at=now + pol.approval_timeout(rule, settings),
         channel=str(slack.get("channel") or ""),
         evidence={"symptom": effect.message[:500]},
+        incident=effect.occurrence,
     )
     try:
         ticket = await gate.request(body["metadata"]["namespace"], request)
@@ -570,7 +594,8 @@ async def _ask(memo: Any, loop: Loop, body: Mapping[str, Any], effect: rem.AskAp
         stored = await actions.approval(ticket.namespace, ticket.name)
         decided = appr.State.from_storage((stored or {}).get("status"))
         deciders = frozenset(str(d.identity) for d in decided.decisions if d.verdict is appr.Verdict.APPROVE)
-    loop.approvals[key] = pol.ApprovalState(_APPROVAL_VERDICTS[ticket.phase], deciders, requester=REQUESTER)
+    verdict = _APPROVAL_VERDICTS[ticket.phase]
+    loop.approvals[key] = pol.ApprovalState(verdict, deciders, REQUESTER, effect.occurrence)
     if first:
         _event(
             body,
@@ -592,6 +617,23 @@ async def _record_outcome(
         await gate.record_outcome(ticket, result, message)
     except ports.Unavailable as exc:
         logger.warning(f"could not record the outcome on Approval {ticket.namespace}/{ticket.name}: {exc}")
+
+
+async def _record_resumed(memo: Any, body: Mapping[str, Any], effect: rem.Execute, done: str) -> None:
+    """Record a resumed action's outcome on the Approval it ran under, if it needed one."""
+    gate: ports.ApprovalGate | None = memo.get("approval_gate")
+    if gate is None or not effect.occurrence:
+        return
+    namespace = body["metadata"]["namespace"]
+    target = _target(effect.target)
+    action = effect.action.value
+    try:
+        ticket = await gate.find(namespace, action, target, effect.cause.value, effect.occurrence)
+        if ticket is not None and ticket.phase is appr.Phase.APPROVED:
+            message = f"resumed after an operator restart: {done}"
+            await gate.record_outcome(ticket, appr.ActionResult.SUCCEEDED, message)
+    except (ports.Unavailable, ports.Rejected) as exc:
+        logger.warning(f"could not record the outcome of resumed {action} on {effect.target}: {exc}")
 
 
 async def _notify(memo: Any, body: Mapping[str, Any], effect: rem.Escalate) -> None:
