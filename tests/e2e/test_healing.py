@@ -23,6 +23,7 @@ import yaml
 
 from cluster import local
 from conftest import VENV_BIN, Cluster, OperatorProcess, get_json, wait_for
+from homeostat.adapters import kube_healing
 from slack import server as fake
 
 pytestmark = pytest.mark.e2e
@@ -552,6 +553,40 @@ def test_an_oom_killed_container_gets_a_higher_memory_limit_as_a_new_revision(
     history = _healing(local_cluster, namespace, "mem").get("history") or []
     assert [r["action"] for r in history][:1] == ["RaiseMemoryLimit"], history
     assert history[0]["target"] == f"Container/{namespace}/mem/app"
+
+
+def test_the_memory_limit_patch_survives_status_writes_but_not_an_edit_of_the_limit(
+    cluster: Cluster, crds_installed: None, namespace: str, policy_name: str
+) -> None:
+    """The raise is guarded by the values it replaces. A status write in between (the pod
+    failure that asks for the raise changes the service's status too) must not refuse it; an edit
+    of the limit in between must, instead of being overwritten."""
+    service = _service("guard", namespace, policy_name, 1, {"oom": {}})
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    container["resources"] = {"limits": {"memory": "64Mi"}, "requests": {"memory": "32Mi"}}
+    _apply(cluster, service)
+    read = get_json(cluster, "rsvc", "guard", "-n", namespace) or {}
+    status = json.dumps({"status": {"observedGeneration": 99}})
+    cluster.kubectl(
+        "patch", "rsvc", "guard", "-n", namespace, "--subresource=status", "--type=merge", "-p", status
+    )
+    raise_to = json.dumps(kube_healing.memory_patch(read, "app", "96Mi"))
+    cluster.kubectl("patch", "rsvc", "guard", "-n", namespace, "--type=json", "-p", raise_to)
+    stored = get_json(cluster, "rsvc", "guard", "-n", namespace) or {}
+    resources = stored["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"limits": {"memory": "96Mi"}, "requests": {"memory": "48Mi"}}
+
+    stale = json.dumps(kube_healing.memory_patch(stored, "app", "144Mi"))
+    edit = [
+        {"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "2Gi"}
+    ]
+    cluster.kubectl("patch", "rsvc", "guard", "-n", namespace, "--type=json", "-p", json.dumps(edit))
+    refused = cluster.kubectl(
+        "patch", "rsvc", "guard", "-n", namespace, "--type=json", "-p", stale, check=False
+    )
+    assert refused.returncode != 0 and "invalid" in refused.stderr, refused.stderr  # 422
+    stored = get_json(cluster, "rsvc", "guard", "-n", namespace) or {}
+    assert stored["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
 
 
 def test_rate_limits_and_history_survive_an_operator_restart(

@@ -13,6 +13,8 @@ import pytest
 
 from homeostat.adapters import kube_healing
 
+APP = "/spec/template/spec/containers/1"
+
 
 def service(resources: dict[str, Any]) -> dict[str, Any]:
     containers = [
@@ -29,29 +31,20 @@ def service(resources: dict[str, Any]) -> dict[str, Any]:
             {"limits": {"memory": "64Mi"}, "requests": {"memory": "32Mi"}},
             "96Mi",
             [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
-                {
-                    "op": "replace",
-                    "path": "/spec/template/spec/containers/1/resources/limits/memory",
-                    "value": "96Mi",
-                },
-                {
-                    "op": "replace",
-                    "path": "/spec/template/spec/containers/1/resources/requests/memory",
-                    "value": "48Mi",
-                },
+                {"op": "test", "path": f"{APP}/name", "value": "app"},
+                {"op": "test", "path": f"{APP}/resources/limits/memory", "value": "64Mi"},
+                {"op": "replace", "path": f"{APP}/resources/limits/memory", "value": "96Mi"},
+                {"op": "test", "path": f"{APP}/resources/requests/memory", "value": "32Mi"},
+                {"op": "replace", "path": f"{APP}/resources/requests/memory", "value": "48Mi"},
             ],
         ),
         (
             {"limits": {"memory": "1Gi"}},
             "1536Mi",
             [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
-                {
-                    "op": "replace",
-                    "path": "/spec/template/spec/containers/1/resources/limits/memory",
-                    "value": "1536Mi",
-                },
+                {"op": "test", "path": f"{APP}/name", "value": "app"},
+                {"op": "test", "path": f"{APP}/resources/limits/memory", "value": "1Gi"},
+                {"op": "replace", "path": f"{APP}/resources/limits/memory", "value": "1536Mi"},
             ],
         ),
         ({"limits": {"memory": "128Mi"}}, "96Mi", []),  # already at least that much: idempotent

@@ -187,8 +187,11 @@ def _evictable(pod: Mapping[str, Any]) -> bool:
 
 def memory_patch(service: Mapping[str, Any], container: str, limit: str) -> list[dict[str, Any]]:
     """A JSON patch raising ``container``'s memory limit to ``limit`` (and its request by the same
-    ratio, never above the limit), guarded by the resourceVersion read: a concurrent edit makes
-    the API server refuse it instead of being overwritten. Empty when already at least ``limit``."""
+    ratio, never above the limit), guarded by the values it replaces: an edit of those fields
+    since they were read makes the API server refuse it instead of being overwritten. Not by the
+    resourceVersion: every status write bumps it, and the pod failure that asks for the raise
+    also changes the service's status, so that guard lost races it had no reason to.
+    Empty when already at least ``limit``."""
     containers = (((service.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
         "containers"
     ) or []
@@ -197,26 +200,21 @@ def memory_patch(service: Mapping[str, Any], container: str, limit: str) -> list
         if spec.get("name") != container:
             continue
         resources = spec.get("resources") or {}
-        current = specs.quantity((resources.get("limits") or {}).get("memory"))
+        raw_limit = (resources.get("limits") or {}).get("memory")
+        current = specs.quantity(raw_limit)
         if wanted is None or current is None or current >= wanted:
             return []
-        base = f"/spec/template/spec/containers/{index}/resources"
+        at = f"/spec/template/spec/containers/{index}"
         ops: list[dict[str, Any]] = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": service["metadata"]["resourceVersion"],
-            },
-            {"op": "replace", "path": f"{base}/limits/memory", "value": limit},
+            {"op": "test", "path": f"{at}/name", "value": container},
+            {"op": "test", "path": f"{at}/resources/limits/memory", "value": raw_limit},
+            {"op": "replace", "path": f"{at}/resources/limits/memory", "value": limit},
         ]
-        request = specs.quantity((resources.get("requests") or {}).get("memory"))
+        raw_request = (resources.get("requests") or {}).get("memory")
+        request = specs.quantity(raw_request)
         if request is not None:
-            ops.append(
-                {
-                    "op": "replace",
-                    "path": f"{base}/requests/memory",
-                    "value": rem.mebibytes(min(wanted, request * wanted / current)),
-                }
-            )
+            raised = rem.mebibytes(min(wanted, request * wanted / current))
+            ops.append({"op": "test", "path": f"{at}/resources/requests/memory", "value": raw_request})
+            ops.append({"op": "replace", "path": f"{at}/resources/requests/memory", "value": raised})
         return ops
     return []
