@@ -148,7 +148,9 @@ def test_bad_canary_is_rolled_back_with_the_failing_metric(
         if canary is None and not canary_gone_with_stable_ready:
             stable = get_json(cluster, "deployment", "bad", "-n", namespace) or {}
             canary_gone_with_stable_ready.append(int(stable.get("status", {}).get("readyReplicas", 0)))
-        return phase(cluster, namespace, "bad") == "RolledBack"
+        # Both: a poll that reads the canary just before it goes and the phase just after must
+        # not end the wait without having seen the canary gone.
+        return bool(canary_gone_with_stable_ready) and phase(cluster, namespace, "bad") == "RolledBack"
 
     wait_for(rolled_back, timeout=90, interval=0.2, what="rollback")
     elapsed = time.monotonic() - onset
