@@ -584,9 +584,10 @@ def drain_trial(chaos: Env, trial: int) -> Outcome:
         max(len(runs) - 1, events - 1, 0) + max(len(requests) - 1, 0) + max(len(posts) - 1, 0)
     )
     outcome.lost = int(not runs)
+    recorded = [((a.get("status") or {}).get("outcome") or {}).get("result", "none") for a in requests]
     outcome.notes.append(
         f"drain {node} (kills {phases}): history={len(runs)} events={events} "
-        f"approvals={len(requests)} posts={len(posts)}"
+        f"approvals={len(requests)} posts={len(posts)} outcome={','.join(recorded)}"
     )
     chaos.cluster.kubectl("delete", "rsvc", name, "-n", chaos.namespace, "--wait=false", check=False)
     chaos.cluster.kubectl("delete", "node", node, "--wait=false", check=False)
