@@ -228,9 +228,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and call.when == "call" and isinstance(proc, OperatorProcess) and namespace:
         lines = proc.logs().splitlines()
         about = [line for line in lines if namespace in line][-60:]
-        errors = [line for line in lines if "Traceback" in line or "[ERROR" in line][-10:]
+        worse = [line for line in lines if "Traceback" in line or "[ERROR" in line or "[WARNING" in line]
         report.sections.append(
-            ("operator log", "\n".join([*about, "--- recent errors ---", *errors]) or "(nothing)")
+            ("operator log", "\n".join([*about, "--- recent warnings and errors ---", *worse[-15:]]))
         )
     return report
 

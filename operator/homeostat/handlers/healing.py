@@ -23,6 +23,7 @@ import asyncio
 import copy
 import datetime
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ from homeostat.core import spec as specs
 from homeostat.handlers import replicatedservice as rs
 
 INTERVAL = 1.0  # seconds between passes; well under any sensible node grace period
+SLOW_PASS = 5.0  # seconds; a pass this long is logged with its slowest service
 REQUESTER = "homeostat"
 logger = logging.getLogger("homeostat.healing")
 
@@ -191,6 +193,7 @@ async def heal_all(memo: Any, indexes: Mapping[str, Any]) -> None:
         if bodies and bodies[-1]["metadata"]["uid"] not in loop.histories:
             recorded = rem.HealingState.from_storage((bodies[-1].get("status") or {}).get("healing"))
             loop.histories[bodies[-1]["metadata"]["uid"]] = recorded.history
+    started, slowest, slowest_took = time.monotonic(), "", 0.0
     for store in stores:
         bodies = _values(store)
         if not bodies:
@@ -198,11 +201,18 @@ async def heal_all(memo: Any, indexes: Mapping[str, Any]) -> None:
         body = bodies[-1]
         if body["metadata"].get("deletionTimestamp"):
             continue
+        meta = body["metadata"]
+        began = time.monotonic()
         try:
             await _heal(memo, loop, indexes=indexes, body=body, nodes=nodes, cluster=cluster, now=now)
         except Exception:
-            meta = body["metadata"]
             logger.exception(f"healing {meta['namespace']}/{meta['name']} failed")
+        if (took := time.monotonic() - began) > slowest_took:
+            slowest, slowest_took = f"{meta['namespace']}/{meta['name']}", took
+    if (took := time.monotonic() - started) > SLOW_PASS:
+        # Services are healed one after another (cluster-wide limits see each decision before
+        # the next is made), so one slow service delays all: say which.
+        logger.warning(f"healing pass took {took:.1f}s; slowest: {slowest} ({slowest_took:.1f}s)")
 
 
 def _nodes(loop: Loop, indexes: Mapping[str, Any], now: float) -> dict[str, rem.NodeView]:
