@@ -611,29 +611,23 @@ def _blind(view: ServiceView) -> frozenset[str]:
     )
 
 
-def _unsettled(view: ServiceView, now: float) -> frozenset[str]:
-    """Keys of node symptoms whose condition holds, but not yet for the time that makes it a
+# Node symptoms that become findings only after their condition has held for a while.
+_TIMED = frozenset({Symptom.NODE_NOT_READY, Symptom.NODE_DOWN_LONG, Symptom.NODE_PRESSURE})
+
+
+def _unsettled(view: ServiceView, now: float) -> dict[str, Finding]:
+    """Node symptoms whose condition holds, whether or not it has held long enough to be a
     finding. That time is counted from when this process first saw the condition (NodeView
-    trusts the later of that and lastTransitionTime), so it starts again after a restart: an
-    incident verifying a drain must not read the gap as "cleared" (and then, when the symptom
-    shows again, open a second incident that acts again), nor may a pending one be dropped."""
-    spec = view.healing
-    if not spec.node_failure:
-        return frozenset()
-    occupied = {p.node for p in _live(view)}
-    keys = set()
-    for node in view.nodes.values():
-        target = f"Node/{node.name}"
-        if not node.ready and node.not_ready_since is not None:
-            down = now - node.not_ready_since
-            if node.name in occupied and down < spec.grace:
-                keys.add(f"{Symptom.NODE_NOT_READY.value}:{target}")
-            if not node.unschedulable and down < spec.cordon_after:
-                keys.add(f"{Symptom.NODE_DOWN_LONG.value}:{target}")
-        pressed = node.ready and node.pressure and node.pressure_since is not None
-        if pressed and node.name in occupied and now - (node.pressure_since or now) < spec.grace:
-            keys.add(f"{Symptom.NODE_PRESSURE.value}:{target}")
-    return frozenset(keys)
+    trusts the later of that and lastTransitionTime), so it starts again after a restart. The
+    incidents such a symptom opened in an earlier process go on with it: a drain being verified
+    is not taken as done (and then, when the finding shows again, run a second time under a new
+    incident), it is resumed; a pending one is not dropped. New incidents still wait."""
+    if not view.healing.node_failure:
+        return {}
+    untimed = dataclasses.replace(
+        view, healing=dataclasses.replace(view.healing, grace=0.0, cordon_after=0.0)
+    )
+    return {f.key: f for f in detect(untimed, now) if f.symptom in _TIMED}
 
 
 def unproven(view: ServiceView) -> bool:
@@ -956,7 +950,8 @@ class Context:
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
     findings = {f.key: f for f in detect(ctx.view, ctx.now)}
-    blind = _blind(ctx.view) | _unsettled(ctx.view, ctx.now)
+    blind = _blind(ctx.view)
+    ongoing = {**_unsettled(ctx.view, ctx.now), **findings}  # for incidents already open
     history = list(state.history)
     effects: list[Effect] = []
     incidents: list[Incident] = []
@@ -968,7 +963,7 @@ def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect,
         if current.key in blind and current.key not in findings:
             incidents.append(current)  # unknown is neither cleared nor failed: wait for an answer
             continue
-        kept, history = _advance(current, findings, history, effects, ctx)
+        kept, history = _advance(current, ongoing, history, effects, ctx)
         if kept is not None:
             incidents.append(kept)
     ordered = tuple(sorted(incidents, key=lambda i: (i.since, i.key))[-INCIDENT_LIMIT:])
