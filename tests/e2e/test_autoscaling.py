@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 import prom
 from cluster import local
@@ -65,7 +64,7 @@ class Setup:
         return body
 
     def apply(self, manifest: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest))
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest))
 
     def events(self, name: str) -> list[dict[str, Any]]:
         listed = get_json(
@@ -362,8 +361,6 @@ def test_api_validation_of_the_new_fields(
 ) -> None:
     manifest = service("validated", **spec)
     manifest["metadata"]["namespace"] = "default"
-    result = cluster.kubectl(
-        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(manifest), check=False
-    )
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
     assert (result.returncode == 0) is accepted, result.stderr
     assert message in result.stderr

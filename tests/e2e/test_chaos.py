@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import chaos_report as report
 import prom
@@ -388,7 +387,7 @@ def chaos_node(chaos: Env) -> str:
         },
         "spec": {"taints": [{"key": CHAOS_TAINT, "effect": "NoSchedule"}]},
     }
-    chaos.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+    chaos.cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
 
     def ready() -> bool:
         conditions = ((get_json(chaos.cluster, "node", name) or {}).get("status") or {}).get("conditions")

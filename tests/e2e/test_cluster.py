@@ -9,7 +9,6 @@ import json
 import uuid
 
 import pytest
-import yaml
 
 from cluster import local
 from conftest import Cluster, get_json, wait_for
@@ -87,7 +86,7 @@ def test_node_not_ready_stage(local_cluster: local.LocalCluster) -> None:
         "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"type": "kwok"}},
         "spec": {"taints": [{"key": "homeostat.dev/chaos", "effect": "NoSchedule"}]},
     }
-    local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+    local_cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
     try:
         wait_for(
             lambda: _node_ready(get_json(local_cluster, "node", name)) == "True", what="chaos node Ready"

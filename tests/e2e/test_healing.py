@@ -75,7 +75,7 @@ def chaos_node(local_cluster: local.LocalCluster) -> Iterator[str]:
         },
         "spec": {"taints": [{"key": CHAOS_TAINT, "effect": "NoSchedule"}]},
     }
-    local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+    local_cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
     wait_for(lambda: _node_ready(get_json(local_cluster, "node", name)) == "True", what="chaos node Ready")
     yield name
     local_cluster.kubectl("delete", "node", name, "--wait=false", check=False)

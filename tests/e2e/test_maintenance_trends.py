@@ -15,6 +15,7 @@ is still below the limit, and the prediction is close to when the simulated seri
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import socket
 import time
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import prom
 from conftest import Cluster, OperatorProcess, get_json, wait_for
@@ -43,7 +43,7 @@ class Setup:
         self.operator = operator
 
     def apply(self, manifest: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest))
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest))
 
     def get(self, name: str) -> dict[str, Any]:
         body = get_json(self.cluster, "rsvc", name, "-n", self.namespace)
@@ -96,7 +96,7 @@ def setup(
     policy = f"mt-{uuid.uuid4().hex[:8]}"
     workdir: Path = tmp_path_factory.mktemp("trends")
     cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_policy(policy)))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_policy(policy)))
     operator = OperatorProcess(
         cluster.kubeconfig,
         workdir / "operator.log",
@@ -262,7 +262,7 @@ def filling_node(cluster: Cluster, traffic_simulator: simulator.Simulator) -> It
         },
         "spec": {"taints": [{"key": TAINT, "effect": "NoSchedule"}]},
     }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
     yield name
     cluster.kubectl("delete", "node", name, "--wait=false", check=False)
 
@@ -351,7 +351,7 @@ def risky_nodes(
     names = (f"risk-a-{tag}", f"risk-b-{tag}", f"risk-c-{tag}")
     hosts = {"homeostat.dev/risk-test": tag}
     for name, risk, labels in zip(names, ("0.3", "0.5", "0.99"), (hosts, hosts, {}), strict=True):
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_node(name, risk, labels)))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_node(name, risk, labels)))
     yield (tag, *names)
     for name in names:
         cluster.kubectl("delete", "node", name, "--wait=false", check=False)
@@ -465,7 +465,7 @@ def test_with_prometheus_down_no_node_is_acted_on_and_the_log_says_so_once(
         port = sock.getsockname()[1]
     namespace, policy = f"mt-{uuid.uuid4().hex[:8]}", f"mt-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_policy(policy)))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_policy(policy)))
     cluster.kubectl("label", "node", node_c, f"homeostat.dev/risk-down={tag}")
     operator = OperatorProcess(
         cluster.kubeconfig,
@@ -571,8 +571,6 @@ def test_api_validation_of_the_trend_blocks(
 ) -> None:
     manifest = service("validated", "default", healing)
     manifest["metadata"]["namespace"] = "default"
-    result = cluster.kubectl(
-        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(manifest), check=False
-    )
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
     assert (result.returncode == 0) is accepted, result.stderr
     assert message in result.stderr
