@@ -266,14 +266,22 @@ class Drained:
 
     evicted: int
     namespaces: tuple[str, ...] = ()
+    # Pods no controller owns ("namespace/name"): evicted, nothing would bring them back, so
+    # they stay, as ``kubectl drain`` leaves them without --force.
+    unmanaged: tuple[str, ...] = ()
 
     def describe(self, node: str) -> str:
         if not self.namespaces:
-            return f"node {node} drained, {self.evicted} pod(s) evicted"
-        return (
-            f"node {node} cordoned and drained of the pods in namespace(s) {', '.join(self.namespaces)}, "
-            f"{self.evicted} pod(s) evicted; pods of other namespaces were left in place"
-        )
+            text = f"node {node} drained, {self.evicted} pod(s) evicted"
+        else:
+            text = (
+                f"node {node} cordoned and drained of the pods in namespace(s) {', '.join(self.namespaces)}, "
+                f"{self.evicted} pod(s) evicted; pods of other namespaces were left in place"
+            )
+        if self.unmanaged:
+            names = ", ".join(self.unmanaged[:5]) + (" and more" if len(self.unmanaged) > 5 else "")
+            text += f"; {len(self.unmanaged)} pod(s) no controller owns were left in place: {names}"
+        return text
 
 
 class HealingActions(Protocol):

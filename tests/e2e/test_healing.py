@@ -295,6 +295,21 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
         return names if len(pods) == 3 and all(_running_ready(p) for p in pods) and names else None
 
     before = wait_for(on_chaos, timeout=90, what="ready pods, some on the chaos node")
+    # A pod no controller owns: evicted, it would be gone for good, so the drain leaves it.
+    bare = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": namespace},
+        "spec": {
+            "nodeName": chaos_node,
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }
+    _apply(local_cluster, bare)
+    wait_for(
+        lambda: _running_ready(get_json(local_cluster, "pod", "bare", "-n", namespace) or {"metadata": {}}),
+        what="the bare pod running",
+    )
     wait_for(
         lambda: (
             (get_json(local_cluster, "pdb", "db", "-n", namespace) or {})
@@ -393,7 +408,10 @@ def test_a_drain_waits_for_approval_and_respects_the_disruption_budget(
         )
 
     wait_for(drained, timeout=90, what=f"{chaos_node} drained")
-    assert _events(local_cluster, namespace, "DrainResumed")
+    resumed = _events(local_cluster, namespace, "DrainResumed")
+    assert resumed and f"{namespace}/bare" in resumed[-1]["message"], resumed
+    left = get_json(local_cluster, "pod", "bare", "-n", namespace) or {}
+    assert left and not left["metadata"].get("deletionTimestamp"), "the drain evicted a pod nothing recreates"
     history = _healing(local_cluster, namespace, "db").get("history") or []
     assert [r["action"] for r in history] == ["DrainNode"]
     decided = (get_json(local_cluster, "approval", request["metadata"]["name"], "-n", namespace) or {})[

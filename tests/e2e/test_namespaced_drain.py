@@ -25,7 +25,7 @@ import test_helm as helm_tests
 import yaml
 
 from cluster import local
-from conftest import REPO, OperatorProcess, get_json, wait_for
+from conftest import REPO, Cluster, OperatorProcess, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -100,16 +100,31 @@ def _chart_flags(cluster: local.LocalCluster, system: str) -> tuple[str, ...]:
 
 
 def _pod_on(node: str, namespace: str, name: str) -> dict[str, Any]:
+    """A ReplicaSet of one pod bound to ``node``: a drain evicts only pods a controller owns."""
+    labels = {"app": name}
     return {
-        "apiVersion": "v1",
-        "kind": "Pod",
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "nodeName": node,
-            "tolerations": [{"key": healing.CHAOS_TAINT, "operator": "Exists"}],
-            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": node,
+                    "tolerations": [{"key": healing.CHAOS_TAINT, "operator": "Exists"}],
+                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
         },
     }
+
+
+def _pod_of(cluster: Cluster, namespace: str, name: str) -> str | None:
+    listed = get_json(cluster, "pods", "-n", namespace, "-l", f"app={name}") or {}
+    live = [p for p in listed.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
+    return str(live[0]["metadata"]["name"]) if live else None
 
 
 def test_a_namespaced_install_drains_with_the_charts_rbac(
@@ -143,6 +158,7 @@ def test_a_namespaced_install_drains_with_the_charts_rbac(
         "cache", workload, policy_name, 2, {"nodeFailure": {"gracePeriod": "2s"}}, node=chaos_node
     )
     healing._apply(local_cluster, policy, _pod_on(chaos_node, bystander, "neighbour"))
+    neighbour_pod = wait_for(lambda: _pod_of(local_cluster, bystander, "neighbour"), what="the neighbour pod")
     operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", flags).start()
     try:
         healing._apply(local_cluster, service)
@@ -186,13 +202,13 @@ def test_a_namespaced_install_drains_with_the_charts_rbac(
         texts = wait_for(said, timeout=30, what="the Event of the drain")
         if drain_all:
             wait_for(
-                lambda: not get_json(local_cluster, "pod", "neighbour", "-n", bystander),
+                lambda: not get_json(local_cluster, "pod", neighbour_pod, "-n", bystander),
                 timeout=30,
                 what="the other namespace's pod evicted too",
             )
             assert "left in place" not in texts[0]
         else:
-            neighbour = get_json(local_cluster, "pod", "neighbour", "-n", bystander) or {}
+            neighbour = get_json(local_cluster, "pod", neighbour_pod, "-n", bystander) or {}
             assert neighbour["spec"]["nodeName"] == chaos_node
             assert not neighbour["metadata"].get("deletionTimestamp"), (
                 "a pod of another namespace was evicted"

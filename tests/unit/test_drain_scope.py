@@ -28,7 +28,7 @@ def pod(namespace: str, name: str, *, owner: str = "ReplicaSet", phase: str = "R
         "metadata": {
             "namespace": namespace,
             "name": name,
-            "ownerReferences": [{"kind": owner, "name": "x"}],
+            "ownerReferences": [{"kind": owner, "name": "x", "controller": True}] if owner else [],
         },
         "spec": {"nodeName": NODE},
         "status": {"phase": phase},
@@ -60,6 +60,7 @@ PODS = [
     pod("team-a", "job-done", phase="Succeeded"),
     pod("team-b", "db-0", owner="StatefulSet"),
     pod("kube-system", "coredns-1"),
+    pod("team-a", "bare", owner=""),
 ]
 
 
@@ -82,6 +83,10 @@ def test_which_pods_a_confined_drain_evicts(patterns: tuple[str, ...], evicted: 
     ("drained", "text"),
     [
         (ports.Drained(3), "node n1 drained, 3 pod(s) evicted"),
+        (
+            ports.Drained(2, (), ("team-a/bare",)),
+            "node n1 drained, 2 pod(s) evicted; 1 pod(s) no controller owns were left in place: team-a/bare",
+        ),
         (
             ports.Drained(1, ("team-a", "team-b")),
             "node n1 cordoned and drained of the pods in namespace(s) team-a, team-b, 1 pod(s) evicted; "
@@ -195,7 +200,8 @@ def test_a_confined_drain_cordons_and_stays_in_its_namespaces(
     api: FakeAPI, patterns: tuple[str, ...], evicted: list[str], namespaces: tuple[str, ...]
 ) -> None:
     drained = asyncio.run(healing(api, patterns).drain(NODE))
-    assert drained == ports.Drained(len(evicted), namespaces)
+    # Every row's namespaces include team-a, whose pod with no controller stays.
+    assert drained == ports.Drained(len(evicted), namespaces, ("team-a/bare",))
     assert api.cordoned == [NODE]
     assert sorted(api.evicted) == sorted(evicted)
     assert ("GET", "/api/v1/pods") not in api.requests  # never the cluster-wide list

@@ -59,6 +59,9 @@ def test_memory_patch_of_an_unknown_container_is_empty() -> None:
     assert kube_healing.memory_patch(service({"limits": {"memory": "64Mi"}}), "nope", "96Mi") == []
 
 
+OWNED = [{"kind": "ReplicaSet", "controller": True}]
+
+
 def pod(**meta: Any) -> dict[str, Any]:
     phase = meta.pop("phase", "Running")
     return {"metadata": {"name": "p", "namespace": "n", **meta}, "status": {"phase": phase}}
@@ -67,13 +70,14 @@ def pod(**meta: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "evict"),
     [
-        (pod(), True),
-        (pod(ownerReferences=[{"kind": "ReplicaSet"}]), True),
-        (pod(ownerReferences=[{"kind": "DaemonSet"}]), False),
+        (pod(), False),  # no controller: nothing would recreate it
+        (pod(ownerReferences=[{"kind": "ReplicaSet"}]), False),  # an owner, but not a controller
+        (pod(ownerReferences=[{"kind": "ReplicaSet", "controller": True}]), True),
+        (pod(ownerReferences=[{"kind": "DaemonSet", "controller": True}]), False),
         (pod(annotations={"kubernetes.io/config.mirror": "x"}), False),
-        (pod(deletionTimestamp="2026-01-01T00:00:00Z"), False),
-        (pod(phase="Succeeded"), False),
-        (pod(phase="Failed"), False),
+        (pod(ownerReferences=OWNED, deletionTimestamp="2026-01-01T00:00:00Z"), False),
+        (pod(ownerReferences=OWNED, phase="Succeeded"), False),
+        (pod(ownerReferences=OWNED, phase="Failed"), False),
     ],
 )
 def test_which_pods_a_drain_evicts(body: dict[str, Any], evict: bool) -> None:

@@ -88,6 +88,14 @@ class KubernetesHealing:
                 path = f"/api/v1/namespaces/{namespace}/pods"
                 pods.extend(((await self._call(path, "GET", query=query)) or {}).get("items") or [])
         evicted = 0
+        scoped = [
+            p for p in pods if in_scope(str(p["metadata"].get("namespace") or ""), self.drain_namespaces)
+        ]
+        unmanaged = tuple(
+            f"{p['metadata'].get('namespace')}/{p['metadata'].get('name')}"
+            for p in scoped
+            if _running(p) and not _controller(p)
+        )
         for meta in evictions(pods, self.drain_namespaces):
             eviction = {
                 "apiVersion": "policy/v1",
@@ -108,7 +116,7 @@ class KubernetesHealing:
                     ) from None
                 raise
             evicted += 1
-        return ports.Drained(evicted, namespaces)
+        return ports.Drained(evicted, namespaces, unmanaged)
 
     async def _drained_namespaces(self) -> tuple[str, ...]:
         """The existing namespaces the patterns name. Exact names need no lookup (a namespaced
@@ -166,8 +174,10 @@ def in_scope(namespace: str, patterns: Iterable[str]) -> bool:
 
 
 def evictions(pods: Iterable[Mapping[str, Any]], patterns: Iterable[str] = ()) -> list[Mapping[str, Any]]:
-    """The metadata of the pods a drain evicts: running pods that are neither mirror nor
-    DaemonSet pods, in the namespaces the patterns name (all when there are none)."""
+    """The metadata of the pods a drain evicts: running pods a controller owns that are
+    neither mirror nor DaemonSet pods, in the namespaces the patterns name (all when there are
+    none). A pod no controller owns would be gone for good, so it stays (``kubectl drain``
+    refuses it without --force)."""
     patterns = tuple(patterns)
     return [
         pod["metadata"]
@@ -176,13 +186,21 @@ def evictions(pods: Iterable[Mapping[str, Any]], patterns: Iterable[str] = ()) -
     ]
 
 
-def _evictable(pod: Mapping[str, Any]) -> bool:
+def _running(pod: Mapping[str, Any]) -> bool:
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp") or _MIRROR in (meta.get("annotations") or {}):
         return False
-    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return False
-    return not any(ref.get("kind") == "DaemonSet" for ref in meta.get("ownerReferences") or [])
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def _controller(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+def _evictable(pod: Mapping[str, Any]) -> bool:
+    controller = _controller(pod)
+    return _running(pod) and controller is not None and controller.get("kind") != "DaemonSet"
 
 
 def memory_patch(service: Mapping[str, Any], container: str, limit: str) -> list[dict[str, Any]]:
