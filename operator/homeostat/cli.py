@@ -13,7 +13,8 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from homeostat import __version__
 
@@ -251,17 +252,27 @@ def _run(args: argparse.Namespace) -> int:
         settings.watching.label_selectors["homeostat.dev", "v1alpha1", "replicatedservices"] = (
             args.shard_selector
         )
+    operator = kopf.operator(
+        settings=settings,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=_priority(args),
+        liveness_endpoint=args.liveness,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        memo=memo,
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            kopf.operator(
-                settings=settings,
-                standalone=args.peering is None,
-                peering_name=args.peering,
-                priority=_priority(args),
-                liveness_endpoint=args.liveness,
-                clusterwide=not args.namespace,
-                namespaces=args.namespace,
-                memo=memo,
-            )
-        )
+        asyncio.run(_with_housekeeping(operator))
     return 0
+
+
+async def _with_housekeeping(operator: Coroutine[Any, Any, None]) -> None:
+    """The operator, with free heap pages handed back to the OS now and then (adapters.memory)."""
+    from homeostat.adapters import memory
+
+    trimming = asyncio.create_task(memory.release_periodically())
+    try:
+        await operator
+    finally:
+        trimming.cancel()
