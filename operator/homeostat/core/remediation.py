@@ -199,7 +199,7 @@ def timestamp(value: Any) -> float | None:
 # --- observations ------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ContainerView:
     name: str
     restarts: int = 0
@@ -210,7 +210,7 @@ class ContainerView:
     last_finished: float | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PodView:
     name: str
     node: str = ""

@@ -736,8 +736,7 @@ def _hosting_nodes(indexes: Mapping[str, Any], body: Mapping[str, Any]) -> set[s
     meta = body["metadata"]
     pods = indexes.get("healing_pods")
     store = pods.get((meta["namespace"], meta["name"])) if pods is not None else None
-    nodes = {str(((p.get("spec") or {}).get("nodeName")) or "") for p in (store or [])}
-    return nodes - {""}
+    return {p.node for p in (store or []) if p.node}
 
 
 async def _check_restarts(memo: Any, indexes: Mapping[str, Any], stale: Mapping[str, Any]) -> None:

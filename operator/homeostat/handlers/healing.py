@@ -96,15 +96,9 @@ class Loop:
 async def healing_pods(
     namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    meta = body.get("metadata") or {}
-    slim = {
-        "metadata": {
-            k: copy.deepcopy(meta[k]) for k in ("name", "labels", "deletionTimestamp", "uid") if k in meta
-        },
-        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
-        "status": copy.deepcopy(dict(body.get("status") or {})),
-    }
-    return {(namespace, labels[kids.LABEL_SERVICE]): slim}
+    # The view the core reads, not the body: a pod's status is mostly what no decision needs
+    # (images, IPs, every condition), and there is one pod or more per service.
+    return {(namespace, labels[kids.LABEL_SERVICE]): rem.PodView.of(body)}
 
 
 @kopf.index("", "v1", "nodes")
@@ -293,9 +287,7 @@ async def _heal(
         return
     loop.policy_errors.pop(uid, None)
     state = loop.states.get(uid) or rem.HealingState.from_storage(status.get("healing"))
-    pods = tuple(
-        rem.PodView.of(p) for p in _values(indexes["healing_pods"].get((meta["namespace"], meta["name"])))
-    )
+    pods = tuple(_values(indexes["healing_pods"].get((meta["namespace"], meta["name"]))))
     template = spec.get("template") or {}
     replicas = spec.get("replicas") or {}
     view = rem.ServiceView(
