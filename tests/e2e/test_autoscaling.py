@@ -232,11 +232,12 @@ def test_predictive_adds_capacity_a_startup_delay_before_demand_exceeds_it(setup
     body = setup.get("predictive")
     forecast = body["status"]["forecast"]
     assert forecast["method"] == "HoltWinters" and forecast["mode"] == "Predictive", forecast
-    # Trusted: better than a seasonal copy, or a few percent off on held-out data.
-    assert "fallback" not in forecast and (forecast["mase"] <= 1.0 or forecast["smape"] <= 5.0), forecast
     assert forecast["horizon"] == f"{STARTUP_DELAY + INTERVAL:g}s"
-    reasons = {e["reason"] for e in setup.events("predictive")}
-    assert "ScaledUp" in reasons
+    # Trusted when it acted: a rise came from the forecast while the load itself needed one
+    # replica. (The status read now may show a later refit judged unreliable at the 5 % sMAPE
+    # boundary under load; the operator then falls back to reactive, which is right, and says so.)
+    scaled = [e["message"] for e in setup.events("predictive") if e["reason"] == "ScaledUp"]
+    assert [m for m in scaled if m.startswith("Predictive:") and "reactive 1;" in m], scaled
 
     # Preview: nothing ever changed, yet it forecast and said what it would have done.
     assert [r for _, r in watches["preview"].changes] == [1]
