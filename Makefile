@@ -8,7 +8,7 @@ CACHE ?= $(or $(HOMEOSTAT_CACHE),$(HOME)/.cache/homeostat)
 CLUSTER ?= homeostat
 export HOMEOSTAT_CACHE := $(CACHE)
 
-.PHONY: help venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench chaos \
+.PHONY: help prereqs venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench chaos \
         chart-crds kind-up kind-down clean
 
 help:
@@ -27,10 +27,15 @@ $(BIN)/homeostat: pyproject.toml
 
 venv: $(BIN)/homeostat
 
-binaries:
+# System packages (Prometheus, containerd, runc, CNI plugins, buildah, ...) installed when missing,
+# and the Go and Python versions checked; under a second when nothing is missing.
+prereqs:
+	@PY=$(PY) VENV=$(VENV) bash tests/cluster/prereqs.sh
+
+binaries: prereqs
 	bash tests/cluster/build.sh
 
-cluster-up: venv binaries
+cluster-up: prereqs venv binaries
 	$(BIN)/python tests/cluster/local.py up --name $(CLUSTER)
 
 cluster-down: venv
@@ -58,13 +63,13 @@ layers: venv
 unit: venv
 	$(BIN)/pytest -m 'not e2e' -q
 
-e2e: venv binaries
+e2e: prereqs venv binaries
 	$(BIN)/pytest -m e2e -q
 
-test: lint typecheck layers venv binaries
+test: prereqs lint typecheck layers venv binaries
 	$(BIN)/pytest -q -m 'not chaos'
 
-demo: venv binaries
+demo: prereqs venv binaries
 	$(BIN)/python tests/demo.py
 
 # The long fault suite: 50 SIGKILL trials of rollouts, 10 of scaling and 10 of remediations
@@ -72,13 +77,13 @@ demo: venv binaries
 # rate-limiting mid-approval, 500 fuzzed specs, the HA handover, a partition, a restart of the
 # API server and a stopped Prometheus; it ends with a summary table (tests/chaos_report.py).
 # `make test` runs the same tests with 10 rollout trials, 2 of scaling and of remediations, and 100 specs.
-chaos: venv binaries
+chaos: prereqs venv binaries
 	HOMEOSTAT_CHAOS_TRIALS=50 HOMEOSTAT_FUZZ_EXAMPLES=500 $(BIN)/pytest -m e2e -q -s \
 	  tests/e2e/test_rollout_chaos.py tests/e2e/test_chaos.py tests/e2e/test_fuzz.py tests/e2e/test_ha.py \
 	  tests/e2e/test_faults.py \
 	  tests/e2e/test_rollout_analysis.py::test_prometheus_down_holds_the_rollout_until_it_returns
 
-bench: venv binaries
+bench: prereqs venv binaries
 	$(BIN)/python tests/bench/reconcile.py
 	$(BIN)/python tests/bench/healing.py
 	$(BIN)/python tests/bench/rollback.py
