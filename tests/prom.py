@@ -179,9 +179,12 @@ class PrometheusServer:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-def _need_prometheus() -> None:
-    if not Path(PROMETHEUS).exists():
-        pytest.skip(f"{PROMETHEUS} not installed (Debian package prometheus)")
+def need_prometheus() -> None:
+    # A failure, not a skip: a machine without Prometheus must not report green having tested
+    # less. `make test` installs it (tests/cluster/prereqs.sh).
+    for path in (PROMETHEUS, PROMTOOL):
+        if not Path(path).exists():
+            pytest.fail(f"{path} is missing: run `make prereqs` (Debian package prometheus)", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +196,7 @@ def traffic_simulator(cluster: object) -> Iterator[simulator.Simulator]:
 
 @pytest.fixture(scope="session")
 def prometheus(traffic_simulator: simulator.Simulator) -> Iterator[PrometheusServer]:
-    _need_prometheus()
+    need_prometheus()
     server = PrometheusServer([traffic_simulator.target]).start()
     server.wait_for_target_up()
     yield server
@@ -204,7 +207,7 @@ def prometheus(traffic_simulator: simulator.Simulator) -> Iterator[PrometheusSer
 def prometheus_factory(
     traffic_simulator: simulator.Simulator,
 ) -> Iterator[Callable[..., PrometheusServer]]:
-    _need_prometheus()
+    need_prometheus()
     made: list[PrometheusServer] = []
 
     def make(backfill: Sequence[str] = (), start: bool = True) -> PrometheusServer:

@@ -32,7 +32,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,8 +141,7 @@ def env(
     traffic_simulator: simulator.Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Env]:
-    if not Path(prom.PROMETHEUS).exists():
-        pytest.skip(f"{prom.PROMETHEUS} not installed")
+    prom.need_prometheus()
     workdir = tmp_path_factory.mktemp("chaos")
     token, signing = f"xoxb-chaos-{uuid.uuid4().hex}", f"signing-{uuid.uuid4().hex}"
     secrets = workdir / "secrets"

@@ -245,3 +245,13 @@ def test_ci_runs_the_readme_command_and_leaves_provisioning_to_it() -> None:
     ci = (SCRIPT.parents[2] / ".ci" / "run").read_text()
     assert "unset KUBECONFIG" in ci and ci.rstrip().endswith("make test")
     assert "apt-get" not in ci
+
+
+def test_a_missing_prometheus_fails_the_tests_that_need_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import prom
+
+    monkeypatch.setattr(prom, "PROMTOOL", str(tmp_path / "promtool"))
+    with pytest.raises(pytest.fail.Exception, match=r"promtool is missing: run `make prereqs`"):
+        prom.need_prometheus()
