@@ -21,11 +21,14 @@ log() { printf '[build] %s\n' "$*" >&2; }
 have() { [ -x "$BIN/$1" ] && [ -f "$BIN/.$1.version" ] && [ "$(cat "$BIN/.$1.version")" = "$2" ]; }
 mark() { echo "$2" > "$BIN/.$1.version"; }
 
+# The control plane, kubectl, and the real node's kubelet and kube-proxy, from one module build.
+K8S_BINARIES="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+
 build_kubernetes() {
   local v=$K8S_VERSION minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  if have kube-apiserver "$v" && have kube-controller-manager "$v" && have kube-scheduler "$v" && have kubectl "$v"; then
-    return
-  fi
+  local b missing=""
+  for b in $K8S_BINARIES; do have "$b" "$v" || missing=1; done
+  [ -z "$missing" ] && return
   log "kubernetes $v (cold build: tens of minutes on 2 cores)"
   local dir="$SRC/kubernetes-$v"; mkdir -p "$dir"
   # The k8s.io/kubernetes module requires its staging modules at v0.0.0 with local replace
@@ -46,10 +49,11 @@ build_kubernetes() {
     x+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  (cd "$dir" && go build -trimpath -ldflags "-s -w $x" -o "$BIN/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do mark "$b" "$v"; done
+  local pkgs=""
+  for b in $K8S_BINARIES; do pkgs+=" k8s.io/kubernetes/cmd/$b"; done
+  # shellcheck disable=SC2086  # one package path per word
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $x" -o "$BIN/" $pkgs)
+  for b in $K8S_BINARIES; do mark "$b" "$v"; done
 }
 
 build_etcd() {
