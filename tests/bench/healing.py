@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 
-from cluster import local  # noqa: E402
+from cluster import crds, local  # noqa: E402
 
 TAINT = "homeostat.dev/chaos"
 BASELINE_TIMEOUT = 300 + 180
@@ -102,7 +102,11 @@ def operator(kubeconfig: Path, namespace: str, log: Path) -> Iterator[subprocess
             yield proc
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -116,26 +120,32 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    owned = None
-    if os.environ.get("KUBECONFIG"):
-        kubeconfig = Path(os.environ["KUBECONFIG"])
-    else:
-        owned = local.LocalCluster(args.cluster)
-        owned.up(nodes=3)
-        kubeconfig = owned.kubeconfig
-    suffix = uuid.uuid4().hex[:6]
-    namespace, policy = f"bench-heal-{suffix}", f"bench-{suffix}"
-    nodes = {"homeostat": f"bench-h-{suffix}", "kubernetes": f"bench-k-{suffix}"}
-    results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "replicas": args.replicas,
-        "grace_s": args.grace,
-    }
-    try:
-        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        for crd in ("replicatedservices", "remediationpolicies"):
-            kubectl(kubeconfig, "wait", "--for=condition=Established", f"crd/{crd}.homeostat.dev")
+    # Whatever fails, everything made here is undone, newest first, and the cluster goes last.
+    with contextlib.ExitStack() as cleanup:
+        if os.environ.get("KUBECONFIG"):
+            kubeconfig = Path(os.environ["KUBECONFIG"])
+        else:
+            owned = local.LocalCluster(args.cluster)
+            if not args.keep:
+                cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
+            owned.up(nodes=3)
+            kubeconfig = owned.kubeconfig
+        suffix = uuid.uuid4().hex[:6]
+        namespace, policy = f"bench-heal-{suffix}", f"bench-{suffix}"
+        nodes = {"homeostat": f"bench-h-{suffix}", "kubernetes": f"bench-k-{suffix}"}
+        results: dict[str, Any] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "replicas": args.replicas,
+            "grace_s": args.grace,
+        }
+        crds.install(kubeconfig)
         kubectl(kubeconfig, "create", "namespace", namespace)
+        cleanup.callback(kubectl, kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+        cleanup.callback(
+            kubectl, kubeconfig, "delete", "remediationpolicy", policy, "--ignore-not-found", check=False
+        )
+        for name in nodes.values():
+            cleanup.callback(kubectl, kubeconfig, "delete", "node", name, "--wait=false", check=False)
         for name in nodes.values():
             node = {
                 "apiVersion": "v1",
@@ -231,13 +241,6 @@ def main() -> int:
                 raise SystemExit(f"operator died:\n{(Path(tmp) / 'op.log').read_text()[-3000:]}")
         for who in nodes:
             results[f"{who}_s"] = recovered.get(who)
-    finally:
-        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
-        kubectl(kubeconfig, "delete", "remediationpolicy", policy, "--ignore-not-found", check=False)
-        for name in nodes.values():
-            kubectl(kubeconfig, "delete", "node", name, "--wait=false", check=False)
-        if owned is not None and not args.keep:
-            owned.down()
     report(results, args)
     return 0
 

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 
-from cluster import local  # noqa: E402
+from cluster import crds, local  # noqa: E402
 
 TARGETS = {"p50": 0.5, "p99": 2.0, "rss_mb": 250.0}
 
@@ -230,7 +230,11 @@ def operator(
             yield proc
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -241,27 +245,30 @@ def main() -> int:
     args = parser.parse_args()
 
     owned = None
-    if os.environ.get("KUBECONFIG"):
-        kubeconfig = Path(os.environ["KUBECONFIG"])
-    else:
-        owned = local.LocalCluster("homeostat-bench")
-        # KWOK nodes take 110 pods each; every benchmarked service runs one pod.
-        owned.up(nodes=(args.services * 2 + args.fleet) // 100 + 2)
-        kubeconfig = owned.kubeconfig
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    try:
-        local.run_kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        local.run_kubectl(
-            kubeconfig, "wait", "--for=condition=Established", "crd/replicatedservices.homeostat.dev"
-        )
+    # Whatever fails, everything made here is undone, newest first, and the cluster goes last.
+    with contextlib.ExitStack() as cleanup:
+        if os.environ.get("KUBECONFIG"):
+            kubeconfig = Path(os.environ["KUBECONFIG"])
+        else:
+            owned = local.LocalCluster("homeostat-bench")
+            cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
+            # KWOK nodes take 110 pods each; every benchmarked service runs one pod.
+            owned.up(nodes=(args.services * 2 + args.fleet) // 100 + 2)
+            kubeconfig = owned.kubeconfig
+        crds.install(kubeconfig)
         api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        cleanup.callback(api.close)
         core = kubernetes.client.CoreV1Api(api)
         suffix = uuid.uuid4().hex[:6]
         lat_ns, base_ns, fleet_ns = f"bench-lat-{suffix}", f"bench-base-{suffix}", f"bench-fleet-{suffix}"
         for ns in (lat_ns, base_ns, fleet_ns):
             core.create_namespace({"metadata": {"name": ns}})
+            cleanup.callback(
+                local.run_kubectl, kubeconfig, "delete", "namespace", ns, "--wait=false", check=False
+            )
 
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             script = install_operator(Path(tmp))
@@ -303,12 +310,6 @@ def main() -> int:
                 operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op-restart.log")
             )
             results["rss_restart_mb"] = settled_rss(proc.pid, started)
-
-        for ns in (lat_ns, base_ns, fleet_ns):
-            core.delete_namespace(ns)
-    finally:
-        if owned is not None:
-            owned.down()
 
     report(results, args)
     return 0

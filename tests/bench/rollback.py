@@ -12,6 +12,7 @@ Usage: python tests/bench/rollback.py [--trials 5] [--interval 2] [--failure-lim
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 
-from cluster import local  # noqa: E402
+from cluster import crds, local  # noqa: E402
 from prom import PrometheusServer  # noqa: E402
 from traffic import model, simulator  # noqa: E402
 
@@ -104,48 +106,61 @@ def trial(kubeconfig: Path, namespace: str, name: str, args: argparse.Namespace)
     return decided - onset, finished - onset
 
 
+@contextlib.contextmanager
+def operator(kubeconfig: Path, namespace: str, prom_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [str(Path(sys.executable).parent / "homeostat"), "run", "--kubeconfig", str(kubeconfig)]
+    cmd += ["--namespace", namespace, "--prometheus-url", prom_url, "--log-level", "warning"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--failure-limit", type=int, default=1)
     args = parser.parse_args()
-    owned = None
-    if os.environ.get("KUBECONFIG"):
-        kubeconfig = Path(os.environ["KUBECONFIG"])
-    else:
-        owned = local.LocalCluster("homeostat-bench-rollback")
-        owned.up(nodes=2)
-        kubeconfig = owned.kubeconfig
-    namespace = f"bench-rb-{uuid.uuid4().hex[:6]}"
-    sim = simulator.Simulator(kubeconfig, namespaces=[namespace]).start()
-    prom = PrometheusServer([sim.target]).start()
     decisions: list[float] = []
     finishes: list[float] = []
-    try:
-        local.run_kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    # Whatever fails, everything started here is stopped, newest first, and the cluster goes last.
+    with contextlib.ExitStack() as cleanup:
+        if os.environ.get("KUBECONFIG"):
+            kubeconfig = Path(os.environ["KUBECONFIG"])
+        else:
+            owned = local.LocalCluster("homeostat-bench-rollback")
+            cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
+            owned.up(nodes=2)
+            kubeconfig = owned.kubeconfig
+        # The traffic simulator lists ReplicatedServices from its first poll on: CRDs first.
+        crds.install(kubeconfig)
+        namespace = f"bench-rb-{uuid.uuid4().hex[:6]}"
         local.run_kubectl(kubeconfig, "create", "namespace", namespace)
-        with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "op.log").open("wb") as log:
-            cmd = [str(Path(sys.executable).parent / "homeostat"), "run", "--kubeconfig", str(kubeconfig)]
-            cmd += ["--namespace", namespace, "--prometheus-url", prom.url, "--log-level", "warning"]
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                for i in range(args.trials):
-                    decided, finished = trial(kubeconfig, namespace, f"rb-{i}", args)
-                    decisions.append(decided)
-                    finishes.append(finished)
-                    print(
-                        f"trial {i + 1}: decision {decided:.1f} s, rollback done {finished:.1f} s", flush=True
-                    )
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-    finally:
-        prom.cleanup()
-        sim.stop()
-        local.run_kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
-        if owned is not None:
-            owned.down()
+        cleanup.callback(
+            local.run_kubectl, kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False
+        )
+        sim = simulator.Simulator(kubeconfig, namespaces=[namespace]).start()
+        cleanup.callback(sim.stop)
+        prom = PrometheusServer([sim.target])
+        cleanup.callback(prom.cleanup)
+        prom.start()
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        proc = cleanup.enter_context(operator(kubeconfig, namespace, prom.url, tmp / "op.log"))
+        for i in range(args.trials):
+            decided, finished = trial(kubeconfig, namespace, f"rb-{i}", args)
+            if proc.poll() is not None:
+                raise SystemExit(f"operator died:\n{(tmp / 'op.log').read_text()[-3000:]}")
+            decisions.append(decided)
+            finishes.append(finished)
+            print(f"trial {i + 1}: decision {decided:.1f} s, rollback done {finished:.1f} s", flush=True)
     minimum = args.interval * args.failure_limit
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(
