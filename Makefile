@@ -9,7 +9,7 @@ CLUSTER ?= homeostat
 export HOMEOSTAT_CACHE := $(CACHE)
 
 .PHONY: help prereqs venv binaries cluster-up cluster-down lint typecheck layers unit e2e test demo bench chaos \
-        chart-crds kind-up kind-down clean
+        chart-crds kind-up kind-e2e kind-down clean
 
 help:
 	@echo "make demo     - local cluster + operator + sample service (the main job)"
@@ -17,7 +17,7 @@ help:
 	@echo "make bench    - benchmarks with figures and ratios"
 	@echo "make chaos    - the long fault suite (SIGKILL trials, fuzzed specs, HA handover)"
 	@echo "make cluster-up / cluster-down - the local control plane alone"
-	@echo "make kind-up / kind-down       - a kind cluster, for machines with Docker"
+	@echo "make kind-up / kind-e2e / kind-down - a kind cluster and the e2e suite on it, for machines with Docker"
 
 $(BIN)/homeostat: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -90,12 +90,17 @@ bench: prereqs venv binaries
 	$(BIN)/pip install --quiet -e '.[dev,bench]'  # pmdarima, for the real load trace it ships
 	$(BIN)/python tests/bench/forecast.py
 
+# For machines with Docker (tests/kind/kind.sh, docs/kind.md): a kind cluster from kind-config.yaml,
+# the operator and sample-app images built with docker and loaded into it, the chart installed.
 kind-up:
-	kind create cluster --config kind-config.yaml
-	kubectl apply -f crds/
+	bash tests/kind/kind.sh up
+
+# The e2e suite against that cluster (KUBECONFIG and the image names set by kind.sh).
+kind-e2e: venv
+	bash tests/kind/kind.sh e2e
 
 kind-down:
-	kind delete cluster --name homeostat
+	bash tests/kind/kind.sh down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build
