@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from cluster import local  # noqa: E402
+from cluster import crds, local  # noqa: E402
 
 CLUSTER = os.environ.get("CLUSTER", "homeostat")
 DEMO = local.CACHE / "demo"
@@ -114,16 +114,80 @@ def prom_query(url: str, query: str) -> list[dict[str, Any]]:
 # --- the pieces --------------------------------------------------------------------------------
 
 
+def stop_helpers() -> None:
+    """Stop what an earlier run spawned (pid files in DEMO), and wait until it is gone: its
+    Prometheus must not write into the data directory this run recreates, and its operator must
+    not act on the nodes being reset."""
+    procs = []
+    for pid_file in DEMO.glob("*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            procs.append(pid)
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + 15
+    for pid in procs:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _changed_by_demo(node: dict[str, Any]) -> bool:
+    """A node the story failed, cordoned or put under memory pressure, or one not Ready."""
+    labels = node["metadata"].get("labels") or {}
+    conditions = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or []}
+    return (
+        labels.get(local.NODE_NOT_READY_LABEL) == "true"
+        or bool((node.get("spec") or {}).get("unschedulable"))
+        or conditions.get("Ready") != "True"
+        or any(status == "True" for kind, status in conditions.items() if kind != "Ready")
+    )
+
+
+def reset_previous_run() -> None:
+    """Undo what an earlier `make demo` changed, so a second run over its cluster tells the same
+    story. It left one node NotReady and another cordoned and drained under memory pressure, so
+    the cluster start waited in vain for three Ready nodes; its namespace still holds the old
+    service, revisions and Approvals. Those nodes are deleted (kwokctl recreates KWOK nodes when
+    the cluster starts) rather than repaired: KWOK never turns a failed node Ready again."""
+    stop_helpers()
+    if not local.LocalCluster(CLUSTER).exists():
+        return  # a fresh machine: up() creates the cluster
+    try:
+        readyz = local.run_kubectl(kubeconfig(), "get", "--raw", "/readyz", check=False, timeout=15)
+    except subprocess.TimeoutExpired:
+        return  # unreachable: up() recreates it from scratch
+    if readyz.returncode != 0:
+        return
+    started = time.monotonic()
+    if get("namespace", NS):
+        kubectl("delete", "namespace", NS, "--wait=false")
+        # Pods on a failed node would wait for a kubelet that never answers.
+        kubectl("delete", "pods", "--all", "-n", NS, "--force", "--grace-period=0", check=False)
+        wait(lambda: not get("namespace", NS), 120, f"namespace {NS} deleted")
+    changed = [
+        n["metadata"]["name"]
+        for n in get("nodes", "-l", "kwok.x-k8s.io/kwokctl-scale=node").get("items", [])
+        if _changed_by_demo(n)
+    ]
+    if changed:
+        kubectl("delete", "node", *changed)
+    note(
+        f"reset the previous run: namespace {NS} deleted, nodes recreated: {', '.join(changed) or 'none'} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+
+
 def start_world() -> dict[str, Any]:
     from prom import PrometheusServer
     from traffic import model
 
     say("A local Kubernetes control plane: etcd, kube-apiserver, controller-manager, scheduler, 3 KWOK nodes")
+    reset_previous_run()
     local.LocalCluster(CLUSTER).up(nodes=3)
     note(kubectl("get", "nodes").strip().replace("\n", "\n    "))
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for crd in ("replicatedservices", "approvals", "remediationpolicies"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.homeostat.dev")
+    crds.install(kubeconfig())
     kubectl("apply", "-f", str(REPO / "policies"))
     kubectl("create", "namespace", NS, check=False)
     kubectl("apply", "-f", "-", input=json.dumps(demo_policy()))
@@ -288,14 +352,18 @@ def act_scaling(world: dict[str, Any]) -> list[dict[str, float]]:
     note(kubectl("get", "rsvc", "-n", NS).strip().replace("\n", "\n    "))
 
     say(f"Load follows a daily pattern compressed to {PERIOD:g}s; replicas rise {STARTUP_DELAY:g}s ahead")
-    note("time   demand   capacity  replicas   (capacity = replicas x 20 rps; + = raised ahead of demand)")
+    note("capacity = replicas x 20 rps; + = raised while the current capacity still covered demand;")
+    note("decided by = the Autoscaling condition: Predictive (the forecast asked for more) or Reactive")
+    note("time   demand   capacity  replicas     decided by")
     started = time.monotonic()
     samples: list[dict[str, float]] = []
     last_desired = None
+    raises: dict[str, int] = {}
     while time.monotonic() - started < PERIOD + 10:
         body = rsvc()
         desired = int(body.get("spec", {}).get("replicas", {}).get("desired") or 1)
         forecast = body.get("status", {}).get("forecast") or {}
+        reason = _condition(body, "Autoscaling").get("reason", "-")
         demand_now = _demand(world["prom_url"])
         samples.append(
             {
@@ -308,18 +376,63 @@ def act_scaling(world: dict[str, Any]) -> list[dict[str, float]]:
         )
         raised = last_desired is not None and desired > last_desired
         ahead = "+" if raised and demand_now <= (last_desired or 0) * TARGET else " "
+        if raised:
+            raises[reason] = raises.get(reason, 0) + 1
         if desired != last_desired or len(samples) % 4 == 0:
             elapsed = time.monotonic() - started
-            note(f"{elapsed:4.0f}s  {demand_now:6.1f}   {desired * TARGET:6.0f}    {desired}  {ahead}")
+            row = f"{elapsed:4.0f}s  {demand_now:6.1f}   {desired * TARGET:6.0f}    {desired}  {ahead}"
+            note(f"{row}    {reason}")
         last_desired = desired
         time.sleep(2)
-    forecast = rsvc().get("status", {}).get("forecast") or {}
+    note(
+        "scale-ups by who decided them: "
+        + (", ".join(f"{count} {why}" for why, count in sorted(raises.items())) or "none")
+    )
+    explain_forecast(rsvc())
+    return samples
+
+
+def _condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    conditions = body.get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+def explain_forecast(body: dict[str, Any]) -> None:
+    """status.forecast, with what its backtest figures mean for the decision the reader just saw.
+
+    The operator trusts a forecast whose backtest sMAPE is at most 5 %, whatever its MASE.
+    MASE divides by the error of copying the previous "day", and the simulated load repeats
+    exactly, so that error is nearly zero and a close forecast still scores MASE above 1: shown
+    bare, right after predictive scale-ups, it read as a contradiction."""
+    forecast = body.get("status", {}).get("forecast") or {}
+    peak = forecast.get("predictedPeak")
     note(
         f"status.forecast: method {forecast.get('method')}, horizon {forecast.get('horizon')}, "
-        f"predicted peak {forecast.get('predictedPeak')} at {forecast.get('predictedPeakAt')}, "
-        f"backtest MASE {forecast.get('mase')}"
+        + (
+            f"predicted peak {float(peak):.1f} rps at {forecast.get('predictedPeakAt')}"
+            if peak
+            else "no peak"
+        )
     )
-    return samples
+    mase, smape = forecast.get("mase"), forecast.get("smape")
+    if mase is not None and smape is not None:
+        note(
+            f"backtest, one step ahead: off by {float(smape):.1f} % on average (sMAPE); "
+            f"MASE {float(mase):.2f} = its error / the error of repeating the previous 'day'"
+        )
+    if forecast.get("fallback"):
+        note(
+            f"  the operator does not trust it now; replicas follow the current load: {forecast['fallback']}"
+        )
+    elif mase is not None and float(mase) > 1:
+        note(
+            "  the operator trusts it because it is at most 5 % off (sMAPE). MASE is above 1 "
+            "because this simulated load repeats exactly, so repeating the last 'day' is almost perfect"
+        )
+    elif mase is not None:
+        note("  the operator trusts it: it beats repeating the previous 'day' (MASE below 1)")
+    autoscaling = _condition(body, "Autoscaling")
+    note(f"Autoscaling condition: {autoscaling.get('reason')}: {autoscaling.get('message')}")
 
 
 def _epoch(stamp: Any) -> float:
@@ -338,21 +451,52 @@ def _demand(prom_url: str) -> float:
 
 def act_canary() -> None:
     say("A new revision that fails half its requests: the canary is judged by Prometheus and rolled back")
+    note(
+        "traffic follows ready pods (trafficRouting Service): the canary's share is its ready pods / all "
+        "ready pods, the nearest a step's weight can get with this many replicas (one stable pod stays)"
+    )
     kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(shop("registry.k8s.io/pause:3.9", faulty=True)))
+    steps = shop("")["spec"]["rollout"]["canary"]["steps"]
     seen = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rollout = rsvc().get("status", {}).get("rollout") or {}
-        state = (rollout.get("phase"), rollout.get("step"), rollout.get("achievedWeight"))
+        canary, stable = _ready_pods("shop-canary"), _ready_pods("shop")
+        state = (rollout.get("phase"), rollout.get("step"), rollout.get("weight"), canary, stable)
         if state != seen:
-            note(f"rollout {state[0]}, step {state[1]}, canary weight {state[2]}%")
+            note(_canary_line(rollout, steps, canary, stable))
             seen = state
-        if state[0] == "RolledBack":
+        if rollout.get("phase") == "RolledBack":
             break
         time.sleep(0.5)
     status = rsvc().get("status", {})
-    degraded = next((c for c in status.get("conditions", []) if c["type"] == "Degraded"), {})
+    degraded = _condition({"status": status}, "Degraded")
     note(f"status.phase {status.get('phase')}; Degraded: {degraded.get('message')}")
+
+
+def _ready_pods(deployment: str) -> int:
+    return int(get("deployment", deployment, "-n", NS).get("status", {}).get("readyReplicas") or 0)
+
+
+def _canary_line(rollout: dict[str, Any], steps: list[dict[str, Any]], canary: int, stable: int) -> str:
+    """One rollout state as a reader can check it: the step and the weight it asks for, and the
+    ready pods behind the share the canary actually gets (status.rollout.achievedWeight)."""
+    phase, step = rollout.get("phase"), int(rollout.get("step") or 0)
+    serving = canary + stable
+    share = f"{round(100 * canary / serving)}%" if serving else "-"
+    pods = f"canary {canary} + stable {stable} ready pods: canary gets {share}"
+    if phase in ("Progressing", "Paused") and step < len(steps):
+        return f"{phase}, step {step + 1}/{len(steps)} asks {steps[step]['weight']}%; {pods}"
+    if phase == "RollingBack":
+        return f"RollingBack ({_failure(rollout)}): stable back to full size before the canary goes; {pods}"
+    if phase == "RolledBack":
+        return f"RolledBack: the canary is gone; {pods}"
+    return f"{phase}; {pods}"
+
+
+def _failure(rollout: dict[str, Any]) -> str:
+    failure = rollout.get("failure") or {}
+    return str(failure.get("message") or rollout.get("cause") or "analysis failed")
 
 
 def _shop_pods() -> list[dict[str, Any]]:
