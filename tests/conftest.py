@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from cluster import local
+from cluster import node as real_node
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -113,6 +114,60 @@ def cluster() -> Iterator[Cluster]:
         local_cluster.down()
 
 
+@dataclasses.dataclass(frozen=True)
+class Workloads:
+    """Where pods that must really execute go, and the images they run.
+
+    On the local cluster that is the real node (tainted so that KWOK's simulated workloads stay
+    off it) and the images images.py built and imported; on another cluster (kind) every node is
+    real and the images are named by HOMEOSTAT_OPERATOR_IMAGE and HOMEOSTAT_APP_IMAGE.
+    """
+
+    operator_image: str
+    app_image: str
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, str]]
+
+    def place(self, pod_spec: dict[str, Any]) -> dict[str, Any]:
+        """``pod_spec`` pinned to the real node(s)."""
+        placed = dict(pod_spec)
+        if self.node_selector:
+            placed["nodeSelector"] = {**pod_spec.get("nodeSelector", {}), **self.node_selector}
+        if self.tolerations:
+            placed["tolerations"] = [*pod_spec.get("tolerations", []), *self.tolerations]
+        return placed
+
+    def helm_values(self) -> list[str]:
+        """``--set`` arguments that install the operator from its image on the real node(s)."""
+        repository, _, tag = self.operator_image.rpartition(":")
+        values = [f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never"]
+        for key, value in self.node_selector.items():
+            values.append(f"nodeSelector.{key.replace('.', chr(92) + '.')}={value}")
+        for i, toleration in enumerate(self.tolerations):
+            values += [f"tolerations[{i}].{k}={v}" for k, v in toleration.items()]
+        return values
+
+
+@pytest.fixture(scope="session")
+def workloads(cluster: Cluster) -> Workloads:
+    if isinstance(cluster, local.LocalCluster):
+        from cluster import images
+
+        return Workloads(
+            operator_image=images.operator_ref(),
+            app_image=images.app_ref(),
+            node_selector={real_node.NODE_LABEL: "real"},
+            tolerations=[{"key": real_node.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+        )
+    refs = {name: os.environ.get(name, "") for name in ("HOMEOSTAT_OPERATOR_IMAGE", "HOMEOSTAT_APP_IMAGE")}
+    missing = [name for name, ref in refs.items() if not ref]
+    if missing:
+        pytest.exit(
+            f"prerequisite missing: {', '.join(missing)} (images loaded into {cluster.kubeconfig})", 1
+        )
+    return Workloads(refs["HOMEOSTAT_OPERATOR_IMAGE"], refs["HOMEOSTAT_APP_IMAGE"], {}, [])
+
+
 @pytest.fixture(scope="session")
 def local_cluster(cluster: Cluster) -> local.LocalCluster:
     """Tests that poke KWOK itself (chaos stages, processes) need our own local cluster."""
@@ -121,13 +176,25 @@ def local_cluster(cluster: Cluster) -> local.LocalCluster:
     return cluster
 
 
+def wait_established(cluster: Cluster, crd: str, timeout: float = 60) -> None:
+    """Polled rather than `kubectl wait`: right after creation a CRD may have no conditions yet,
+    which `kubectl wait` reports as an error instead of waiting."""
+    wait_for(
+        lambda: any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in ((get_json(cluster, "crd", crd) or {}).get("status") or {}).get("conditions") or []
+        ),
+        timeout=timeout,
+        what=f"CRD {crd} Established",
+    )
+
+
 @pytest.fixture(scope="session")
 def crds_installed(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     for path in sorted((REPO / "crds").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            name = doc["metadata"]["name"]
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+            wait_established(cluster, doc["metadata"]["name"])
 
 
 @pytest.fixture(scope="session")
@@ -141,19 +208,7 @@ def gateway_api(cluster: Cluster) -> None:
         "-f",
         str(crds / "gateway.networking.k8s.io_httproutes.yaml"),
     )
-    # Polled rather than `kubectl wait`: right after creation a CRD may have no conditions yet,
-    # which `kubectl wait` reports as an error instead of waiting.
-    wait_for(
-        lambda: any(
-            c.get("type") == "Established" and c.get("status") == "True"
-            for c in (
-                (get_json(cluster, "crd", "httproutes.gateway.networking.k8s.io") or {}).get("status") or {}
-            ).get("conditions")
-            or []
-        ),
-        timeout=60,
-        what="the HTTPRoute CRD Established",
-    )
+    wait_established(cluster, "httproutes.gateway.networking.k8s.io")
 
 
 @pytest.fixture
@@ -213,6 +268,11 @@ class OperatorProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop the shared cluster (marker ``teardown``) run after all the others."""
+    items.sort(key=lambda item: item.get_closest_marker("teardown") is not None)
 
 
 @pytest.hookimpl(wrapper=True)

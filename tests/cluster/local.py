@@ -2,10 +2,14 @@
 
 Our machines have no Docker engine, so kind cannot run. kwokctl's binary runtime starts etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler and kwok-controller as plain processes
-from binaries we build ourselves (build.sh); KWOK simulates nodes and pod lifecycles. Everything
-binds to 127.0.0.1. The same API is used by the pytest fixture and by `make cluster-up/down`.
+from binaries we build ourselves (build.sh); KWOK simulates nodes and pod lifecycles. Beside the
+KWOK nodes runs one real node (node.py: kubelet, containerd, runc, CNI, kube-proxy) whose pods
+really execute, from images built without a registry (images.py). The control plane binds to
+127.0.0.1, except the API server, which pods must reach: it listens on every address behind a
+firewall chain that admits only loopback and the node's bridge. The same API is used by the
+pytest fixture and by `make cluster-up/down`.
 
-Usage: python tests/cluster/local.py up|down|status|kubeconfig [--name NAME] [--nodes N]
+Usage: python tests/cluster/local.py up|down|status|kubeconfig [--name NAME] [--nodes N] [--no-real-node]
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from cluster import images
+from cluster import node as real_node
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("HOMEOSTAT_CACHE", str(Path.home() / ".cache" / "homeostat")))
@@ -102,11 +110,40 @@ def gateway_api_crds() -> Path:
     return Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard"
 
 
-def _config(kube_version: str) -> str:
+def _args(**flags: str) -> list[dict[str, str]]:
+    return [{"key": key.replace("_", "-"), "value": value} for key, value in flags.items()]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _config(kube_version: str, api_port: int, pki: Path, with_node: bool) -> str:
+    # The default /24 service range runs out at ~250 Services, far below the 1000-service bench.
+    apiserver = {"service_cluster_ip_range": real_node.SERVICE_CIDR}
+    if with_node:
+        apiserver |= {
+            # kwokctl binds 127.0.0.1, which pods cannot reach; node.prepare_host() has put the
+            # firewall chain in front of this port before the API server starts.
+            "bind_address": "0.0.0.0",
+            "advertise_address": real_node.NODE_IP,
+            # Node names do not resolve here: logs, exec and port-forward go to the node's IP.
+            "kubelet_preferred_address_types": "InternalIP,Hostname",
+            "kubelet_client_certificate": str(pki / "admin.crt"),
+            "kubelet_client_key": str(pki / "admin.key"),
+        }
     options = {
         "runtime": "binary",
         "kubeVersion": kube_version,
         "bindAddress": "127.0.0.1",
+        "kubeApiserverPort": api_port,
+        # Pods reach the API server through the kubernetes Service (10.96.0.1 → the node's IP).
+        "kubeApiserverCertSANs": [real_node.NODE_IP, "10.96.0.1"],
+        # A stopped kubelet's node turns NotReady in ~40 s instead of kwokctl's 3m20s.
+        "kubeControllerManagerNodeMonitorPeriodMilliseconds": 5000,
+        "kubeControllerManagerNodeMonitorGracePeriodMilliseconds": 40000,
         "kubeApiserverBinary": str(BIN / "kube-apiserver"),
         "kubeControllerManagerBinary": str(BIN / "kube-controller-manager"),
         "kubeSchedulerBinary": str(BIN / "kube-scheduler"),
@@ -124,13 +161,17 @@ def _config(kube_version: str) -> str:
                 "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
                 "kind": "KwokctlConfiguration",
                 "options": options,
-                # The API server's default /24 service range runs out at ~250 Services, far
-                # below what the 1000-service benchmark needs.
                 "componentsPatches": [
+                    {"name": "kube-apiserver", "extraArgs": _args(**apiserver)},
+                    # kwokctl passes --manage-all-nodes=true; these later flags win, so KWOK
+                    # leaves the real node to its kubelet and still runs its own nodes.
                     {
-                        "name": "kube-apiserver",
-                        "extraArgs": [{"key": "service-cluster-ip-range", "value": "10.96.0.0/16"}],
-                    }
+                        "name": "kwok-controller",
+                        "extraArgs": _args(
+                            manage_all_nodes="false",
+                            manage_nodes_with_annotation_selector="kwok.x-k8s.io/node=fake",
+                        ),
+                    },
                 ],
             }
         )
@@ -162,20 +203,45 @@ class LocalCluster:
     def exists(self) -> bool:
         return (self.state_dir / "kwok.yaml").exists()
 
-    def up(self, nodes: int = 3, timeout: float = 180) -> None:
+    @property
+    def node(self) -> real_node.RealNode:
+        """The cluster's real node (whether or not it runs)."""
+        return real_node.RealNode(
+            cluster=self.name,
+            root=CACHE / "node" / self.name,
+            bin_dir=BIN,
+            api_port=self.api_port(),
+            pki=real_node.Pki(self.state_dir / "pki" / "ca.crt", self.state_dir / "pki" / "ca.key"),
+        )
+
+    def api_port(self) -> int:
+        """The API server's port, from the kubeconfig kwokctl wrote (0 before the cluster exists)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in self.kubeconfig.read_text().splitlines():
+                if line.strip().startswith("server:"):
+                    return int(line.rsplit(":", 1)[1])
+        return 0
+
+    def up(self, nodes: int = 3, timeout: float = 180, with_node: bool = True) -> None:
         build()
+        built = images.build_all() if with_node else []
         if self.exists():
             if self._healthy():
-                self._ensure_nodes(nodes, timeout)
+                if with_node:
+                    self._ensure_real_node(built, timeout)
+                self._ensure_nodes(nodes, timeout, with_node)
                 return
             self.down()
         pins = versions()
+        port = _free_port()
+        if with_node:
+            replace(self.node, api_port=port).prepare_host()
         config_path = CACHE / "kwok" / f"{self.name}-config.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(_config(pins["K8S_VERSION"]))
+        config_path.write_text(_config(pins["K8S_VERSION"], port, self.state_dir / "pki", with_node))
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         self.kubeconfig.unlink(missing_ok=True)
-        subprocess.run(
+        res = subprocess.run(
             [
                 str(BIN / "kwokctl"),
                 "--v=WARN",
@@ -191,11 +257,36 @@ class LocalCluster:
                 f"{int(timeout)}s",
                 "--quiet-pull",
             ],
-            check=True,
             env=_tool_env(),
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ClusterError(f"kwokctl create cluster {self.name} failed: {last}")
         os.chmod(self.kubeconfig, 0o600)
-        self._ensure_nodes(nodes, timeout)
+        if with_node:
+            self._ensure_real_node(built, timeout)
+        self._ensure_nodes(nodes, timeout, with_node)
+
+    def _ensure_real_node(self, built: Sequence[images.Image], timeout: float) -> None:
+        """Start the real node unless its kubelet is already running and its node Ready."""
+        node = self.node
+        if node.running() and node.name in ready_nodes(self.kubeconfig):
+            images.import_into(node.containerd_socket, built)
+            return
+        node.stop()
+        node.prepare_host()
+        node.start(built)
+        deadline = time.monotonic() + timeout
+        while node.name not in ready_nodes(self.kubeconfig):
+            node.check_alive()
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"real node {node.name} not Ready after {timeout:.0f}s (logs: {node.logs})"
+                )
+            time.sleep(0.5)
 
     def _healthy(self) -> bool:
         if not self.kubeconfig.exists():
@@ -203,7 +294,8 @@ class LocalCluster:
         res = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
         return res.returncode == 0
 
-    def _ensure_nodes(self, nodes: int, timeout: float) -> None:
+    def _ensure_nodes(self, nodes: int, timeout: float, with_node: bool) -> None:
+        """``nodes`` KWOK nodes (kwokctl scales only its own), and the real node, Ready."""
         subprocess.run(
             [
                 str(BIN / "kwokctl"),
@@ -219,9 +311,11 @@ class LocalCluster:
             env=_tool_env(),
             stdout=subprocess.DEVNULL,
         )
-        wait_nodes_ready(self.kubeconfig, nodes, timeout)
+        wait_nodes_ready(self.kubeconfig, nodes + int(with_node), timeout)
 
     def down(self) -> None:
+        """Stop every process of the cluster and undo what its real node changed on the host."""
+        self.node.down()
         if self.exists():
             subprocess.run(
                 [str(BIN / "kwokctl"), "--v=WARN", "delete", "cluster", "--name", self.name],
@@ -299,12 +393,12 @@ class LocalCluster:
 
 
 def tool(name: str) -> str:
-    """Path of a binary built by build.sh; tests that need one skip, loudly, when it is absent."""
+    """Path of a binary built by build.sh; a missing one stops the run with one line, never a skip."""
     import pytest  # only the tests call this; the CLI entry point must not need pytest
 
     path = BIN / name
     if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.skip(f"{path} is missing: run `make binaries` (make test does)")
+        pytest.exit(f"prerequisite missing: {path} (run `make binaries`; make test does)", returncode=1)
     return str(path)
 
 
@@ -380,7 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "build"])
     parser.add_argument("--name", default=os.environ.get("HOMEOSTAT_CLUSTER", "homeostat"))
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3, help="KWOK nodes (the real node comes on top)")
+    parser.add_argument(
+        "--no-real-node", action="store_true", help="KWOK nodes only (no kubelet, no host changes)"
+    )
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.name)
     try:
@@ -388,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build()
         elif args.command == "up":
             started = time.monotonic()
-            cluster.up(nodes=args.nodes)
+            cluster.up(nodes=args.nodes, with_node=not args.no_real_node)
             print(f"cluster {cluster.name} up in {time.monotonic() - started:.1f}s")
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         elif args.command == "down":
@@ -399,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             state = "up" if cluster.exists() and cluster._healthy() else "down"
             print(f"cluster {cluster.name}: {state}, {len(cluster.pids())} processes")
-    except (ClusterError, subprocess.CalledProcessError) as exc:
+    except (ClusterError, real_node.NodeError, images.ImageBuildError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
