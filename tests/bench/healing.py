@@ -128,7 +128,7 @@ def main() -> int:
             owned = local.LocalCluster(args.cluster)
             if not args.keep:
                 cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
-            owned.up(nodes=3)
+            owned.up(nodes=3, with_node=False)
             kubeconfig = owned.kubeconfig
         suffix = uuid.uuid4().hex[:6]
         namespace, policy = f"bench-heal-{suffix}", f"bench-{suffix}"

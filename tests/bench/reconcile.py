@@ -256,7 +256,7 @@ def main() -> int:
             owned = local.LocalCluster("homeostat-bench")
             cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
             # KWOK nodes take 110 pods each; every benchmarked service runs one pod.
-            owned.up(nodes=(args.services * 2 + args.fleet) // 100 + 2)
+            owned.up(nodes=(args.services * 2 + args.fleet) // 100 + 2, with_node=False)
             kubeconfig = owned.kubeconfig
         crds.install(kubeconfig)
         api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))

@@ -138,7 +138,8 @@ def main() -> int:
         else:
             owned = local.LocalCluster("homeostat-bench-rollback")
             cleanup.callback(owned.down)  # before up(): a cluster that fails to start goes too
-            owned.up(nodes=2)
+            # KWOK nodes suffice; the machine's one real node may belong to another cluster.
+            owned.up(nodes=2, with_node=False)
             kubeconfig = owned.kubeconfig
         # The traffic simulator lists ReplicatedServices from its first poll on: CRDs first.
         crds.install(kubeconfig)
