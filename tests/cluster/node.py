@@ -73,6 +73,11 @@ FIXED_PATHS = (
     "/etc/containers/networks",
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Which node holds the machine-wide parts, and what the host had before: on tmpfs, because a
+# reboot undoes the host changes too, and outside any cache, because clusters under different
+# HOMEOSTAT_CACHE directories share one machine.
+MACHINE_STATE = Path("/run/homeostat-node")
+OWNER = MACHINE_STATE / "owner"
 
 
 class NodeError(RuntimeError):
@@ -125,14 +130,18 @@ class RealNode:
     @property
     def host_record(self) -> Path:
         """The host's state before any real node changed it; shared by every cluster's node."""
-        return self.root.parent / "host-before.json"
+        return MACHINE_STATE / "host-before.json"
+
+    def owns_host(self) -> bool:
+        """This node holds the machine-wide parts (bridge, firewall, kubepods cgroups, ...)."""
+        return OWNER.exists() and OWNER.read_text().strip() == str(self.root)
 
     # -- start -------------------------------------------------------------------------------
 
     def prepare_host(self) -> None:
         """Link, routes and firewall: before the API server starts listening on every address."""
-        self._record_host()
         self._claim()
+        self._record_host()
         if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE)
@@ -178,18 +187,17 @@ class RealNode:
         )
 
     def _claim(self) -> None:
-        owner = self.root.parent / "owner"
-        if owner.exists():
-            other = owner.read_text().strip()
-            if other != self.cluster and _pids_under(self.root.parent / other):
+        if OWNER.exists() and not self.owns_host():
+            other = Path(OWNER.read_text().strip())
+            if _pids_under(other):
                 raise NodeError(
-                    f"the real node is held by cluster {other!r}; stop it first "
-                    f"(make cluster-down CLUSTER={other})"
+                    f"the real node is held by cluster {other.name!r} ({other}); stop it first "
+                    f"(make cluster-down CLUSTER={other.name})"
                 )
-            if other != self.cluster:
-                RealNode(other, self.root.parent / other, self.bin_dir, self.api_port, self.pki).down()
-        owner.parent.mkdir(parents=True, exist_ok=True)
-        owner.write_text(self.cluster)
+            # Its processes are gone (a killed run): take over, cleaning up what it left.
+            RealNode(other.name, other, self.bin_dir, self.api_port, self.pki).down()
+        MACHINE_STATE.mkdir(parents=True, exist_ok=True)
+        OWNER.write_text(str(self.root))
 
     def _record_host(self) -> None:
         if self.host_record.exists():
@@ -465,7 +473,14 @@ class RealNode:
 
     def stop(self) -> None:
         """Stop every process of the node and remove its pods' traces; the link and the firewall
-        stay, so an API server listening behind them is never exposed meanwhile."""
+        stay, so an API server listening behind them is never exposed meanwhile. Pods, mounts
+        and cgroups are machine-wide: they are touched only by the node that holds the host."""
+        if not self.owns_host():
+            _kill(_pids_under(self.root), signal.SIGKILL)
+            _wait_gone(_pids_under(self.root), 10)
+            if self.root.exists() and not _mounts_under(self.root):
+                shutil.rmtree(self.root, ignore_errors=True)
+            return
         for name in ("kube-proxy", "kubelet"):
             self._signal(name, signal.SIGTERM)
         self._kill_containers()
@@ -479,13 +494,16 @@ class RealNode:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def down(self) -> None:
-        """Stop every process of the node and undo every host change; idempotent."""
+        """Stop every process of the node and undo every host change; idempotent. A cluster that
+        does not hold the real node (KWOK-only, or another cluster's) changes nothing shared."""
+        owner = self.owns_host()
         self.stop()
-        self._restore_network()
-        owner = self.root.parent / "owner"
-        if owner.exists() and owner.read_text().strip() == self.cluster:
-            owner.unlink()
+        if owner:
+            self._restore_network()
             self._restore_host()
+            OWNER.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                MACHINE_STATE.rmdir()
 
     def _kill_containers(self) -> None:
         """Every process in the node's pods, then the shims that watch them."""

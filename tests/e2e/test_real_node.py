@@ -194,3 +194,20 @@ def test_nothing_is_reachable_from_another_interface(
     assert _connects(outside_host, pod_ip, 8080) is False
     # From the host itself, the same addresses answer.
     assert _http(f"http://{pod_ip}:8080/healthz")[0] == 200
+
+
+def test_another_clusters_down_leaves_the_real_node_alone(
+    local_cluster: local.LocalCluster, namespace: str, app_pod: dict[str, Any]
+) -> None:
+    """The bridge, the firewall, pods' cgroups and mounts are machine-wide: a KWOK-only cluster
+    (a benchmark's) that goes down must not take them with it."""
+    other = local.LocalCluster(f"kwok-only-{uuid.uuid4().hex[:4]}")
+    try:
+        other.up(nodes=1, with_node=False)
+    finally:
+        other.down()
+    node = local_cluster.node
+    assert node.running() and node.owns_host()
+    assert _ready(_pod(local_cluster, namespace, "app"))
+    assert _http(f"http://{app_pod['status']['podIP']}:8080/healthz")[0] == 200
+    assert any(real_node.CHAIN_IN in thing for thing in node.leftovers()), "the firewall chain went"
