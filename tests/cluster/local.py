@@ -224,7 +224,8 @@ class LocalCluster:
 
     def up(self, nodes: int = 3, timeout: float = 180, with_node: bool = True) -> None:
         build()
-        built = images.build_all() if with_node else []
+        # The second operator tag is what a test `helm upgrade`s to in the middle of a rollout.
+        built = [*images.build_all(), images.build_operator(tag_suffix="upgrade")] if with_node else []
         if self.exists():
             if self._healthy():
                 if with_node:
