@@ -50,6 +50,30 @@ scrape_configs:
 """
 
 
+def pods_on_real_node(kubeconfig: Path, namespace: str, port: str = "http") -> str:
+    """A scrape job for the pods that really execute: found through the API server as Prometheus
+    finds them in production (kubernetes_sd), kept only when they run on a real node and expose
+    a container port named ``port``. The pods' own labels (namespace, service, revision) win."""
+    return f"""\
+  - job_name: real-pods
+    honor_labels: true
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: {kubeconfig}
+        namespaces: {{names: [{namespace}]}}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_node_name]
+        regex: .+-real|kind-.*
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_container_port_name]
+        regex: {port}
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_phase]
+        regex: Running
+        action: keep
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,13 +89,16 @@ class PrometheusServer:
         workdir: Path | None = None,
         scrape_interval: str = "1s",
         port: int | None = None,
+        extra_scrape_configs: str = "",
     ) -> None:
+        """``extra_scrape_configs``: more ``scrape_configs`` list items, as YAML indented by two
+        spaces (e.g. ``pods_on_real_node``), after the job that scrapes ``targets``."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="homeostat-prom-"))
         self.data_dir = self.workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "prometheus.yml"
         quoted = ", ".join(f'"{t}"' for t in targets)
-        self.config.write_text(CONFIG.format(interval=scrape_interval, targets=quoted))
+        self.config.write_text(CONFIG.format(interval=scrape_interval, targets=quoted) + extra_scrape_configs)
         self.log_path = self.workdir / "prometheus.log"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
