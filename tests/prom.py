@@ -50,10 +50,11 @@ scrape_configs:
 """
 
 
-def pods_on_real_node(kubeconfig: Path, namespace: str, port: str = "http") -> str:
+def pods_on_real_node(kubeconfig: Path, namespace: str, port: str = "http", nodes: str = ".+-real") -> str:
     """A scrape job for the pods that really execute: found through the API server as Prometheus
-    finds them in production (kubernetes_sd), kept only when they run on a real node and expose
-    a container port named ``port``. The pods' own labels (namespace, service, revision) win."""
+    finds them in production (kubernetes_sd), kept only when they run on a node matching
+    ``nodes`` (".+" on kind, where every node is real) and expose a container port named
+    ``port``. The pods' own labels (namespace, service, revision) win."""
     return f"""\
   - job_name: real-pods
     honor_labels: true
@@ -63,7 +64,7 @@ def pods_on_real_node(kubeconfig: Path, namespace: str, port: str = "http") -> s
         namespaces: {{names: [{namespace}]}}
     relabel_configs:
       - source_labels: [__meta_kubernetes_pod_node_name]
-        regex: .+-real|kind-.*
+        regex: {nodes}
         action: keep
       - source_labels: [__meta_kubernetes_pod_container_port_name]
         regex: {port}
