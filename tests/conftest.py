@@ -125,6 +125,7 @@ class Workloads:
 
     operator_image: str
     app_image: str
+    upgrade_image: str  # the operator under a second tag, for `helm upgrade` tests
     node_selector: dict[str, str]
     tolerations: list[dict[str, str]]
 
@@ -153,19 +154,22 @@ def workloads(cluster: Cluster) -> Workloads:
     if isinstance(cluster, local.LocalCluster):
         from cluster import images
 
+        node = cluster.node
         return Workloads(
-            operator_image=images.operator_ref(),
-            app_image=images.app_ref(),
+            operator_image=node.imported_ref(images.OPERATOR_REPOSITORY),
+            app_image=node.imported_ref(images.APP_REPOSITORY),
+            upgrade_image=node.imported_ref(images.OPERATOR_REPOSITORY, "upgrade"),
             node_selector={real_node.NODE_LABEL: "real"},
             tolerations=[{"key": real_node.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
         )
-    refs = {name: os.environ.get(name, "") for name in ("HOMEOSTAT_OPERATOR_IMAGE", "HOMEOSTAT_APP_IMAGE")}
+    names = ("HOMEOSTAT_OPERATOR_IMAGE", "HOMEOSTAT_APP_IMAGE", "HOMEOSTAT_UPGRADE_IMAGE")
+    refs = {name: os.environ.get(name, "") for name in names}
     missing = [name for name, ref in refs.items() if not ref]
     if missing:
         pytest.exit(
             f"prerequisite missing: {', '.join(missing)} (images loaded into {cluster.kubeconfig})", 1
         )
-    return Workloads(refs["HOMEOSTAT_OPERATOR_IMAGE"], refs["HOMEOSTAT_APP_IMAGE"], {}, [])
+    return Workloads(*(refs[name] for name in names), {}, [])
 
 
 @pytest.fixture(scope="session")

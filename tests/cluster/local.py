@@ -275,7 +275,7 @@ class LocalCluster:
         """Start the real node unless its kubelet is already running and its node Ready."""
         node = self.node
         if node.running() and node.name in ready_nodes(self.kubeconfig):
-            images.import_into(node.containerd_socket, built)
+            node.import_images(built)
             return
         node.stop()
         node.prepare_host()

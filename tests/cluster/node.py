@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from cluster import images
+
 BRIDGE = "hs-br0"
 NODE_IP = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
@@ -151,8 +153,8 @@ class RealNode:
         _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
         self._firewall()
 
-    def start(self, images: Sequence[object] = ()) -> None:
-        """Start containerd, import ``images``, then the kubelet and kube-proxy."""
+    def start(self, built: Sequence[images.Image] = ()) -> None:
+        """Start containerd, import the ``built`` images, then the kubelet and kube-proxy."""
         for sub in ("containerd", "kubelet", "cni/net.d", "cni/ipam", "logs", "pki", "pods-logs", "runc"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._certificates()
@@ -163,10 +165,8 @@ class RealNode:
             60,
             "containerd did not start",
         )
-        if images:
-            from cluster import images as image_builds  # built by images.py; imported lazily
-
-            image_builds.import_into(self.containerd_socket, images)  # type: ignore[arg-type]
+        if built:
+            self.import_images(built)
         self._spawn(
             "kubelet",
             [
@@ -184,6 +184,27 @@ class RealNode:
         self._spawn(
             "kube-proxy",
             [str(self.bin_dir / "kube-proxy"), f"--config={self.root / 'kube-proxy.yaml'}", "--v=1"],
+        )
+
+    def import_images(self, built: Sequence[images.Image]) -> None:
+        """Import into the node's containerd, and remember the refs: tests must run what was
+        imported, not what the repo's files would build now (an edit since changes the tags)."""
+        images.import_into(self.containerd_socket, built)
+        (self.root / "images.json").write_text(json.dumps([i.ref for i in built]))
+
+    def imported(self) -> list[str]:
+        """The refs the last ``import_images`` brought in (empty before any)."""
+        path = self.root / "images.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
+
+    def imported_ref(self, repository: str, tag_suffix: str = "") -> str:
+        """The imported ref of ``repository`` (with ``-<tag_suffix>`` on its tag, if given)."""
+        for ref in self.imported():
+            repo, _, tag = ref.rpartition(":")
+            if repo == repository and (tag.endswith(f"-{tag_suffix}") if tag_suffix else "-" not in tag):
+                return ref
+        raise NodeError(
+            f"no image of {repository} was imported into {self.name} (make cluster-up builds them)"
         )
 
     def _claim(self) -> None:
@@ -440,6 +461,16 @@ class RealNode:
         argv = self._argv("kubelet")
         if argv:
             self._spawn("kubelet", argv)
+
+    def restart_kubelet(self, **overrides: object) -> None:
+        """Restart the kubelet with ``overrides`` on its configuration (none: the usual one); its
+        pods keep running meanwhile, as they do across a real kubelet restart."""
+        self._signal("kubelet", signal.SIGTERM)
+        self._write_configs()
+        if overrides:
+            config = self.root / "kubelet.yaml"
+            config.write_text(json.dumps({**json.loads(config.read_text()), **overrides}))
+        self.start_kubelet_again()
 
     def _argv(self, name: str) -> list[str]:
         path = self.root / f"{name}.argv"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import prom
-from cluster import images, local
+from cluster import local
 from conftest import REPO, Cluster, Workloads, get_json, wait_for
 from slack import server as fake
 from test_reconciler import apply, wait_ready, web_manifest
@@ -266,7 +266,7 @@ def test_helm_upgrade_to_a_new_image_in_the_middle_of_a_canary_lets_it_finish(
             timeout=60,
             what="canary track",
         )
-        upgraded = images.operator_ref(tag_suffix="upgrade")
+        upgraded = workloads.upgrade_image
         helm(
             cluster, "upgrade", "hs", str(REPO / "charts" / "homeostat"), "-n", release.system,
             "--reuse-values", "--set", f"image.tag={upgraded.rpartition(':')[2]}", "--wait", "--timeout=4m",

@@ -62,7 +62,10 @@ up() {
   # images, so they are loaded into every node instead of pulled from a registry.
   docker build -t "$OPERATOR_REPOSITORY:$TAG" "$repo"
   docker build -t "$APP_REPOSITORY:$TAG" "$repo/examples/app"
-  kind load docker-image --name "$NAME" "$OPERATOR_REPOSITORY:$TAG" "$APP_REPOSITORY:$TAG"
+  # A second tag of the same image: what the suite `helm upgrade`s to in the middle of a canary.
+  docker tag "$OPERATOR_REPOSITORY:$TAG" "$OPERATOR_REPOSITORY:$TAG-upgrade"
+  kind load docker-image --name "$NAME" "$OPERATOR_REPOSITORY:$TAG" "$OPERATOR_REPOSITORY:$TAG-upgrade" \
+    "$APP_REPOSITORY:$TAG"
   # pullPolicy Never: a `dev` tag must never be looked up in a registry.
   helm upgrade --install homeostat "$repo/charts/homeostat" \
     --kubeconfig "$KUBECONFIG_FILE" -n "$NAMESPACE" --create-namespace \
@@ -80,6 +83,7 @@ e2e() {
   KUBECONFIG="$KUBECONFIG_FILE" \
     HOMEOSTAT_OPERATOR_IMAGE="$OPERATOR_REPOSITORY:$TAG" \
     HOMEOSTAT_APP_IMAGE="$APP_REPOSITORY:$TAG" \
+    HOMEOSTAT_UPGRADE_IMAGE="$OPERATOR_REPOSITORY:$TAG-upgrade" \
     "$VENV_BIN/pytest" -m e2e -q "$@"
 }
 

@@ -48,7 +48,9 @@ def test_up_builds_loads_and_installs_in_order() -> None:
         'kind create cluster --name "$NAME" --config "$repo/kind-config.yaml"',
         'docker build -t "$OPERATOR_REPOSITORY:$TAG" "$repo"',
         'docker build -t "$APP_REPOSITORY:$TAG" "$repo/examples/app"',
-        'kind load docker-image --name "$NAME" "$OPERATOR_REPOSITORY:$TAG" "$APP_REPOSITORY:$TAG"',
+        'docker tag "$OPERATOR_REPOSITORY:$TAG" "$OPERATOR_REPOSITORY:$TAG-upgrade"',
+        'kind load docker-image --name "$NAME" "$OPERATOR_REPOSITORY:$TAG" '
+        '"$OPERATOR_REPOSITORY:$TAG-upgrade"',
         'helm upgrade --install homeostat "$repo/charts/homeostat"',
     ]
     positions = [text.find(step) for step in steps]
