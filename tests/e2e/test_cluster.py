@@ -102,10 +102,12 @@ def test_node_not_ready_stage(local_cluster: local.LocalCluster) -> None:
 
 
 def test_only_loopback_and_clean_teardown() -> None:
-    """A throwaway cluster: nothing listens beyond 127.0.0.1, and `down` leaves no process."""
+    """A throwaway KWOK-only cluster: nothing listens beyond 127.0.0.1, and `down` leaves no
+    process. (The real node is one per machine and the suite's cluster holds it; what a cluster
+    with it exposes, and what its teardown leaves, test_real_node.py and test_teardown.py check.)"""
     throwaway = local.LocalCluster(f"teardown-{uuid.uuid4().hex[:6]}")
     try:
-        throwaway.up(nodes=1)
+        throwaway.up(nodes=1, with_node=False)
         pids = throwaway.pids()
         assert len(pids) >= 5, "etcd, apiserver, controller-manager, scheduler and kwok should run"
         sockets = list(local.listening_sockets(pids))
