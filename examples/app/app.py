@@ -46,6 +46,8 @@ class Config:
             raise ValueError(f"APP_ERROR_RATIO must be between 0 and 1, not {self.error_ratio}")
         self.latency = _number(env, "APP_LATENCY_MS", 0.0) / 1000
         self.leak_bytes_per_s = _number(env, "APP_LEAK_MB_PER_S", 0.0) * 1024 * 1024
+        # Stop growing once this much is held: a leak that levels off under a raised limit.
+        self.leak_limit_bytes = _number(env, "APP_LEAK_LIMIT_MB", float("inf")) * 1024 * 1024
         self.crash_on_start = _flag(env, "APP_CRASH_ON_START")
         self.unready = _flag(env, "APP_UNREADY")
         after = env.get("APP_UNREADY_AFTER_S", "").strip()
@@ -137,15 +139,19 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def leak(metrics: Metrics, bytes_per_s: float, stop: threading.Event) -> None:
-    """Holds ever more memory, written so every page is resident: a mapping never touched costs
-    nothing and would never reach the container's limit."""
+def leak(
+    metrics: Metrics, bytes_per_s: float, stop: threading.Event, limit_bytes: float = float("inf")
+) -> None:
+    """Holds ever more memory, up to ``limit_bytes``, written so every page is resident: a mapping
+    never touched costs nothing and would never reach the container's limit."""
     held: list[bytes] = []
     owed = 0.0
+    total = 0
     while not stop.wait(0.1):
         owed += bytes_per_s * 0.1
-        size = int(owed) // PAGE * PAGE
-        if size:
+        size = int(min(owed, limit_bytes - total)) // PAGE * PAGE
+        if size > 0:
+            total += size
             held.append(b"\x01" * size)
             owed -= size
             with metrics.lock:
@@ -228,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True, name="http").start()
     if config.leak_bytes_per_s:
         threading.Thread(
-            target=leak, args=(metrics, config.leak_bytes_per_s, stop), daemon=True, name="leak"
+            target=leak,
+            args=(metrics, config.leak_bytes_per_s, stop, config.leak_limit_bytes),
+            daemon=True,
+            name="leak",
         ).start()
     host, port = server.server_address[:2]
     log(f"listening on {host}:{port}")

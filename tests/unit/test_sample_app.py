@@ -217,6 +217,22 @@ def test_the_leak_grows_the_resident_set(launch: list[App]) -> None:
     assert reported / 2**20 > before + 60
 
 
+def test_the_leak_stops_at_its_cap(launch: list[App]) -> None:
+    app = run(launch, {"APP_LEAK_MB_PER_S": "100", "APP_LEAK_LIMIT_MB": "30"})
+
+    def leaked() -> float:
+        return next(v for (name, _), v in app.metrics().items() if name == "sample_app_leaked_bytes")
+
+    deadline = time.monotonic() + 10
+    while leaked() < 30 * 2**20:
+        assert time.monotonic() < deadline, f"leaked only {leaked() / 2**20:.0f} MiB in 10 s"
+        time.sleep(0.1)
+    rss = vm_rss_mb(app.proc.pid)
+    time.sleep(1)  # 100 MiB/s more, were it not capped
+    assert leaked() == 30 * 2**20
+    assert vm_rss_mb(app.proc.pid) - rss < 10
+
+
 def test_no_leak_without_the_setting(launch: list[App]) -> None:
     app = run(launch, {})
     before = vm_rss_mb(app.proc.pid)
