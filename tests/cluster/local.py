@@ -28,6 +28,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script (make cluster-up): its siblings are `cluster.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from cluster import images
 from cluster import node as real_node
 
@@ -141,9 +144,6 @@ def _config(kube_version: str, api_port: int, pki: Path, with_node: bool) -> str
         "kubeApiserverPort": api_port,
         # Pods reach the API server through the kubernetes Service (10.96.0.1 → the node's IP).
         "kubeApiserverCertSANs": [real_node.NODE_IP, "10.96.0.1"],
-        # A stopped kubelet's node turns NotReady in ~40 s instead of kwokctl's 3m20s.
-        "kubeControllerManagerNodeMonitorPeriodMilliseconds": 5000,
-        "kubeControllerManagerNodeMonitorGracePeriodMilliseconds": 40000,
         "kubeApiserverBinary": str(BIN / "kube-apiserver"),
         "kubeControllerManagerBinary": str(BIN / "kube-controller-manager"),
         "kubeSchedulerBinary": str(BIN / "kube-scheduler"),
@@ -155,6 +155,15 @@ def _config(kube_version: str, api_port: int, pki: Path, with_node: bool) -> str
         # controllers, not the code under test, the bottleneck of every bulk test and benchmark.
         "disableQPSLimits": True,
     }
+    if with_node:
+        # A stopped kubelet's node turns NotReady in ~40 s instead of kwokctl's 3m20s. kwokctl
+        # multiplies these and KWOK's own lease by its heartbeat factor (5 unless told), so the
+        # factor goes to 1: KWOK renews its leases often enough for the shorter grace.
+        options |= {
+            "heartbeatFactor": 1,
+            "kubeControllerManagerNodeMonitorPeriodMilliseconds": 5000,
+            "kubeControllerManagerNodeMonitorGracePeriodMilliseconds": 40000,
+        }
     docs = [
         json.dumps(
             {
@@ -274,7 +283,7 @@ class LocalCluster:
     def _ensure_real_node(self, built: Sequence[images.Image], timeout: float) -> None:
         """Start the real node unless its kubelet is already running and its node Ready."""
         node = self.node
-        if node.running() and node.name in ready_nodes(self.kubeconfig):
+        if node.healthy() and node.name in ready_nodes(self.kubeconfig):
             node.import_images(built)
             return
         node.stop()

@@ -372,48 +372,7 @@ class RealNode:
         (r / "resolv.conf").write_text("nameserver 127.0.0.53\noptions ndots:1\n")
         (r / "kubelet.kubeconfig").write_text(self._kubeconfig("kubelet"))
         (r / "kube-proxy.kubeconfig").write_text(self._kubeconfig("kube-proxy"))
-        (r / "kubelet.yaml").write_text(
-            json.dumps(
-                {
-                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
-                    "kind": "KubeletConfiguration",
-                    "address": NODE_IP,
-                    "port": KUBELET_PORT,
-                    "readOnlyPort": 0,
-                    "healthzBindAddress": "127.0.0.1",
-                    "authentication": {
-                        "anonymous": {"enabled": False},
-                        "webhook": {"enabled": True},
-                        "x509": {"clientCAFile": str(self.pki.ca_cert)},
-                    },
-                    "authorization": {"mode": "Webhook"},
-                    "cgroupDriver": "cgroupfs",
-                    # cgroup v1 is in maintenance mode since 1.31 and refused unless allowed.
-                    "failCgroupV1": False,
-                    "failSwapOn": False,
-                    "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-                    "resolvConf": str(r / "resolv.conf"),
-                    "podLogsDir": str(r / "pods-logs"),
-                    "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
-                    # Images come from archives, not a registry: garbage collection would delete
-                    # what nothing can pull back.
-                    "imageGCHighThresholdPercent": 100,
-                    "imageGCLowThresholdPercent": 99,
-                    "evictionHard": {
-                        "memory.available": "200Mi",
-                        "nodefs.available": "1%",
-                        "imagefs.available": "1%",
-                        "nodefs.inodesFree": "1%",
-                    },
-                    "serializeImagePulls": False,
-                    "maxPods": 60,
-                    "nodeStatusUpdateFrequency": "4s",
-                    "syncFrequency": "10s",
-                    "fileCheckFrequency": "10s",
-                    "shutdownGracePeriod": "0s",
-                }
-            )
-        )
+        (r / "kubelet.yaml").write_text(json.dumps(self._kubelet_config()))
         (r / "kube-proxy.yaml").write_text(
             json.dumps(
                 {
@@ -431,6 +390,47 @@ class RealNode:
                 }
             )
         )
+
+    def _kubelet_config(self) -> dict[str, Any]:
+        r = self.root
+        return {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": NODE_IP,
+            "port": KUBELET_PORT,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.pki.ca_cert)},
+            },
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs",
+            # cgroup v1 is in maintenance mode since 1.31 and refused unless allowed.
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "resolvConf": str(r / "resolv.conf"),
+            "podLogsDir": str(r / "pods-logs"),
+            "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
+            # Images come from archives, not a registry: garbage collection would delete
+            # what nothing can pull back.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "200Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "serializeImagePulls": False,
+            "maxPods": 60,
+            "nodeStatusUpdateFrequency": "4s",
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "10s",
+            "shutdownGracePeriod": "0s",
+        }
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -466,10 +466,8 @@ class RealNode:
         """Restart the kubelet with ``overrides`` on its configuration (none: the usual one); its
         pods keep running meanwhile, as they do across a real kubelet restart."""
         self._signal("kubelet", signal.SIGTERM)
-        self._write_configs()
-        if overrides:
-            config = self.root / "kubelet.yaml"
-            config.write_text(json.dumps({**json.loads(config.read_text()), **overrides}))
+        # The kubelet's file only: kube-proxy exits when its own configuration file changes.
+        (self.root / "kubelet.yaml").write_text(json.dumps({**self._kubelet_config(), **overrides}))
         self.start_kubelet_again()
 
     def _argv(self, name: str) -> list[str]:
@@ -487,9 +485,15 @@ class RealNode:
 
     def running(self) -> bool:
         """The kubelet of this node is alive (its Node may still be NotReady)."""
-        pid_file = self.root / "kubelet.pid"
+        return self._alive("kubelet")
+
+    def healthy(self) -> bool:
+        """containerd, the kubelet and kube-proxy are all alive."""
+        return all(self._alive(name) for name in ("containerd", "kubelet", "kube-proxy"))
+
+    def _alive(self, name: str) -> bool:
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
+            pid = int((self.root / f"{name}.pid").read_text())
             return Path(f"/proc/{pid}").exists() and not _zombie(pid)
         return False
 
