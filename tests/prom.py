@@ -18,17 +18,21 @@ Registered as a pytest plugin from conftest.py; fixtures:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,29 +54,86 @@ scrape_configs:
 """
 
 
-def pods_on_real_node(kubeconfig: Path, namespace: str, port: str = "http", nodes: str = ".+-real") -> str:
-    """A scrape job for the pods that really execute: found through the API server as Prometheus
-    finds them in production (kubernetes_sd), kept only when they run on a node matching
-    ``nodes`` (".+" on kind, where every node is real) and expose a container port named
-    ``port``. The pods' own labels (namespace, service, revision) win."""
-    return f"""\
-  - job_name: real-pods
-    honor_labels: true
-    kubernetes_sd_configs:
-      - role: pod
-        kubeconfig_file: {kubeconfig}
-        namespaces: {{names: [{namespace}]}}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_pod_node_name]
-        regex: {nodes}
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: {port}
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_phase]
-        regex: Running
-        action: keep
-"""
+class RealPodTargets:
+    """The pods that really execute, as Prometheus file-based discovery targets.
+
+    Debian's Prometheus is built without Kubernetes service discovery, so this does its part: a
+    thread lists the namespace's pods every second and writes those that run on a node matching
+    ``nodes`` (".+" on kind, where every node is real) and expose a container port named ``port``
+    to a targets file, which Prometheus re-reads. The pods' own labels win (honor_labels)."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, nodes: str = ".+-real", port: str = "http") -> None:
+        self.kubeconfig, self.namespace, self.port = kubeconfig, namespace, port
+        self.nodes = re.compile(nodes)
+        self.path = Path(tempfile.mkdtemp(prefix="homeostat-sd-")) / "targets.json"
+        self.path.write_text("[]")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @property
+    def scrape_config(self) -> str:
+        """The job for ``PrometheusServer(extra_scrape_configs=...)``."""
+        return (
+            "  - job_name: real-pods\n"
+            "    honor_labels: true\n"
+            "    file_sd_configs:\n"
+            f"      - files: [{self.path}]\n"
+            "        refresh_interval: 1s\n"
+        )
+
+    def start(self) -> RealPodTargets:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+    def targets(self, pods: dict[str, Any]) -> list[dict[str, Any]]:
+        found = []
+        for pod in pods.get("items", []):
+            spec, status = pod.get("spec") or {}, pod.get("status") or {}
+            if status.get("phase") != "Running" or not self.nodes.fullmatch(spec.get("nodeName") or ""):
+                continue
+            ports = [
+                p["containerPort"]
+                for c in spec.get("containers", [])
+                for p in c.get("ports", [])
+                if p.get("name") == self.port
+            ]
+            if ports and status.get("podIP"):
+                found.append({"targets": [f"{status['podIP']}:{ports[0]}"], "labels": {}})
+        return found
+
+    def _loop(self) -> None:
+        kubectl = (
+            Path(os.environ.get("HOMEOSTAT_CACHE", Path.home() / ".cache" / "homeostat")) / "bin" / "kubectl"
+        )
+        while not self._stop.wait(1.0):
+            res = subprocess.run(
+                [
+                    str(kubectl),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "get",
+                    "pods",
+                    "-n",
+                    self.namespace,
+                    "-o",
+                    "json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if res.returncode == 0:
+                text = json.dumps(self.targets(json.loads(res.stdout)))
+                if text != self.path.read_text():
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_text(text)
+                    tmp.replace(self.path)  # atomic: Prometheus never reads half a file
 
 
 def free_port() -> int:
