@@ -79,23 +79,7 @@ def test_pods_of_a_real_node_whose_kubelet_stops_are_moved_within_the_grace_peri
     grace = 10
     policy_name = f"p-{uuid.uuid4().hex[:8]}"
     _apply(local_cluster, _policy(policy_name, cooldown="10s"))
-    spec = workload.pod_spec(workloads)
-    # Prefer the real node while it is healthy; once it fails, its taints send pods to KWOK nodes.
-    del spec["nodeSelector"]
-    spec["affinity"] = {
-        "nodeAffinity": {
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "weight": 100,
-                    "preference": {
-                        "matchExpressions": [
-                            {"key": real_node.NODE_LABEL, "operator": "In", "values": ["real"]}
-                        ]
-                    },
-                }
-            ]
-        }
-    }
+    spec = _preferring_the_real_node(workloads)
     service = {
         "apiVersion": "homeostat.dev/v1alpha1",
         "kind": "ReplicatedService",
