@@ -31,7 +31,11 @@ RESTRICTED = {
 
 
 def container(image: str, memory: str = "64Mi", **env: str) -> dict[str, Any]:
-    """The app's container; ``env`` switches its misbehaviour (APP_ERROR_RATIO="1", ...)."""
+    """The app's container; ``env`` switches its misbehaviour (APP_ERROR_RATIO="1", ...).
+
+    It serves on for 2 s after SIGTERM, unready, so a pod that goes (a canary step, a drain)
+    leaves the Service's endpoints before its socket closes, well inside the 5 s grace."""
+    env = {"APP_SHUTDOWN_DELAY_S": "2", **env}
     return {
         "name": "app",
         "image": image,

@@ -52,6 +52,10 @@ class Config:
         self.unready = _flag(env, "APP_UNREADY")
         after = env.get("APP_UNREADY_AFTER_S", "").strip()
         self.unready_after = float(after) if after else None
+        # Between SIGTERM and exit: unready but still serving, so the Service's endpoints drop
+        # the pod (kube-proxy takes a moment) before its socket closes.
+        self.shutdown_delay = _number(env, "APP_SHUTDOWN_DELAY_S", 0.0)
+        self.draining = threading.Event()
         defaults = {"service": "sample-app", "pod": socket.gethostname()}
         self.labels = tuple((name, env.get(var) or defaults.get(name, "")) for name, var in LABEL_ENV)
 
@@ -162,7 +166,7 @@ def make_server(host: str, port: int, config: Config, metrics: Metrics) -> http.
     started = time.monotonic()
 
     def ready() -> bool:
-        if config.unready:
+        if config.unready or config.draining.is_set():
             return False
         return config.unready_after is None or time.monotonic() - started < config.unready_after
 
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     log(f"listening on {host}:{port}")
     signal.sigwait(stopping)
+    if config.shutdown_delay:
+        config.draining.set()
+        log(f"stopping in {config.shutdown_delay:g} s, unready meanwhile")
+        signal.sigtimedwait(stopping, config.shutdown_delay)  # a second signal cuts it short
     stop.set()
     server.shutdown()
     server.server_close()

@@ -199,6 +199,30 @@ def test_sigterm_stops_it_cleanly_and_promptly(launch: list[App]) -> None:
     assert app.proc.wait(timeout=5) == 0
 
 
+def test_with_a_shutdown_delay_it_turns_unready_and_keeps_serving_until_it_stops(
+    launch: list[App],
+) -> None:
+    app = run(launch, {"APP_SHUTDOWN_DELAY_S": "2"})
+    assert app.get("/readyz")[0] == 200
+    signalled = time.monotonic()
+    app.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert app.proc.poll() is None, "exited before its shutdown delay"
+    assert app.get("/readyz")[0] == 503
+    assert app.get("/")[0] == 200, "stopped serving during the delay"
+    assert app.proc.wait(timeout=5) == 0
+    assert time.monotonic() - signalled >= 1.9
+
+
+def test_a_second_signal_cuts_the_shutdown_delay_short(launch: list[App]) -> None:
+    app = run(launch, {"APP_SHUTDOWN_DELAY_S": "30"})
+    app.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert app.get("/readyz")[0] == 503
+    app.proc.send_signal(signal.SIGTERM)
+    assert app.proc.wait(timeout=5) == 0
+
+
 def vm_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
