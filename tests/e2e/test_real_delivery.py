@@ -28,8 +28,11 @@ from conftest import Cluster, OperatorProcess, Workloads, get_json, wait_for
 pytestmark = pytest.mark.e2e
 
 SEL = 'namespace="{{namespace}}",service="{{service}}",revision="{{revision}}"'
+# A revision that never failed has no 5xx series at all: `or vector(0)` makes that a ratio of 0
+# rather than no data (inconclusive), while no traffic at all still divides by nothing.
 ERROR_RATIO = (
-    f'sum(rate(http_requests_total{{{SEL},code=~"5.."}}[10s])) / sum(rate(http_requests_total{{{SEL}}}[10s]))'
+    f'(sum(rate(http_requests_total{{{SEL},code=~"5.."}}[10s])) or vector(0))'
+    f" / sum(rate(http_requests_total{{{SEL}}}[10s]))"
 )
 CANARY = {
     "strategy": "Canary",
@@ -187,4 +190,41 @@ def test_a_canary_that_really_answers_5xx_is_rolled_back(
     assert done["rollout"]["stableRevision"] == stable
     degraded = next(c for c in done["conditions"] if c["type"] == "Degraded")
     assert "error-ratio" in degraded["message"], degraded
+    assert operator.alive()
+
+
+def test_a_good_canary_of_real_pods_is_promoted_under_load(
+    cluster: Cluster, workloads: Workloads, delivered: tuple[str, prom.PrometheusServer, OperatorProcess]
+) -> None:
+    namespace, server, operator = delivered
+    stable, url = _first_revision_under_load(cluster, namespace, server, workloads, "cart")
+    with Load(url) as load:
+        wait_for(
+            _scraped(
+                server, f'http_requests_total{{namespace="{namespace}",revision="{stable}",code="200"}}'
+            ),
+            timeout=60,
+            what="Prometheus scraping the stable pods' answers",
+        )
+        # A harmless change makes a new revision: 5 ms more latency, no errors.
+        _apply(cluster, namespace, _service(workloads, "cart", APP_LATENCY_MS="5"))
+        canary = wait_for(
+            lambda: (
+                (current := _status(cluster, namespace, "cart").get("currentRevision")) != stable and current
+            ),
+            timeout=60,
+            what="a new revision",
+        )
+        served = _scraped(
+            server, f'http_requests_total{{namespace="{namespace}",revision="{canary}",code="200"}}'
+        )
+        wait_for(served, timeout=90, what="the canary's pods answering the load")
+        onset = time.monotonic()
+        done = _wait_phase(cluster, namespace, "cart", "Promoted", timeout=180)
+        took = time.monotonic() - onset
+    print(f"real good canary: promoted {took:.1f} s after its pods answered; answers {load.codes}")
+    assert done["rollout"]["stableRevision"] == canary, done["rollout"]
+    assert load.codes.get(200, 0) > 0 and not load.codes.get(500), load.codes
+    degraded = [c for c in done.get("conditions") or [] if c["type"] == "Degraded" and c["status"] == "True"]
+    assert not degraded, degraded
     assert operator.alive()
