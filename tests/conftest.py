@@ -223,6 +223,16 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@pytest.fixture
+def private_namespace(cluster: Cluster) -> Iterator[str]:
+    """For a test that runs its own operator: outside the session operator's ``t-*``, so two
+    operators never write one service's status."""
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @dataclasses.dataclass
 class OperatorProcess:
     """``homeostat run`` as a child process, the way a user (or a pod) starts it."""

@@ -136,6 +136,31 @@ class RealPodTargets:
                     tmp.replace(self.path)  # atomic: Prometheus never reads half a file
 
 
+def kubelet_cadvisor_scrape_config(
+    address: str, *, server_name: str, ca_file: Path, cert_file: Path, key_file: Path, keep: str = ".+"
+) -> str:
+    """A job scraping a kubelet's cAdvisor endpoint, as a cluster's Prometheus would: over TLS,
+    verifying the kubelet's own serving certificate (``ca_file`` holds its chain; it names the
+    node, not the address), and authenticating with a client certificate the kubelet's webhook
+    authorizer accepts. Only the memory series of namespaces matching ``keep`` are stored."""
+    return (
+        "  - job_name: kubelet-cadvisor\n"
+        "    scheme: https\n"
+        "    metrics_path: /metrics/cadvisor\n"
+        "    tls_config:\n"
+        f"      ca_file: {ca_file}\n"
+        f"      cert_file: {cert_file}\n"
+        f"      key_file: {key_file}\n"
+        f"      server_name: {server_name}\n"
+        "    static_configs:\n"
+        f'      - targets: ["{address}"]\n'
+        "    metric_relabel_configs:\n"
+        "      - source_labels: [__name__, namespace]\n"
+        f'        regex: "container_memory_working_set_bytes;{keep}"\n'
+        "        action: keep\n"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -130,6 +130,12 @@ class RealNode:
         return self.root / "logs"
 
     @property
+    def serving_chain(self) -> Path:
+        """The kubelet's self-signed serving certificate and its CA, for clients that verify it
+        (it names the node, not the address)."""
+        return self.root / "kubelet" / "pki" / "kubelet.crt"
+
+    @property
     def host_record(self) -> Path:
         """The host's state before any real node changed it; shared by every cluster's node."""
         return MACHINE_STATE / "host-before.json"
@@ -178,6 +184,10 @@ class RealNode:
                 f"--hostname-override={self.name}",
                 f"--node-ip={NODE_IP}",
                 f"--node-labels={NODE_LABEL}=real",
+                # cAdvisor finds containers through containerd's default socket, not the CRI
+                # endpoint: without this its metrics stop at the pod cgroup, with no
+                # `container` label, and per-container memory queries find nothing.
+                f"--containerd={self.containerd_socket}",
                 "--v=1",
             ],
         )

@@ -2,20 +2,27 @@
 
 test_healing.py makes the same failures with KWOK's chaos stages; here the kernel OOM-kills a
 container that outgrows its limit and the kubelet reports CrashLoopBackOff for a revision that
-exits at start, so the operator acts on the pod statuses a kubelet really writes.
+exits at start, so the operator acts on the pod statuses a kubelet really writes. A container that leaks is
+seen the way a cluster's Prometheus sees it, through the kubelet's cAdvisor endpoint.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import prom
 import workload
+from cluster import local
+from cluster import node as real_node
 from conftest import Cluster, OperatorProcess, Workloads, get_json, plugin, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -227,3 +234,109 @@ def test_a_really_crash_looping_revision_is_rolled_back(
         f"CrashLoopBackOff seen before the rollback: {looped}; rolled back {rolled_at - changed:.1f}s"
         f" after the bad revision was applied; stable again {recovered_at - rolled_at:.1f}s later"
     )
+
+
+def test_a_real_leak_seen_through_cadvisor_gets_the_pod_restarted_before_its_oom(
+    local_cluster: local.LocalCluster,
+    private_namespace: str,
+    workloads: Workloads,
+    policy_name: str,
+    tmp_path: Path,
+) -> None:
+    namespace = private_namespace
+    prom.need_prometheus()
+    node = local_cluster.node
+    pki = local_cluster.state_dir / "pki"
+    cadvisor = prom.kubelet_cadvisor_scrape_config(
+        f"{real_node.NODE_IP}:{real_node.KUBELET_PORT}",
+        server_name=node.name,
+        ca_file=node.serving_chain,
+        cert_file=pki / "admin.crt",
+        key_file=pki / "admin.key",
+        keep=namespace,
+    )
+    server = prom.PrometheusServer([], scrape_interval="2s", extra_scrape_configs=cadvisor).start()
+    operator = OperatorProcess(
+        local_cluster.kubeconfig,
+        tmp_path / "operator.log",
+        ("--namespace", namespace, "--prometheus-url", server.url, "--http-port", "0"),
+    ).start()
+    try:
+        limit_mib, leak_mib = 160, 1
+        policy = _policy(policy_name, {"RestartPod": {"risk": "low", "mode": "auto"}})
+        memory = {"leadTime": "2m", "window": "1m", "interval": "2s"}  # the default query: cAdvisor's
+        service = workload.replicated_service(
+            workloads,
+            "leaky",
+            memory=f"{limit_mib}Mi",
+            env={"APP_LEAK_MB_PER_S": str(leak_mib)},
+            replicas={"min": 1, "max": 1, "desired": 1},
+            healing={"predictiveMaintenance": {"memory": memory}},
+            approvals={"policy": policy_name},
+        )
+        _apply(local_cluster, namespace, policy, service)
+        (first,) = wait_for(
+            lambda: (pods := _pods(local_cluster, namespace, "leaky")) and all(map(_ready, pods)) and pods,
+            timeout=120,
+            what="the leaking pod Ready",
+        )
+        name = first["metadata"]["name"]
+        scraped = (
+            f'container_memory_working_set_bytes{{namespace="{namespace}",pod="{name}",container="app"}}'
+        )
+        wait_for(
+            lambda: _query(server, scraped), timeout=60, what="Prometheus scraping the pod's cAdvisor memory"
+        )
+
+        def flagged() -> dict[str, Any] | None:
+            maintenance = (_rsvc(local_cluster, namespace, "leaky").get("status") or {}).get(
+                "maintenance"
+            ) or {}
+            return next((r for r in maintenance.get("requests") or [] if r.get("pod") == name), None)
+
+        request = wait_for(flagged, timeout=150, interval=1, what="a PredictedExhaustion request")
+        flagged_at = time.time()
+        assert (request["cause"], request["action"]) == ("PredictedExhaustion", "RestartPod")
+        working_set = float(_query(server, scraped)[0]["value"][1])
+
+        def replaced() -> dict[str, Any] | None:
+            pods = _pods(local_cluster, namespace, "leaky")
+            return (
+                pods[0]
+                if len(pods) == 1 and pods[0]["metadata"]["name"] != name and _ready(pods[0])
+                else None
+            )
+
+        second = wait_for(replaced, timeout=60, what="the leaking pod replaced")
+        replaced_at = time.time()
+        # The truth: where the leak would have hit the limit, from the memory it had when flagged.
+        oom_at = flagged_at + (limit_mib * 2**20 - working_set) / (leak_mib * 2**20)
+        assert replaced_at < oom_at, "replaced only after the leak would have reached the limit"
+        gone = get_json(local_cluster, "pod", name, "-n", namespace)
+        for c in ((gone or {}).get("status") or {}).get("containerStatuses") or []:
+            assert "OOMKilled" not in json.dumps(c), c
+        # The pod goes first, then the status records it: wait for the record.
+        history = wait_for(
+            lambda: _history(local_cluster, namespace, "leaky"), timeout=30, what="the restart recorded"
+        )
+        assert [(r["action"], r["target"]) for r in history][:1] == [
+            ("RestartPod", f"Pod/{namespace}/{name}")
+        ], history
+        print(
+            f"cAdvisor leak: flagged at {working_set / 2**20:.0f} MiB of {limit_mib} MiB, "
+            f"{oom_at - flagged_at:.0f} s before the limit; replaced {replaced_at - flagged_at:.1f} s later "
+            f"by {second['metadata']['name']}"
+        )
+        assert operator.alive()
+    finally:
+        operator.stop()
+        server.cleanup()
+
+
+def _query(server: prom.PrometheusServer, query: str) -> list[dict[str, Any]]:
+    url = f"{server.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as res:
+            return list(json.load(res)["data"]["result"])
+    except OSError:
+        return []
