@@ -149,19 +149,24 @@ class Workloads:
         return values
 
 
+def local_workloads(cluster: local.LocalCluster) -> Workloads:
+    """The real node of a local cluster and the images it imported (the demo uses it too)."""
+    from cluster import images
+
+    node = cluster.node
+    return Workloads(
+        operator_image=node.imported_ref(images.OPERATOR_REPOSITORY),
+        app_image=node.imported_ref(images.APP_REPOSITORY),
+        upgrade_image=node.imported_ref(images.OPERATOR_REPOSITORY, "upgrade"),
+        node_selector={real_node.NODE_LABEL: "real"},
+        tolerations=[{"key": real_node.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+    )
+
+
 @pytest.fixture(scope="session")
 def workloads(cluster: Cluster) -> Workloads:
     if isinstance(cluster, local.LocalCluster):
-        from cluster import images
-
-        node = cluster.node
-        return Workloads(
-            operator_image=node.imported_ref(images.OPERATOR_REPOSITORY),
-            app_image=node.imported_ref(images.APP_REPOSITORY),
-            upgrade_image=node.imported_ref(images.OPERATOR_REPOSITORY, "upgrade"),
-            node_selector={real_node.NODE_LABEL: "real"},
-            tolerations=[{"key": real_node.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-        )
+        return local_workloads(cluster)
     names = ("HOMEOSTAT_OPERATOR_IMAGE", "HOMEOSTAT_APP_IMAGE", "HOMEOSTAT_UPGRADE_IMAGE")
     refs = {name: os.environ.get(name, "") for name in names}
     missing = [name for name, ref in refs.items() if not ref]

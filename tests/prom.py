@@ -177,9 +177,13 @@ class PrometheusServer:
         scrape_interval: str = "1s",
         port: int | None = None,
         extra_scrape_configs: str = "",
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
         """``extra_scrape_configs``: more ``scrape_configs`` list items, as YAML indented by two
-        spaces (e.g. ``pods_on_real_node``), after the job that scrapes ``targets``."""
+        spaces (e.g. ``pods_on_real_node``), after the job that scrapes ``targets``. ``host``: the
+        address to listen on; ``make demo`` gives the real node's bridge address so that the
+        operator's pod can query it (never a wildcard address)."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="homeostat-prom-"))
         self.data_dir = self.workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -187,8 +191,8 @@ class PrometheusServer:
         quoted = ", ".join(f'"{t}"' for t in targets)
         self.config.write_text(CONFIG.format(interval=scrape_interval, targets=quoted) + extra_scrape_configs)
         self.log_path = self.workdir / "prometheus.log"
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host, self.port = host, port or free_port()
+        self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> PrometheusServer:
@@ -200,7 +204,7 @@ class PrometheusServer:
                 PROMETHEUS,
                 f"--config.file={self.config}",
                 f"--storage.tsdb.path={self.data_dir}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 # Backfilled history may be weeks old: keep it.
                 "--storage.tsdb.retention.time=3650d",
                 "--log.level=warn",
@@ -340,22 +344,31 @@ def prometheus_factory(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python tests/prom.py TARGET...``: a Prometheus for ``make demo``, until Ctrl-C."""
+    """``python tests/prom.py [TARGET...]``: a Prometheus for ``make demo``, until Ctrl-C."""
     import argparse
     import signal
     import threading
 
-    parser = argparse.ArgumentParser(
-        description="Prometheus scraping the given 127.0.0.1 targets every second"
-    )
-    parser.add_argument(
-        "targets", nargs="+", help="host:port of a /metrics endpoint, e.g. the traffic simulator"
-    )
+    parser = argparse.ArgumentParser(description="Prometheus scraping the given targets every second")
+    parser.add_argument("targets", nargs="*", help="host:port of a /metrics endpoint")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (never a wildcard)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the TSDB here (default: a temp dir)")
+    parser.add_argument(
+        "--real-pods", metavar="NAMESPACE", help="also scrape this namespace's pods on the real node"
+    )
+    parser.add_argument("--kubeconfig", type=Path, help="the cluster of --real-pods")
     args = parser.parse_args(argv)
-    server = PrometheusServer(args.targets, workdir=args.workdir, port=args.port).start()
-    server.wait_for_target_up()
+    pods = RealPodTargets(args.kubeconfig, args.real_pods).start() if args.real_pods else None
+    server = PrometheusServer(
+        args.targets,
+        workdir=args.workdir,
+        port=args.port,
+        host=args.host,
+        extra_scrape_configs=pods.scrape_config if pods else "",
+    ).start()
+    if args.targets:
+        server.wait_for_target_up()
     print(f"Prometheus at {server.url} (data in {server.data_dir})", flush=True)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -365,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.cleanup()
     else:
         server.stop()
+    if pods:
+        pods.stop()
     return 0
 
 

@@ -7,6 +7,8 @@ that a test asking for "a revision that answers 5xx" says only that.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from typing import Any
 
 from conftest import Workloads
@@ -84,3 +86,14 @@ def replicated_service(
             **spec,
         },
     }
+
+
+def answer(url: str, timeout: float = 2) -> int:
+    """The HTTP status a GET of ``url`` gets (an error status included), 0 for no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0

@@ -39,8 +39,10 @@ class Call:
 class FakeSlack:
     """Start with ``start()``; ``api_url`` is what the operator gets as its Slack API base."""
 
-    def __init__(self, token: str = "xoxb-test-token") -> None:
-        self.token = token
+    def __init__(self, token: str = "xoxb-test-token", host: str = "127.0.0.1") -> None:
+        """``host``: the address to listen on; ``make demo`` gives the real node's bridge
+        address so that the operator's pod reaches it (never a wildcard address)."""
+        self.token, self.host = token, host
         self.calls: list[Call] = []
         self.messages: dict[str, dict[str, Any]] = {}  # ts -> latest message
         self.replies: list[dict[str, Any]] = []  # bodies posted to response_url hooks
@@ -86,7 +88,7 @@ class FakeSlack:
             def do_GET(self) -> None:
                 fake._handle(self)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
