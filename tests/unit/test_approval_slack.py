@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,49 @@ def test_signature_verification() -> None:
         is ports.Verification.MISSING
     )
     assert adapter.verify(body, {**good, "X-Slack-Request-Timestamp": "soon"}) is ports.Verification.STALE
+
+
+def test_undecodable_or_non_ascii_input_is_a_bad_signature_not_a_crash() -> None:
+    """Issue 14.1: a forger with a current timestamp only; before, both raised (a 500)."""
+    now = 1_900_000_000
+    adapter = slack.SlackApprovals(slack._Secret(TOKEN), slack._Secret(SIGNING), clock=Clock(now))
+    binary = b"payload=\xff\xfe\x80"
+    assert (
+        adapter.verify(binary, fake.signed_headers("forged", binary, now)) is ports.Verification.BAD_SIGNATURE
+    )
+    # Even correctly signed, a body that is not UTF-8 is not one Slack sent.
+    assert (
+        adapter.verify(binary, fake.signed_headers(SIGNING, binary, now)) is ports.Verification.BAD_SIGNATURE
+    )
+    body = fake.click_body("team-a", "x", "U1")
+    headers = {**fake.signed_headers(SIGNING, body, now), "X-Slack-Signature": "v0=\u00e9" + "0" * 63}
+    assert adapter.verify(body, headers) is ports.Verification.BAD_SIGNATURE
+
+
+def test_a_payload_nested_thousands_deep_is_not_a_click() -> None:
+    """Issue 14.2: json.loads raised RecursionError, which became a 500."""
+    deep = "[" * 100_000 + "]" * 100_000
+    assert slack.parse_click(b"payload=" + urllib.parse.quote(deep).encode()) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "team-a/x?x=1",  # issue 14.3: the query string moved the status write to the main resource
+        "team-a/x#",
+        "team-a/x%2Fstatus",
+        "team-a/X",
+        "Team-A/x",
+        "team-a/-x",
+        "team-a/x..y",
+        "team-a/" + "x" * 254,
+        "t" * 64 + "/x",
+        "team-a/x y",
+    ],
+)
+def test_a_button_value_that_is_no_approval_name_is_not_a_click(value: str) -> None:
+    namespace, _, name = value.partition("/")
+    assert slack.parse_click(fake.click_body(namespace, name, "U1")) is None
 
 
 def test_parse_click() -> None:

@@ -269,6 +269,10 @@ class SlackApprovals:
             return ports.Verification.STALE
         if abs(self._clock.now() - sent) > REPLAY_WINDOW:
             return ports.Verification.STALE
+        # Slack signs ASCII: a signature that is not, or a body that is not UTF-8, cannot be one
+        # of its requests, and would make the verifier raise (compare_digest, decode) instead.
+        if not signature.isascii() or not _utf8(body):
+            return ports.Verification.BAD_SIGNATURE
         if not self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
             return ports.Verification.BAD_SIGNATURE
         return ports.Verification.VALID
@@ -465,14 +469,22 @@ def _buttons(ref: appr.Ref, request: appr.Request) -> dict[str, Any]:
     return {"type": "actions", "block_id": BLOCK_ACTIONS, "elements": [approve, deny]}
 
 
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def parse_click(body: bytes) -> ports.Click | None:
     """The click in a verified interactivity request (form field ``payload``, JSON of type
     ``block_actions``), or None when it is not one of our buttons."""
     try:
         form = urllib.parse.parse_qs(body.decode(), strict_parsing=True)
         payload = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError):
-        return None
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, RecursionError):
+        return None  # RecursionError: a payload nested thousands deep, signed or not
     if not isinstance(payload, Mapping) or payload.get("type") != "block_actions":
         return None
     actions, user = payload.get("actions"), payload.get("user")
@@ -487,7 +499,7 @@ def parse_click(body: bytes) -> ports.Click | None:
     if verdict is None or not isinstance(value, str) or not isinstance(user_id, str) or not user_id:
         return None
     namespace, _, name = value.partition("/")
-    if not namespace or not name or "/" in name:
+    if not appr.Ref(namespace, name).valid:
         return None
     response_url = payload.get("response_url")
     return ports.Click(

@@ -109,6 +109,18 @@ class Ref:
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def valid(self) -> bool:
+        """Names the API server could hold: a namespace is a DNS-1123 label, an Approval's name a
+        DNS-1123 subdomain. Anything else (``x?y=1``, ``x#``) would change the meaning of the
+        request path it goes into, so it is refused before any call is made."""
+        return bool(_DNS_LABEL.fullmatch(self.namespace)) and (
+            len(self.name) <= 253 and all(_DNS_LABEL.fullmatch(part) for part in self.name.split("."))
+        )
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 
 @dataclasses.dataclass(frozen=True)
 class Target:

@@ -169,6 +169,8 @@ class Transacted:
 
 async def transact(runtime: ApprovalsRuntime, ref: appr.Ref, decider: Decider) -> Transacted:
     """Read, decide, write with the read resourceVersion; on a conflict, do it all again."""
+    if not ref.valid:
+        raise ports.Rejected(f"{ref!s:.300} is not an Approval name the API server could hold")
     async with runtime.locks[(ref.namespace, ref.name)]:
         for _ in range(_CONFLICT_RETRIES):
             body = await runtime.store.get(ref.namespace, ref.name)
@@ -184,8 +186,21 @@ async def transact(runtime: ApprovalsRuntime, ref: appr.Ref, decider: Decider) -
                 written = await runtime.store.patch_status(ref.namespace, ref.name, patch, version)
             except ports.Conflict:
                 continue
+            if not _stored(written, patch):
+                # Audit lines, Events and metrics follow from this answer: they may only tell of
+                # a decision the API server's own answer shows it kept.
+                raise ports.Unavailable(f"the API server did not store the decision on approval {ref}")
             return Transacted(written, results, True)
     raise ports.Unavailable(f"approval {ref} kept changing while being decided")
+
+
+def _stored(written: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    if "phase" not in patch:
+        return True
+    try:
+        return appr.State.from_storage(written.get("status")) == appr.State.from_storage(patch)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _state_patch(state: appr.State) -> dict[str, Any]:
