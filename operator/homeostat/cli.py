@@ -188,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"homeostat: error: --prometheus-url: {exc}", file=sys.stderr)
         return 2
     try:
-        api = kube.load_client(args.kubeconfig)
+        api = kube.load_client(args.kubeconfig, for_kopf=True)
         version = kube.preflight(api)
     except kube.ConfigError as exc:
         print(f"homeostat: error: {exc}", file=sys.stderr)
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
     telemetry = prometheus_telemetry.PrometheusTelemetry()
     runtime = replicatedservice.Runtime(
         kube.KubernetesWorkloads(api),
-        credentials=api.credentials,
+        credentials=api.connection,
         resync_seconds=args.resync_interval,
         metrics=metrics_provider,
         notifier=chat.notifier,
@@ -262,6 +262,10 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         memo=memo,
     )
+    # The API server stores JSON up to 10000 levels deep, and kopf decodes, copies and diffs
+    # every object it watches by recursion: with Python's default limit (1000) one object
+    # nested 600 levels deep made it fail on that object forever (issue 14.11). This limit
+    # covers all the API server can hold; the spec parser then refuses the object by name.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_with_housekeeping(operator))
     return 0

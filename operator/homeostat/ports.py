@@ -8,6 +8,7 @@ implementation lives in ``homeostat.adapters``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -18,14 +19,18 @@ from homeostat.core import children as kids
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Credentials:
-    """How to reach and authenticate to the API server; the token is never printed."""
+    """How kopf reaches and authenticates to the API server, as data (nothing on disk); the
+    token and key are never printed. ``expiration``: when to ask for them again."""
 
     server: str
-    ca_path: str | None = None
-    certificate_path: str | None = None
-    private_key_path: str | None = None
-    token: str | None = None
+    ca_data: str | None = None
     insecure: bool = False
+    token: str | None = None
+    certificate_data: bytes | None = None
+    private_key_data: bytes | None = None
+    proxy_url: str | None = None
+    namespace: str | None = None
+    expiration: datetime.datetime | None = None
 
     def __repr__(self) -> str:
         return f"Credentials(server={self.server!r})"

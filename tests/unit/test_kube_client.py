@@ -1,8 +1,9 @@
-"""The operator's own API-server client: kubeconfig reading and error mapping.
+"""The API-server adapter over the official client: kubeconfig reading and error mapping.
 
 Credentials are read the way kubectl reads them (current context, ``*-data`` and path fields,
 tokens, token files, exec plugins); calls go to a local HTTP server with canned answers, over
-both the async path the operator uses and the blocking one the kubectl plugin uses.
+both the async path the operator uses (``kubernetes.aio``) and the sync client the kubectl
+plugin uses. TLS, proxies, plugins and in-cluster credentials: ``test_kube_tls.py``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import base64
 import http.server
 import json
 import os
-import stat
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,11 +50,13 @@ def test_a_token_and_the_context_namespace(tmp_path: Path) -> None:
     client = kube.load_client(str(kubeconfig(tmp_path, {"token": "s3cret"})))
     assert client.host == "https://127.0.0.1:6443"
     assert client.namespace == "team"
-    assert client.bearer() == "s3cret"
-    assert "s3cret" not in repr(client) and "s3cret" not in repr(client.credentials())
+    assert client.identity.token() == "s3cret"
+    creds = asyncio.run(client.connection())
+    assert creds.token == "s3cret" and creds.expiration is None  # static: no reason to log in again
+    assert "s3cret" not in repr(client) + repr(creds) + repr(client.identity) + repr(client.settings)
 
 
-def test_data_fields_become_private_files(tmp_path: Path) -> None:
+def test_data_fields_stay_in_memory(tmp_path: Path) -> None:
     ca = base64.b64encode(b"CA PEM").decode()
     cert = base64.b64encode(b"CERT PEM").decode()
     key = base64.b64encode(b"KEY PEM").decode()
@@ -61,47 +65,60 @@ def test_data_fields_become_private_files(tmp_path: Path) -> None:
         {"client-certificate-data": cert, "client-key-data": key},
         {"server": "https://127.0.0.1:6443", "certificate-authority-data": ca},
     )
-    creds = kube.load_client(str(config)).credentials()
-    assert creds.ca_path and Path(creds.ca_path).read_bytes() == b"CA PEM"
-    assert creds.certificate_path and Path(creds.certificate_path).read_bytes() == b"CERT PEM"
-    assert creds.private_key_path and Path(creds.private_key_path).read_bytes() == b"KEY PEM"
-    assert stat.S_IMODE(os.stat(creds.private_key_path).st_mode) == 0o600
-    for path in (creds.ca_path, creds.certificate_path, creds.private_key_path):
-        os.unlink(path)
+    before = set(os.listdir(tempfile.gettempdir()))
+    creds = asyncio.run(kube.load_client(str(config)).connection())
+    assert (creds.ca_data, creds.certificate_data, creds.private_key_data) == (
+        "CA PEM",
+        b"CERT PEM",
+        b"KEY PEM",
+    )
+    assert set(os.listdir(tempfile.gettempdir())) <= before  # nothing written
 
 
 def test_relative_paths_are_resolved_against_the_kubeconfig(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    for name in ("ca.crt", "me.crt", "me.key"):
+        (tmp_path / "certs" / name).write_bytes(name.encode())
     config = kubeconfig(
         tmp_path,
         {"client-certificate": "certs/me.crt", "client-key": "certs/me.key"},
         {"server": "https://127.0.0.1:6443", "certificate-authority": "certs/ca.crt"},
     )
-    creds = kube.load_client(str(config)).credentials()
-    assert creds.ca_path == str(tmp_path / "certs" / "ca.crt")
-    assert creds.certificate_path == str(tmp_path / "certs" / "me.crt")
+    creds = asyncio.run(kube.load_client(str(config)).connection())
+    assert (creds.ca_data, creds.certificate_data, creds.private_key_data) == ("ca.crt", b"me.crt", b"me.key")
 
 
 def test_a_token_file_is_read_again_on_every_call(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("first\n")
     client = kube.load_client(str(kubeconfig(tmp_path, {"tokenFile": "token"})))
-    assert client.bearer() == "first"
+    assert client.identity.token() == "first"
     token.write_text("rotated\n")
-    assert client.credentials().token == "rotated"
+    creds = asyncio.run(client.connection())
+    assert creds.token == "rotated"
+    # kopf logs in again within a minute, so it follows the rotation too.
+    assert creds.expiration is not None
+    assert 0 < creds.expiration.timestamp() - time.time() <= kube.TOKEN_FILE_PERIOD
 
 
 def test_an_exec_plugin_supplies_the_token(tmp_path: Path) -> None:
     script = tmp_path / "plugin.py"
     script.write_text(
         "import json, os\n"
-        "print(json.dumps({'kind': 'ExecCredential', 'status': {'token': os.environ['WHO'],"
-        " 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
+        " 'status': {'token': os.environ['WHO'], 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
     )
     user = {
-        "exec": {"command": sys.executable, "args": [str(script)], "env": [{"name": "WHO", "value": "t0k"}]}
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": sys.executable,
+            "args": [str(script)],
+            "env": [{"name": "WHO", "value": "t0k"}],
+        }
     }
     client = kube.load_client(str(kubeconfig(tmp_path, user)))
-    assert client.bearer() == "t0k"
+    client.identity.refresh_sync()
+    assert client.identity.token() == "t0k"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +200,7 @@ def server() -> Iterator[str]:
 
 def test_both_paths_send_the_token_and_json(server: str) -> None:
     Canned.answers = {("POST", "/api/v1/namespaces/a/events"): (201, {"ok": True})}
-    client = kube.Client(server, token="tkn")
+    client = kube.Client(server, kube.Identity(token="tkn"))
     assert client.call_sync("/api/v1/namespaces/a/events", "POST", body={"x": 1}) == {"ok": True}
     assert asyncio.run(client.call("/api/v1/namespaces/a/events", "POST", body={"x": 2})) == {"ok": True}
     for seen, value in zip(Canned.seen, (1, 2), strict=True):
@@ -246,17 +263,18 @@ def _slow_plugin(tmp_path: Path, *, fail: bool = False) -> kube.Client:
         f"open({str(tmp_path / 'runs')!r}, 'a').write('run\\n')\n"
         "time.sleep(1)\n"
         + ("sys.exit(3)\n" if fail else "")
-        + "print(json.dumps({'status': {'token': 'slow', 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
+        + "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'status':"
+        " {'token': 'slow', 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
     )
-    return kube.Client("http://127.0.0.1:9", exec_plugin=kube._Exec(sys.executable, (str(script),), {}))
+    plugin = kube.Plugin(sys.executable, (str(script),))
+    return kube.Client("http://127.0.0.1:9", kube.Identity(plugin=plugin))
 
 
 def test_a_credential_plugin_runs_off_the_event_loop_and_once_for_concurrent_calls(
     server: str, tmp_path: Path
 ) -> None:
     Canned.answers = {("GET", "/version"): (200, {"gitVersion": "v1"})}
-    client = _slow_plugin(tmp_path)
-    client.host = server
+    client = kube.Client(server, _slow_plugin(tmp_path).identity)
 
     async def scenario() -> int:
         ticks = 0

@@ -1,10 +1,16 @@
-"""Kubernetes access over plain HTTP: aiohttp on kopf's event loop, the standard library in CLIs.
+"""Kubernetes access through the official client: ``kubernetes.aio`` on kopf's loop, the sync
+client in CLIs (ADR 0020).
 
-The operator used to call the official client in worker threads. That client imports about
-45 MB of generated models, and every worker thread grew its own malloc arena; together they
-were most of the distance to the 250 MB memory target (ADR 0016). The operator only needs a
-handful of JSON calls, so they are made here directly: one connection pool on the event loop,
-no threads, the same credentials kopf uses.
+One loaded configuration (``Settings``: where the server is and how to trust it; ``Identity``:
+who we are) feeds the operator's ``ApiClient`` (one connection pool on kopf's event loop), the
+sync client of the kubectl plugin and kopf's own login, so all three act as one identity.
+
+The kubeconfig files are merged by the official loader; what they say is then resolved here,
+strictly, because the official loader is lenient where kubectl is not: TLS follows the scheme in
+any letter case, a setting that cannot work stops with one line naming it, a client key that
+Python's ``ssl`` can read only from a file is deleted as soon as it is loaded, and an exec plugin
+runs off the event loop, is re-run before its credential expires and may return a client
+certificate.
 
 Children are written with server-side apply under one field manager, so a re-apply of an
 unchanged object is a no-op on the server and fields other controllers own are left alone.
@@ -14,23 +20,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import pathlib
+import re
 import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import multidict
+import urllib3
 import yaml
+from kubernetes import client as sync_client
+from kubernetes.aio import client as aio_client
+from kubernetes.config import kube_config
 
 from homeostat import ports
 from homeostat.core import children as kids
@@ -44,8 +56,50 @@ _PLURALS = {
     "HTTPRoute": "httproutes",
 }
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 30.0
+PLUGIN_TIMEOUT = 60.0
+TOKEN_FILE_PERIOD = 60.0  # kopf logs in again this often: bound service-account tokens rotate
+EXPIRY_SKEW = 60.0  # a plugin's credential is renewed this long before it expires
 _CONVERSION_FAILURE = "unable to convert unstructured object"
 _SERVICE_ACCOUNT = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+# What a kubeconfig may say. Anything else in a used cluster, user or exec entry is refused.
+_CLUSTER_KEYS = frozenset(
+    {
+        "server",
+        "certificate-authority",
+        "certificate-authority-data",
+        "insecure-skip-tls-verify",
+        "tls-server-name",
+        "proxy-url",
+        "disable-compression",
+        "extensions",
+    }
+)
+_USER_KEYS = frozenset(
+    {
+        "token",
+        "tokenFile",
+        "client-certificate",
+        "client-certificate-data",
+        "client-key",
+        "client-key-data",
+        "exec",
+        "as",
+        "as-groups",
+        "extensions",
+    }
+)
+_EXEC_KEYS = frozenset(
+    {"command", "args", "env", "apiVersion", "installHint", "provideClusterInfo", "interactiveMode"}
+)
+_UNSUPPORTED = {
+    "auth-provider": "auth-provider plugins are not supported; use an exec credential plugin "
+    "(kubelogin for OIDC, gke-gcloud-auth-plugin for GKE)",
+    "username": "basic authentication (username/password) is not supported",
+    "password": "basic authentication (username/password) is not supported",
+    "as-uid": "impersonating a UID (as-uid) is not supported",
+    "as-user-extra": "impersonating user extras (as-user-extra) is not supported",
+}
 
 
 class ConfigError(Exception):
@@ -66,130 +120,306 @@ def _path(api_version: str, kind: str, namespace: str, name: str) -> str:
     return f"{base}/namespaces/{namespace}/{_PLURALS[kind]}/{name}"
 
 
-@dataclasses.dataclass
-class _Exec:
-    """A kubeconfig exec credential plugin (cloud CLIs); its token is cached until it expires."""
+# --- the loaded configuration -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Settings:
+    """Where the API server is and how to trust it; nothing secret."""
+
+    server: str
+    namespace: str = "default"
+    ca_data: str | None = None  # PEM
+    insecure: bool = False
+    tls_server_name: str | None = None
+    proxy_url: str | None = None
+    impersonate_user: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Settings(server={self.server!r})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Plugin:
+    """A kubeconfig exec credential plugin (cloud CLIs, kubelogin)."""
 
     command: str
-    args: tuple[str, ...]
-    env: dict[str, str]
-    token: str | None = None
-    expires: float = 0.0
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    api_version: str = "client.authentication.k8s.io/v1"
+    cluster: Mapping[str, Any] | None = None  # given to the plugin with provideClusterInfo
+    install_hint: str | None = None
 
-    def fetch(self) -> Mapping[str, Any]:
+    def __repr__(self) -> str:  # never the arguments: they may hold secrets
+        return f"Plugin(command={self.command!r})"
+
+    def _environ(self) -> dict[str, str]:
+        spec: dict[str, Any] = {"interactive": False}
+        if self.cluster is not None:
+            spec["cluster"] = dict(self.cluster)
+        info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
+        return {**os.environ, **self.env, "KUBERNETES_EXEC_INFO": json.dumps(info)}
+
+    def _failed(self, detail: str) -> ConfigError:
+        return ConfigError(f"the credential plugin {self.command} failed: {detail}")
+
+    def _missing(self) -> ConfigError:
+        hint = (self.install_hint or "").strip().splitlines()
+        return ConfigError(
+            f"the credential plugin {self.command} was not found" + (f": {hint[0]}" if hint else "")
+        )
+
+    def _status(self, code: int, stdout: bytes, stderr: bytes) -> Mapping[str, Any]:
+        if code != 0:
+            lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+            raise self._failed(f"exit status {code}" + (f": {lines[-1][:300]}" if lines else ""))
+        try:
+            answer = json.loads(stdout)
+            status = answer["status"]
+        except (ValueError, KeyError, TypeError):
+            raise self._failed("its output is not an ExecCredential") from None
+        if answer.get("apiVersion") != self.api_version:
+            raise self._failed(f"it answered {answer.get('apiVersion')}, not {self.api_version}")
+        if not isinstance(status, Mapping):
+            raise self._failed("its output has no status")
+        return status
+
+    async def run(self) -> Mapping[str, Any]:
+        """Run without blocking the event loop."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.command,
+                *self.args,
+                env=self._environ(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise self._missing() from None
+        except OSError as exc:
+            raise self._failed(_one_line(exc)) from None
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), PLUGIN_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise self._failed(f"no answer in {PLUGIN_TIMEOUT:.0f} s") from None
+        return self._status(process.returncode or 0, stdout, stderr)
+
+    def run_sync(self) -> Mapping[str, Any]:
         try:
             done = subprocess.run(
                 [self.command, *self.args],
-                env={**os.environ, **self.env},
+                env=self._environ(),
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=60,
-                check=True,
+                timeout=PLUGIN_TIMEOUT,
+                check=False,
             )
-            return dict(json.loads(done.stdout).get("status") or {})
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            raise ConfigError(f"the credential plugin {self.command} failed: {_one_line(exc)}") from None
+        except FileNotFoundError:
+            raise self._missing() from None
+        except subprocess.TimeoutExpired:
+            raise self._failed(f"no answer in {PLUGIN_TIMEOUT:.0f} s") from None
+        except OSError as exc:
+            raise self._failed(_one_line(exc)) from None
+        return self._status(done.returncode, done.stdout, done.stderr)
 
-    def stale(self) -> bool:
-        return self.token is None or time.time() > self.expires - 60
 
-    def bearer(self) -> str | None:
+class Identity:
+    """Who we are to the API server: a token (static, from a file or from a plugin) and/or a
+    client certificate (from the kubeconfig or from a plugin). Never printed."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        token_file: str | None = None,
+        certificate: bytes | None = None,
+        key: bytes | None = None,
+        plugin: Plugin | None = None,
+    ) -> None:
+        self._token = token
+        self.token_file = token_file
+        self.certificate = certificate
+        self.key = key
+        self.plugin = plugin
+        self.expires: float | None = None  # epoch seconds of the plugin's credential
+        self.fetched = 0.0  # when the plugin last ran
+        self.generation = 0  # bumped whenever the client certificate changes
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return "Identity(...)"
+
+    def token(self) -> str | None:
+        """The current bearer token; a token file is read again each time (tokens rotate)."""
+        if self.token_file:
+            try:
+                return pathlib.Path(self.token_file).read_text().strip() or None
+            except OSError as exc:
+                raise ports.Unavailable(f"cannot read the token file: {_one_line(exc)}") from None
+        return self._token
+
+    def stale(self, now: float | None = None) -> bool:
+        if self.plugin is None:
+            return False
+        if not self.fetched:
+            return True
+        return self.expires is not None and (now or time.time()) >= self.expires - EXPIRY_SKEW
+
+    def invalidate(self) -> None:
+        """After a 401: the plugin runs again on the next call."""
+        self.fetched = 0.0
+
+    def _take(self, status: Mapping[str, Any]) -> None:
+        token = status.get("token") or None
+        certificate, key = status.get("clientCertificateData"), status.get("clientKeyData")
+        if not token and not (certificate and key):
+            assert self.plugin is not None
+            raise self.plugin._failed("it returned neither a token nor a client certificate and key")
+        self._token = str(token) if token else None
+        if certificate and key:
+            pair = (str(certificate).encode(), str(key).encode())
+            if pair != (self.certificate, self.key):
+                self.certificate, self.key = pair
+                self.generation += 1
+        stamp = status.get("expirationTimestamp")
+        self.expires = _epoch(str(stamp)) if stamp else None
+        self.fetched = time.time()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Run a stale plugin; concurrent callers wait for one run, none blocks the loop."""
+        if not (force or self.stale()):
+            return
+        assert self.plugin is not None
+        loop = asyncio.get_running_loop()
+        lock = self._locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            if force or self.stale():
+                self._take(await self.plugin.run())
+
+    def refresh_sync(self) -> None:
         if self.stale():
-            status = self.fetch()
-            self.token = status.get("token") or None
-            expiry = status.get("expirationTimestamp")
-            self.expires = _epoch(expiry) if expiry else time.time() + 300
-        return self.token
+            assert self.plugin is not None
+            self._take(self.plugin.run_sync())
 
 
 def _epoch(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-class Client:
-    """How to reach one API server, and the calls to it.
+def _ssl_context(settings: Settings, identity: Identity) -> ssl.SSLContext:
+    context = (
+        ssl.create_default_context(cadata=settings.ca_data)
+        if settings.ca_data
+        else (ssl.create_default_context())
+    )
+    if settings.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if identity.certificate and identity.key:
+        _load_key_pair(context, identity.certificate, identity.key)
+    return context
 
-    ``call`` is for the operator (aiohttp, on the running event loop); ``call_sync`` for
-    command-line tools that have no loop. Both raise ``ApiError`` for an error status and
-    ``ports.Unavailable`` when the server cannot be reached.
+
+def _load_key_pair(context: ssl.SSLContext, certificate: bytes, key: bytes) -> None:
+    """Python's ssl reads a client key only from a file: it lives in a private directory for
+    the moment ``load_cert_chain`` takes, and is deleted however that ends."""
+    with tempfile.TemporaryDirectory(prefix="homeostat-") as folder:
+        path = os.path.join(folder, "client.pem")
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "wb") as out:
+            out.write(certificate.rstrip(b"\n") + b"\n" + key)
+        try:
+            context.load_cert_chain(path)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"the client certificate and key do not load: {_one_line(exc)}") from None
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+
+class Client:
+    """The API server as the loaded configuration reaches it.
+
+    ``call`` is for the operator (``kubernetes.aio``, on the running event loop); ``call_sync``
+    for command-line tools (the sync client). Both raise ``ApiError`` for an error status and
+    ``ports.Unavailable`` when the server cannot be reached or credentials cannot be had.
     """
 
-    def __init__(
-        self,
-        host: str,
-        *,
-        ca_path: str | None = None,
-        certificate_path: str | None = None,
-        private_key_path: str | None = None,
-        token: str | None = None,
-        token_file: str | None = None,
-        exec_plugin: _Exec | None = None,
-        insecure: bool = False,
-        namespace: str = "default",
-    ) -> None:
-        self.host = host.rstrip("/")
-        self.ca_path = ca_path
-        self.certificate_path = certificate_path
-        self.private_key_path = private_key_path
-        self.insecure = insecure
-        self.namespace = namespace
-        self._token = token
-        self._token_file = token_file
-        self._exec = exec_plugin
-        self._ssl: ssl.SSLContext | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._refresh: asyncio.Lock | None = None  # one credential plugin run at a time
+    def __init__(self, settings: Settings | str, identity: Identity | None = None) -> None:
+        self.settings = settings if isinstance(settings, Settings) else Settings(_server(settings))
+        self.identity = identity or Identity()
+        self._ssl: tuple[int, ssl.SSLContext] | None = None
+        self._aio: tuple[asyncio.AbstractEventLoop, int, Any] | None = None
+        self._retired: list[Any] = []
+        self._sync: tuple[int, Any] | None = None
 
-    def __repr__(self) -> str:  # never the token
+    def __repr__(self) -> str:
         return f"Client(host={self.host!r})"
 
-    def bearer(self) -> str | None:
-        """The current token: re-read from its file every time, since bound service-account
-        tokens are rotated under a running pod."""
-        if self._token_file:
-            try:
-                return pathlib.Path(self._token_file).read_text().strip() or None
-            except OSError as exc:
-                raise ports.Unavailable(f"cannot read the token file: {_one_line(exc)}") from None
-        if self._exec is not None:
-            return self._exec.bearer()
-        return self._token
+    @property
+    def host(self) -> str:
+        return self.settings.server
 
-    def credentials(self) -> ports.Credentials:
-        """For kopf's own client; called on every (re-)login, so rotated tokens are picked up."""
-        return ports.Credentials(
-            server=self.host,
-            ca_path=self.ca_path,
-            certificate_path=self.certificate_path,
-            private_key_path=self.private_key_path,
-            token=self.bearer(),
-            insecure=self.insecure,
-        )
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.host.startswith("https:"):
-            return None
-        if self._ssl is None:
-            context = ssl.create_default_context(cafile=self.ca_path)
-            if self.insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if self.certificate_path and self.private_key_path:
-                context.load_cert_chain(self.certificate_path, self.private_key_path)
-            self._ssl = context
-        return self._ssl
+    def ssl_context(self) -> ssl.SSLContext:
+        """Built once per client certificate (a plugin may hand out a new one)."""
+        if self._ssl is None or self._ssl[0] != self.identity.generation:
+            self._ssl = (self.identity.generation, _ssl_context(self.settings, self.identity))
+        return self._ssl[1]
 
-    def _headers(self, content_type: str | None, body: Any) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-        token = self.bearer()
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "Content-Type": content_type or "application/json"}
+        token = self.identity.token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if self.settings.impersonate_user:
+            headers["Impersonate-User"] = self.settings.impersonate_user
         return headers
 
-    def _url(self, path: str, query: Sequence[tuple[str, str]] | None) -> str:
-        return self.host + path + (f"?{urllib.parse.urlencode(list(query))}" if query else "")
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]] | None,
+        content_type: str | None,
+        body: Any,
+    ) -> dict[str, Any]:
+        """What both clients' ``param_serialize`` take."""
+        headers = self._headers(content_type)
+        return {
+            "method": method,
+            "resource_path": path,
+            "query_params": list(query or ()),
+            "header_params": headers,
+            "body": body,
+        }
+
+    def _groups(self) -> list[tuple[str, str]]:
+        return [("Impersonate-Group", group) for group in self.settings.impersonate_groups]
+
+    # --- kubernetes.aio, for the operator
+
+    def _aio_api(self) -> Any:
+        loop = asyncio.get_running_loop()
+        generation = self.identity.generation
+        if self._aio is None or self._aio[0] is not loop or self._aio[1] != generation:
+            if self._aio is not None and self._aio[0] is loop:
+                self._retired.append(self._aio[2])  # calls may still be in flight on it
+            configuration = aio_client.Configuration(host=self.settings.server)
+            configuration.proxy = self.settings.proxy_url
+            configuration.tls_server_name = self.settings.tls_server_name
+            configuration.connection_pool_maxsize = 50
+            api = aio_client.ApiClient(configuration)
+            api.rest_client.ssl_context = self.ssl_context()
+            self._aio = (loop, generation, api)
+        return self._aio[2]
 
     async def call(
         self,
@@ -200,48 +430,82 @@ class Client:
         content_type: str | None = None,
         query: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
-        session = self._session_for_loop()
-        data = None if body is None else json.dumps(body).encode()
-        await self._refresh_credentials()
-        try:
-            async with session.request(
-                method, self._url(path, query), data=data, headers=self._headers(content_type, body)
-            ) as response:
+        for attempt in (1, 2):
+            with _credential_errors():
+                await self.identity.refresh()
+            api = self._aio_api()
+            _, url, headers, data, _ = await api.param_serialize(
+                **self._request(method, path, query, content_type, body)
+            )
+            sent = multidict.CIMultiDict(headers)
+            sent.extend(self._groups())
+            try:
+                response = await api.call_api(
+                    method, url, header_params=sent, body=data, _request_timeout=_AIO_TIMEOUT
+                )
                 raw = await response.read()
-                status = response.status
-                reason = response.reason or ""
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ports.Unavailable(_one_line(exc) or type(exc).__name__) from None
-        return _decode(status, reason, raw)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise ports.Unavailable(_one_line(exc) or type(exc).__name__) from None
+            if response.status == 401 and attempt == 1 and self.identity.plugin is not None:
+                self.identity.invalidate()  # revoked or expired early: ask the plugin again
+                continue
+            return _decode(response.status, response.reason or "", raw)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _refresh_credentials(self) -> None:
-        """Run an expiring exec plugin in a thread: a cloud CLI can take seconds, and on the
-        event loop it would stall every handler. Concurrent callers wait for one run."""
-        plugin = self._exec
-        if plugin is None or not plugin.stale():
-            return
-        assert self._refresh is not None  # made with the session, for this loop
-        async with self._refresh:
-            if plugin.stale():
-                try:
-                    await asyncio.to_thread(plugin.bearer)
-                except ConfigError as exc:
-                    raise ports.Unavailable(str(exc)) from None
-
-    def _session_for_loop(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            # A session belongs to the loop it was made on; CLIs may run several loops in turn.
-            connector = aiohttp.TCPConnector(ssl=self.ssl_context() or False, limit=50)
-            timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-            self._loop = loop
-            self._refresh = asyncio.Lock()
-        return self._session
+    async def connection(self) -> ports.Credentials:
+        """For kopf's login: the same server, trust and identity, and when to ask again."""
+        try:
+            # kopf logs in at start, after a 401 and when ``expiration`` passes: a plugin's
+            # credential is renewed unless it was fetched a moment ago.
+            fresh = time.time() - self.identity.fetched < 10
+            if self.identity.plugin is not None:
+                await self.identity.refresh(force=not fresh)
+            token = self.identity.token()
+        except (ConfigError, ports.Unavailable) as exc:
+            raise ports.Unavailable(str(exc)) from None
+        expires: float | None = None
+        if self.identity.token_file:
+            expires = time.time() + TOKEN_FILE_PERIOD
+        elif self.identity.expires is not None:
+            expires = self.identity.expires - EXPIRY_SKEW
+        return ports.Credentials(
+            server=self.settings.server,
+            ca_data=self.settings.ca_data,
+            insecure=self.settings.insecure,
+            token=token,
+            certificate_data=self.identity.certificate,
+            private_key_data=self.identity.key,
+            proxy_url=self.settings.proxy_url,
+            namespace=self.settings.namespace,
+            expiration=None if expires is None else datetime.datetime.fromtimestamp(expires, datetime.UTC),
+        )
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        apis = [*self._retired, *([self._aio[2]] if self._aio is not None else [])]
+        self._retired, self._aio = [], None
+        for api in apis:
+            await api.close()
+
+    # --- the sync client, for command-line tools
+
+    def _sync_api(self) -> Any:
+        if self._sync is None or self._sync[0] != self.identity.generation:
+            api = sync_client.ApiClient(sync_client.Configuration(host=self.settings.server))
+            api.rest_client.pool_manager = self._pool()
+            self._sync = (self.identity.generation, api)
+        return self._sync[1]
+
+    def _pool(self) -> urllib3.PoolManager:
+        options: dict[str, Any] = {
+            "num_pools": 4,
+            "maxsize": 4,
+            "retries": False,
+            "ssl_context": self.ssl_context(),
+        }
+        if self.settings.tls_server_name:
+            options["server_hostname"] = self.settings.tls_server_name
+        proxy = self.settings.proxy_url or _env_proxy(self.settings.server)
+        return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
 
     def call_sync(
         self,
@@ -252,20 +516,54 @@ class Client:
         content_type: str | None = None,
         query: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self._url(path, query), data=data, method=method, headers=self._headers(content_type, body)
-        )
-        try:
-            with urllib.request.urlopen(
-                request, timeout=READ_TIMEOUT, context=self.ssl_context()
-            ) as response:
-                return _decode(response.status, response.reason or "", response.read())
-        except urllib.error.HTTPError as exc:
-            return _decode(exc.code, str(exc.reason or ""), exc.read())
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ports.Unavailable(_one_line(reason)) from None
+        for attempt in (1, 2):
+            with _credential_errors():
+                self.identity.refresh_sync()
+            api = self._sync_api()
+            _, url, headers, data, _ = api.param_serialize(
+                **self._request(method, path, query, content_type, body)
+            )
+            sent = urllib3.HTTPHeaderDict(headers)
+            for name, value in self._groups():
+                sent.add(name, value)
+            try:
+                response = api.call_api(
+                    method,
+                    url,
+                    header_params=sent,
+                    body=data,
+                    _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                )
+                raw = response.read()
+            except sync_client.ApiException as exc:  # the sync client's wrapping of TLS errors
+                raise ports.Unavailable(_one_line(exc.reason)) from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ports.Unavailable(_one_line(exc)) from None
+            if response.status == 401 and attempt == 1 and self.identity.plugin is not None:
+                self.identity.invalidate()
+                continue
+            return _decode(response.status, response.reason or "", raw)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _credential_errors() -> Iterator[None]:
+    """A plugin that cannot give credentials makes the call unavailable, like a down server."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ports.Unavailable(str(exc)) from None
+
+
+_AIO_TIMEOUT = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+
+
+def _env_proxy(server: str) -> str | None:
+    """``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` as aiohttp (``trust_env``) and kopf read them."""
+    parts = urllib.parse.urlsplit(server)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _decode(status: int, reason: str, raw: bytes) -> Any:
@@ -279,80 +577,156 @@ def _decode(status: int, reason: str, raw: bytes) -> Any:
     return payload
 
 
-def _materialise(data: str | None, path: str | None, base: pathlib.Path, suffix: str) -> str | None:
-    """A kubeconfig ``*-data`` field as a private file (ssl and kopf take paths), else the path
-    resolved against the kubeconfig's directory."""
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _server(url: str) -> str:
+    """The server URL with its scheme in lower case: ``HTTPS://`` is TLS like ``https://``."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"the server {url!r} is not an http(s) URL")
+    return urllib.parse.urlunsplit(parts._replace(scheme=scheme)).rstrip("/")
+
+
+def _proxy(url: str) -> str:
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"proxy-url {scheme}:// is not supported (http:// and https:// proxies are)")
+    return url
+
+
+def _pem(entry: Mapping[str, Any], field: str, base: pathlib.Path) -> bytes | None:
+    """A ``*-data`` field (base64) or a path field (relative to its kubeconfig), as PEM bytes."""
+    data = entry.get(f"{field}-data")
     if data:
-        handle, name = tempfile.mkstemp(prefix="homeostat-", suffix=suffix)
-        with os.fdopen(handle, "wb") as out:
-            out.write(base64.b64decode(data))
-        return name
+        try:
+            return base64.b64decode(str(data), validate=True)
+        except ValueError:
+            raise ConfigError(f"{field}-data is not base64") from None
+    path = entry.get(field)
     if path:
-        return str((base / os.path.expanduser(path)).resolve())
+        return (base / os.path.expanduser(str(path))).read_bytes()
     return None
 
 
-def _kubeconfig_files(kubeconfig: str | None) -> list[pathlib.Path]:
-    if kubeconfig:
-        return [pathlib.Path(kubeconfig).expanduser()]
-    listed = os.environ.get("KUBECONFIG")
-    if listed:
-        return [pathlib.Path(p).expanduser() for p in listed.split(os.pathsep) if p]
-    return [pathlib.Path("~/.kube/config").expanduser()]
+def _refuse_unknown(kind: str, name: str, entry: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    for key in entry:
+        if key in _UNSUPPORTED:
+            raise ConfigError(f"{kind} {name}: {_UNSUPPORTED[key]}")
+        if key not in allowed:
+            raise ConfigError(f"{kind} {name}: the setting {key} is not supported")
+
+
+def _plugin(spec: Mapping[str, Any], base: pathlib.Path, cluster: Mapping[str, Any], user: str) -> Plugin:
+    _refuse_unknown("exec plugin of user", user, spec, _EXEC_KEYS)
+    if spec.get("interactiveMode") == "Always":
+        raise ConfigError(f"user {user}: the exec plugin needs a terminal (interactiveMode: Always)")
+    command = str(spec.get("command") or "")
+    if not command:
+        raise ConfigError(f"user {user}: the exec plugin has no command")
+    if os.sep in command and not os.path.isabs(command):
+        command = str((base / command).resolve())  # like kubectl: relative to the kubeconfig
+    info = None
+    if spec.get("provideClusterInfo"):
+        info = {
+            "server": cluster.get("server"),
+            "certificate-authority-data": cluster.get("certificate-authority-data"),
+            "insecure-skip-tls-verify": bool(cluster.get("insecure-skip-tls-verify")),
+            "tls-server-name": cluster.get("tls-server-name"),
+            "proxy-url": cluster.get("proxy-url"),
+        }
+        info = {k: v for k, v in info.items() if v not in (None, "")}
+    return Plugin(
+        command,
+        tuple(str(a) for a in spec.get("args") or ()),
+        {str(e["name"]): str(e["value"]) for e in spec.get("env") or ()},
+        str(spec.get("apiVersion") or "client.authentication.k8s.io/v1"),
+        info,
+        str(spec["installHint"]) if spec.get("installHint") else None,
+    )
+
+
+def _kubeconfig_paths(kubeconfig: str | None) -> list[str]:
+    listed = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    paths = [os.path.expanduser(p) for p in listed.split(os.pathsep) if p]
+    if not any(os.path.exists(p) for p in paths):
+        raise FileNotFoundError("no such file")
+    return [p for p in paths if os.path.exists(p)]
+
+
+def _named(merged: Any, section: str, name: str) -> tuple[Mapping[str, Any], pathlib.Path] | None:
+    for node in merged.value.get(section) or []:
+        entry = getattr(node, "value", node)
+        if isinstance(entry, Mapping) and str(entry.get("name")) == name:
+            body = entry.get(section[:-1]) or {}
+            if not isinstance(body, Mapping):
+                raise ValueError(f"{section[:-1]} {name} is not a mapping")
+            return body, pathlib.Path(str(getattr(node, "path", None) or ".")).resolve().parent
+    return None
 
 
 def _from_kubeconfig(kubeconfig: str | None) -> Client:
-    files = _kubeconfig_files(kubeconfig)
-    merged: dict[str, Any] = {"clusters": {}, "users": {}, "contexts": {}, "current-context": None}
-    bases: dict[tuple[str, str], pathlib.Path] = {}
-    for file in files:
-        if not file.exists() and len(files) > 1:
-            continue
-        loaded = yaml.safe_load(file.read_text())
-        if not isinstance(loaded, Mapping):
-            raise ValueError("not a kubeconfig (expected a YAML mapping)")
-        # Like kubectl: the first file to set a value wins.
-        merged["current-context"] = merged["current-context"] or loaded.get("current-context")
-        for section, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
-            for entry in loaded.get(section) or []:
-                name = str(entry.get("name"))
-                if name not in merged[section]:
-                    merged[section][name] = entry.get(key) or {}
-                    bases[(section, name)] = file.parent
-    current = merged["current-context"]
-    if not current or current not in merged["contexts"]:
+    paths = _kubeconfig_paths(kubeconfig)
+    for path in paths:  # the official merger assumes mappings and fails obscurely otherwise
+        if not isinstance(yaml.safe_load(pathlib.Path(path).read_text()), Mapping):
+            raise ValueError(f"{path} is not a kubeconfig (expected a YAML mapping)")
+    merger = kube_config.KubeConfigMerger(os.pathsep.join(paths))  # type: ignore[no-untyped-call]
+    # Like kubectl: the first file to name a current context wins.
+    current = next(
+        (
+            f.get("current-context")
+            for f in merger.config_files.values()
+            if isinstance(f, Mapping) and f.get("current-context")
+        ),
+        None,
+    )
+    context = _named(merger.config, "contexts", str(current)) if current else None
+    if context is None:
         raise ValueError("no current context")
-    context = merged["contexts"][current]
-    cluster_name, user_name = str(context.get("cluster")), str(context.get("user"))
-    if cluster_name not in merged["clusters"]:
+    cluster_name, user_name = str(context[0].get("cluster")), str(context[0].get("user") or "")
+    found = _named(merger.config, "clusters", cluster_name)
+    if found is None:
         raise ValueError(f"context {current} names an unknown cluster {cluster_name}")
-    cluster = merged["clusters"][cluster_name]
-    user = merged["users"].get(user_name) or {}
-    cbase = bases[("clusters", cluster_name)]
-    ubase = bases.get(("users", user_name), cbase)
+    cluster, cbase = found
+    user, ubase = _named(merger.config, "users", user_name) or ({}, cbase)
+    _refuse_unknown("cluster", cluster_name, cluster, _CLUSTER_KEYS)
+    _refuse_unknown("user", user_name, user, _USER_KEYS)
     if not cluster.get("server"):
         raise ValueError(f"cluster {cluster_name} has no server")
-    plugin = None
-    if user.get("exec"):
-        spec = user["exec"]
-        env = {str(e["name"]): str(e["value"]) for e in spec.get("env") or []}
-        plugin = _Exec(str(spec["command"]), tuple(str(a) for a in spec.get("args") or ()), env)
+    ca = _pem(cluster, "certificate-authority", cbase)
+    insecure = bool(cluster.get("insecure-skip-tls-verify"))
+    if ca and insecure:
+        raise ConfigError(
+            f"cluster {cluster_name} sets both a certificate authority and insecure-skip-tls-verify "
+            "(kubectl refuses this too)"
+        )
+    certificate, key = _pem(user, "client-certificate", ubase), _pem(user, "client-key", ubase)
+    if bool(certificate) != bool(key):
+        raise ConfigError(
+            f"user {user_name} has a client certificate without its key, or a key without its certificate"
+        )
     token_file = user.get("tokenFile")
-    return Client(
-        str(cluster["server"]),
-        ca_path=_materialise(
-            cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), cbase, ".crt"
-        ),
-        certificate_path=_materialise(
-            user.get("client-certificate-data"), user.get("client-certificate"), ubase, ".crt"
-        ),
-        private_key_path=_materialise(user.get("client-key-data"), user.get("client-key"), ubase, ".key"),
-        token=user.get("token"),
-        token_file=str((ubase / token_file).resolve()) if token_file else None,
-        exec_plugin=plugin,
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        namespace=str(context.get("namespace") or "default"),
+    settings = Settings(
+        _server(str(cluster["server"])),
+        namespace=str(context[0].get("namespace") or "default"),
+        ca_data=ca.decode() if ca else None,
+        insecure=insecure,
+        tls_server_name=str(cluster["tls-server-name"]) if cluster.get("tls-server-name") else None,
+        proxy_url=_proxy(str(cluster["proxy-url"])) if cluster.get("proxy-url") else None,
+        impersonate_user=str(user["as"]) if user.get("as") else None,
+        impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
     )
+    identity = Identity(
+        token=str(user["token"]) if user.get("token") else None,
+        token_file=str((ubase / os.path.expanduser(str(token_file))).resolve()) if token_file else None,
+        certificate=certificate,
+        key=key,
+        plugin=_plugin(user["exec"], ubase, cluster, user_name) if user.get("exec") else None,
+    )
+    if identity.token_file:
+        identity.token()  # unreadable now: say so now
+    return Client(settings, identity)
 
 
 def _in_cluster() -> Client:
@@ -361,55 +735,102 @@ def _in_cluster() -> Client:
         host = f"[{host}]"
     namespace_file = _SERVICE_ACCOUNT / "namespace"
     return Client(
-        f"https://{host}:{port}",
-        ca_path=str(_SERVICE_ACCOUNT / "ca.crt"),
-        token_file=str(_SERVICE_ACCOUNT / "token"),
-        namespace=namespace_file.read_text().strip() if namespace_file.exists() else "default",
+        Settings(
+            f"https://{host}:{port}",
+            namespace=namespace_file.read_text().strip() if namespace_file.exists() else "default",
+            ca_data=(_SERVICE_ACCOUNT / "ca.crt").read_text(),
+        ),
+        Identity(token_file=str(_SERVICE_ACCOUNT / "token")),
     )
 
 
-def load_client(kubeconfig: str | None) -> Client:
-    """In-cluster credentials when running in a pod, else the kubeconfig (flag, env, default)."""
+def in_cluster_available(kubeconfig: str | None) -> bool:
+    """In a pod, with no kubeconfig named by flag or ``$KUBECONFIG``, and a token mounted."""
+    return (
+        kubeconfig is None
+        and not os.environ.get("KUBECONFIG")
+        and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        and (_SERVICE_ACCOUNT / "token").is_file()
+    )
+
+
+def load_client(kubeconfig: str | None, *, for_kopf: bool = False) -> Client:
+    """In-cluster credentials when running in a pod, else the kubeconfig (flag, env, default).
+
+    ``for_kopf``: kopf's own client will use the same configuration, and it cannot impersonate
+    or set a TLS server name, so those are refused rather than half applied."""
     try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return _in_cluster()
-        return _from_kubeconfig(kubeconfig)
-    except (yaml.YAMLError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        client = _in_cluster() if in_cluster_available(kubeconfig) else _from_kubeconfig(kubeconfig)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot use the Kubernetes credentials in {_where(kubeconfig)}: {exc}") from None
+    except (
+        yaml.YAMLError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        ports.Unavailable,
+    ) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, KeyError):
+        if isinstance(exc, FileNotFoundError) and exc.filename is None:
+            detail = "no such file"
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+                detail += f" (and no service-account token is mounted at {_SERVICE_ACCOUNT})"
+        elif isinstance(exc, KeyError):
             detail = f"missing {detail}"
-        raise ConfigError(f"cannot load Kubernetes credentials from {where}: {detail}") from None
+        raise ConfigError(f"cannot load Kubernetes credentials from {_where(kubeconfig)}: {detail}") from None
+    if for_kopf:
+        settings = client.settings
+        if settings.impersonate_user or settings.impersonate_groups:
+            raise ConfigError(
+                "impersonation (as/as-groups) is not supported by homeostat run: kopf cannot impersonate"
+            )
+        if settings.tls_server_name:
+            raise ConfigError(
+                "tls-server-name is not supported by homeostat run: kopf's client cannot set it"
+            )
+    return client
 
 
-def credentials(kubeconfig: str | None) -> ports.Credentials:
-    """Fresh credentials for kopf's own client."""
-    return load_client(kubeconfig).credentials()
+def _where(kubeconfig: str | None) -> str:
+    if in_cluster_available(kubeconfig):
+        return str(_SERVICE_ACCOUNT)
+    return kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
 
 
 def preflight(client: Client) -> str:
     """Check the API server answers and accepts our credentials; return its version."""
+    try:
+        client.identity.refresh_sync()
+    except ConfigError as exc:
+        raise ConfigError(f"cannot get credentials for {client.host}: {exc}") from None
     try:
         version = client.call_sync("/version", "GET")
     except ApiError as exc:
         raise ConfigError(f"the API server at {client.host} refused us: {exc.status} {exc.message}") from None
     except ports.Unavailable as exc:
         raise ConfigError(f"cannot reach the API server at {client.host}: {exc}") from None
-    except ssl.SSLError as exc:
-        raise ConfigError(f"cannot reach the API server at {client.host}: {_one_line(exc)}") from None
     return str((version or {}).get("gitVersion") or "unknown")
+
+
+_VERIFY = re.compile(r"certificate verify failed: ([^()'\"\]\n]+)")
 
 
 def _one_line(exc: object) -> str:
     text = str(exc)
-    # Socket errors arrive wrapped in long reprs; keep the part a human can act on.
+    # Socket and TLS errors arrive wrapped in long reprs; keep the part a human can act on.
+    verify = _VERIFY.search(text)
+    if verify:
+        return f"certificate verify failed: {verify.group(1).strip()}"
     if "Connection refused" in text or "Connect call failed" in text:
         return "connection refused"
     if "Name or service not known" in text or "Temporary failure in name resolution" in text:
         return "host name not resolved"
     if "timed out" in text or isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"
-    return (text.splitlines() or [""])[0][:200]
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines or [""])[-1 if text.startswith("SSLError") else 0][:200]
 
 
 def workload_error(exc: ApiError) -> Exception:

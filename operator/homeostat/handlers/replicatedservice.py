@@ -15,7 +15,7 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -45,7 +45,7 @@ class Runtime:
     def __init__(
         self,
         workloads: ports.Workloads,
-        credentials: Callable[[], ports.Credentials],
+        credentials: Callable[[], Awaitable[ports.Credentials]],
         *,
         resync_seconds: float = 60.0,
         metrics: ports.MetricsProvider | None = None,
@@ -114,16 +114,24 @@ def _runtime(memo: Any) -> Runtime:
 
 @kopf.on.login()
 async def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
-    """kopf's client uses exactly the credentials the CLI checked (flag, in-cluster or env)."""
-    creds = _runtime(memo).credentials()
+    """kopf's client uses exactly the configuration the CLI loaded and checked (flag, in-cluster
+    or env), as data; kopf logs in again after a 401 and when ``expiration`` passes."""
+    try:
+        creds = await _runtime(memo).credentials()
+    except ports.Unavailable as exc:
+        raise kopf.TemporaryError(str(exc), delay=10) from None  # e.g. a failing plugin
     return kopf.ConnectionInfo(
         server=creds.server,
-        ca_path=creds.ca_path,
+        ca_data=creds.ca_data,
         insecure=creds.insecure,
         scheme="Bearer" if creds.token else None,
         token=creds.token,
-        certificate_path=creds.certificate_path,
-        private_key_path=creds.private_key_path,
+        certificate_data=creds.certificate_data,
+        private_key_data=creds.private_key_data,
+        proxy_url=creds.proxy_url,
+        trust_env=True,  # HTTPS_PROXY/NO_PROXY, as the operator's own calls read them
+        default_namespace=creds.namespace,
+        expiration=creds.expiration,
     )
 
 
