@@ -266,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     # every object it watches by recursion: with Python's default limit (1000) one object
     # nested 600 levels deep made it fail on that object forever (issue 14.11). This limit
     # covers all the API server can hold; the spec parser then refuses the object by name.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 30_000))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_with_housekeeping(operator))
     return 0

@@ -59,6 +59,32 @@ def test_unusable_specs_name_the_field(overrides: dict[str, Any], field: str) ->
     assert info.value.field == field
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("depth", "refused"),
+    # spec.template.spec.containers[0].junk is 4 levels below spec.template; the junk adds more.
+    [(28, False), (29, True), (600, True), (10_000, True)],
+)
+def test_junk_nested_deep_in_the_template_is_refused_by_name(depth: int, refused: bool) -> None:
+    """Issue 14.11: 600 levels made every recursive walk of the object fail; the parser walks it
+    in a loop and names where it goes too deep, at any depth the API server can store."""
+    container = {"name": "app", "image": "x", "junk": _nested(depth)}
+    raw = raw_spec(template={"spec": {"containers": [container]}})
+    if not refused:
+        specs.parse(raw)
+        return
+    with pytest.raises(specs.SpecError) as info:
+        specs.parse(raw)
+    assert info.value.field.startswith("spec.template.spec.containers[0].junk.a.a")
+    assert "nested more than 32 levels below spec.template" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("replicas", "effective"),
     [

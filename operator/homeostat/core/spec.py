@@ -136,8 +136,32 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     return value
 
 
+# A pod template a person writes is about a dozen levels deep (affinity terms are the deepest).
+# The schema passes most of it through unvalidated, and junk nested hundreds of levels deep
+# would otherwise reach everything that walks it (copies, diffs, the Deployment's JSON).
+MAX_TEMPLATE_DEPTH = 32
+
+
+def nested_beyond(value: Any, limit: int, path: str) -> str | None:
+    """The path of the first value more than ``limit`` levels below ``value``, or None. A loop,
+    not recursion: the point is to survive what recursion would not."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > limit:
+            return where
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{where}.{k}", depth + 1) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+    return None
+
+
 def _parse_template(raw: Any) -> Mapping[str, Any]:
     template = _mapping(raw, "spec.template")
+    deep = nested_beyond(template, MAX_TEMPLATE_DEPTH, "spec.template")
+    if deep is not None:
+        raise SpecError(deep[:200], f"is nested more than {MAX_TEMPLATE_DEPTH} levels below spec.template")
     pod = _mapping(template.get("spec"), "spec.template.spec")
     containers = pod.get("containers")
     if not isinstance(containers, list) or not containers:
