@@ -60,6 +60,13 @@ PLUGIN_TIMEOUT = 60.0
 TOKEN_FILE_PERIOD = 60.0  # kopf logs in again this often: bound service-account tokens rotate
 EXPIRY_SKEW = 60.0  # a plugin's credential is renewed this long before it expires
 _CONVERSION_FAILURE = "unable to convert unstructured object"
+# Server-side apply answers 500 for a field its schema does not know (``nodeSelectr``) or a
+# value of the wrong type: the object is wrong, and sending it again changes nothing.
+_TYPED_PATCH_FAILURE = "failed to create typed patch object"
+# The client writes apply-patch+yaml bodies with json.dumps' ASCII escapes, and the API server's
+# YAML reader refuses the surrogate pairs that encode an emoji: send UTF-8 JSON ourselves (JSON
+# is YAML). The parameter makes the client pass the bytes through; the server ignores it.
+_APPLY = "application/apply-patch+yaml; charset=utf-8"
 _SERVICE_ACCOUNT = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # What a kubeconfig may say. Anything else in a used cluster, user or exec entry is refused.
@@ -504,6 +511,8 @@ class Client:
         }
         if self.settings.tls_server_name:
             options["server_hostname"] = self.settings.tls_server_name
+        if self.settings.insecure:  # asked for in the kubeconfig; kubectl does not warn on each call
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         proxy = self.settings.proxy_url or _env_proxy(self.settings.server)
         return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
 
@@ -835,7 +844,9 @@ def _one_line(exc: object) -> str:
 
 def workload_error(exc: ApiError) -> Exception:
     """What an error status means for a write of a workload object."""
-    if exc.status in (400, 422) or (exc.status == 500 and _CONVERSION_FAILURE in exc.message):
+    if exc.status in (400, 422) or (
+        exc.status == 500 and (_CONVERSION_FAILURE in exc.message or _TYPED_PATCH_FAILURE in exc.message)
+    ):
         # Server-side apply reports an undecodable object (e.g. a malformed quantity in the pod
         # template) as a 500 conversion failure; it is bad input all the same.
         return ports.Rejected(exc.message)
@@ -878,7 +889,8 @@ class KubernetesWorkloads:
         meta = manifest["metadata"]
         path = _path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         query = [("fieldManager", kids.MANAGER), ("force", "true")]
-        return dict(await self._call(path, "PATCH", dict(manifest), "application/apply-patch+yaml", query))
+        body = json.dumps(manifest, ensure_ascii=False).encode()
+        return dict(await self._call(path, "PATCH", body, _APPLY, query))
 
     async def delete(self, ref: kids.ChildRef) -> None:
         path = _path(ref.api_version, ref.kind, ref.namespace, ref.name)
