@@ -83,3 +83,88 @@ def test_a_service_nested_thousands_deep_is_invalid_by_name_and_the_others_are_s
     log = operator_process.logs()
     assert "RecursionError" not in log, log[-3000:]
     assert operator_process.alive()
+
+
+def _container(**fields: Any) -> dict[str, Any]:
+    return {"name": "app", "image": "registry.k8s.io/pause:3.10", **fields}
+
+
+def _with(name: str, pod: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    body = _service(name)
+    body["spec"]["template"] = {"metadata": {"labels": labels or {"app": name}}, "spec": pod}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("name", "pod", "labels", "field"),
+    [
+        # Issue 14.10: unknown to the Deployment's schema, refused by server-side apply as a 500.
+        (
+            "typo",
+            {"nodeSelectr": {"a": "b"}, "containers": [_container()]},
+            None,
+            "spec.template.spec.nodeSelectr",
+        ),
+        (
+            "env-type",
+            {"containers": [_container(env=[{"name": "X", "value": 5}])]},
+            None,
+            'spec.template.spec.containers[name="app"].env[name="X"].value',
+        ),
+        # Issue 14.13: the API server says spec.template.labels, and names no field for a quantity.
+        ("label", {"containers": [_container()]}, {"app": "bad label!"}, "spec.template.metadata.labels"),
+        (
+            "quantity",
+            {"containers": [_container(resources={"limits": {"memory": "1.5.5"}})]},
+            None,
+            "spec.template.spec.containers[0].resources.limits.memory",
+        ),
+    ],
+)
+def test_a_template_the_api_server_refuses_is_invalid_by_the_services_field_once(
+    cluster: Cluster,
+    namespace: str,
+    operator_process: OperatorProcess,
+    name: str,
+    pod: dict[str, Any],
+    *,
+    labels: dict[str, str] | None,
+    field: str,
+) -> None:
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(_with(name, pod, labels)))
+    status = wait_for(
+        lambda: (s := _status(cluster, namespace, name)).get("phase") == "InvalidSpec" and s,
+        timeout=60,
+        what=f"{name} reported InvalidSpec",
+    )
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["message"].startswith(field), degraded
+    # A permanent error: not retried as a temporary one, and the status is not rewritten.
+    time.sleep(4)
+    assert _status(cluster, namespace, name) == status
+    retried = [
+        line
+        for line in operator_process.logs().splitlines()
+        if "failed temporarily" in line and f"/{name}" in line
+    ]
+    assert not retried, retried[:3]
+
+
+def test_a_pod_annotation_with_an_emoji_is_applied_as_written(
+    cluster: Cluster, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Issue 14.9: the apply body's ASCII escapes of the emoji broke the API server's YAML reader."""
+    body = _with("emoji", {"containers": [_container()]})
+    body["spec"]["template"]["metadata"]["annotations"] = {"note": "party \U0001f389 ünïcode"}
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+    def annotated() -> str | None:
+        deployment = get_json(cluster, "deployment", "emoji", "-n", namespace) or {}
+        meta = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        return (meta.get("annotations") or {}).get("note")
+
+    assert (
+        wait_for(annotated, timeout=60, what="the Deployment with the annotation")
+        == "party \U0001f389 ünïcode"
+    )
+    wait_for(lambda: _status(cluster, namespace, "emoji").get("phase") == "Ready", timeout=60, what="Ready")

@@ -463,3 +463,57 @@ def test_merge_conditions_replaces_by_type_and_keeps_transition_times(
 )
 def test_quantity(value: Any, expected: float | None) -> None:
     assert specs.quantity(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("128Mi", True),
+        ("0.5", True),
+        (".5", True),
+        ("500m", True),
+        ("1e3", True),
+        ("1E", True),
+        ("+2Gi", True),
+        (2, True),
+        ("lots", False),
+        ("1.5.5", False),
+        ("64 Mi", False),
+        ("", False),
+        (True, False),
+        ("1Mb", False),
+    ],
+)
+def test_template_quantities_are_checked_by_field(value: Any, ok: bool) -> None:
+    """Issue 14.13: the API server's refusal of a bad quantity names no field; the parser does."""
+    container = {"name": "app", "image": "x", "resources": {"limits": {"memory": value}}}
+    raw = raw_spec(template={"spec": {"containers": [container]}})
+    if ok:
+        specs.parse(raw)
+        return
+    with pytest.raises(specs.SpecError) as info:
+        specs.parse(raw)
+    assert info.value.field == "spec.template.spec.containers[0].resources.limits.memory"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "expected"),
+    [
+        (
+            "Deployment",
+            "failed to create typed patch object (ns/typo; apps/v1, Kind=Deployment): "
+            ".spec.template.spec.nodeSelectr: field not declared in schema",
+            "spec.template.spec.nodeSelectr: field not declared in schema (refused in Deployment/typo)",
+        ),
+        (
+            "Deployment",
+            'Deployment.apps "typo" is invalid: spec.template.labels: Invalid value: "bad!": a label',
+            'spec.template.metadata.labels: Invalid value: "bad!": a label (refused in Deployment/typo)',
+        ),
+        ("Service", "spec.ports[0].port: Invalid value", "Service/typo: spec.ports[0].port: Invalid value"),
+    ],
+)
+def test_child_refusals_name_the_services_fields(kind: str, message: str, expected: str) -> None:
+    """Issue 14.13: a Deployment's refusal is given in the service's field paths."""
+    ref = kids.ChildRef("apps/v1" if kind == "Deployment" else "v1", kind, "ns", "typo")
+    assert rec.in_service_terms(ref, message) == expected

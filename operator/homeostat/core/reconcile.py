@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -203,7 +204,10 @@ def report(
         refs = [str(a.ref) for a in applies if a.reason is reason and a.ref in outcome.applied]
         if refs:
             events.append(Event("Normal", reason.value, f"{', '.join(refs)} {verb}"))
-    problems = [f"{ref}: {msg}" for ref, msg in {**outcome.rejected, **outcome.errors}.items()]
+    problems = [
+        *(in_service_terms(ref, msg) for ref, msg in outcome.rejected.items()),
+        *(f"{ref}: {msg}" for ref, msg in outcome.errors.items()),
+    ]
 
     rev = kids.revision(spec.template)
     desired_count = spec.replicas.effective
@@ -264,6 +268,31 @@ def report(
         status["stableRevision"] = stable
     events.extend(_transitions(previous, conditions))
     return Report(status, tuple(events))
+
+
+_TYPED_PATCH = re.compile(
+    r"failed to create typed patch object \([^)]*\): \.(?P<path>\S+): (?P<why>.*)", re.S
+)
+_INVALID = re.compile(r'^[A-Za-z.]+ "[^"]*" is invalid: ')
+# Where the API server's name for a field of the Deployment's pod template differs from the
+# ReplicatedService's (its metadata checks report ``spec.template.labels``).
+_TEMPLATE_PATHS = (
+    ("spec.template.labels", "spec.template.metadata.labels"),
+    ("spec.template.annotations", "spec.template.metadata.annotations"),
+)
+
+
+def in_service_terms(ref: kids.ChildRef, message: str) -> str:
+    """An API server's refusal of a child, with the field named as the user wrote it: a
+    Deployment's ``spec.template`` is the service's ``spec.template``, so its paths are the
+    service's, once the apply's own wording is taken off."""
+    if ref.kind not in ("Deployment", "ControllerRevision"):
+        return f"{ref}: {message}"
+    typed = _TYPED_PATCH.search(message)
+    text = f"{typed['path']}: {typed['why']}" if typed else _INVALID.sub("", message)
+    for theirs, ours in _TEMPLATE_PATHS:
+        text = re.sub(rf"\b{re.escape(theirs)}\b", ours, text)
+    return f"{text} (refused in {ref})"
 
 
 # Status fields owned by other parts of the operator (rollouts, forecasts, remediation) pass

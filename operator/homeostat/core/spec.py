@@ -171,7 +171,30 @@ def _parse_template(raw: Any) -> Mapping[str, Any]:
         for key in ("name", "image"):
             if not isinstance(container.get(key), str) or not container[key]:
                 raise SpecError(f"spec.template.spec.containers[{i}].{key}", "is required")
+        _check_resources(container.get("resources"), f"spec.template.spec.containers[{i}].resources")
     return template
+
+
+# The grammar of resource.Quantity: an API server refusing a Deployment for a malformed one does
+# not say which field it was.
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_K8S_QUANTITY = re.compile(rf"[+-]?{_NUMBER}(?:Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?{_NUMBER}|m|k|M|G|T|P|E)?")
+
+
+def _check_resources(raw: Any, field: str) -> None:
+    if not isinstance(raw, Mapping):
+        return
+    for part in ("limits", "requests"):
+        values = raw.get(part)
+        if not isinstance(values, Mapping):
+            continue
+        for name, value in values.items():
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) or (isinstance(value, str) and _K8S_QUANTITY.fullmatch(value))
+            ):
+                raise SpecError(
+                    f"{field}.{part}.{name}", f"{value!r:.40} is not a quantity such as 128Mi, 0.5 or 500m"
+                )
 
 
 def _parse_ports(raw: Any) -> tuple[Port, ...]:
