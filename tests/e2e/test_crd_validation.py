@@ -252,6 +252,122 @@ INVALID = [
     pytest.param(
         with_spec(approvals={"slack": {}}), "spec.approvals.slack.channel", id="slack-without-channel"
     ),
+    # Issue 14, item 6: specs that were accepted and then reported Ready.
+    pytest.param(
+        with_spec(rollout={**CANARY, "blueGreen": {"autoPromote": True}}),
+        "spec.rollout.canary and spec.rollout.blueGreen are mutually exclusive",
+        id="canary-and-blue-green",
+    ),
+    pytest.param(
+        with_spec(rollout={"strategy": "BlueGreen", "blueGreen": {}, "canary": CANARY["canary"]}),
+        "spec.rollout.canary and spec.rollout.blueGreen are mutually exclusive",
+        id="blue-green-and-canary",
+    ),
+    pytest.param(
+        with_spec(rollout={"analysis": {"metrics": [{**ERROR_RATE, "query": 'up{pod="{{pod}}"}'}]}}),
+        "spec.rollout.analysis.metrics[0].query",
+        id="metric-unknown-placeholder",
+    ),
+    pytest.param(
+        with_spec(rollout={"slo": {"errorRatioQuery": 'err{svc="{{svc}}"}', "objective": 0.99}}),
+        "spec.rollout.slo.errorRatioQuery",
+        id="slo-unknown-placeholder",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"mode": "Reactive", "metric": {**METRIC, "query": "rate({{revision}}[1m])"}}),
+        "spec.autoscaling.metric.query",
+        id="autoscaling-unknown-placeholder",
+    ),
+    pytest.param(
+        with_spec(healing={"oom": {"maxMemory": "-1Gi"}}),
+        "spec.healing.oom.maxMemory must be a positive quantity",
+        id="oom-max-memory-negative",
+    ),
+    pytest.param(
+        with_spec(healing={"oom": {"maxMemory": -5}}),
+        "spec.healing.oom.maxMemory must be a positive quantity",
+        id="oom-max-memory-negative-int",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"behavior": {"scaleDown": {"stabilizationWindow": "3601s"}}}),
+        "spec.autoscaling.behavior.scaleDown.stabilizationWindow must be at most 1h",
+        id="scale-down-window-over-an-hour",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"behavior": {"scaleUp": {"stabilizationWindow": "2h"}}}),
+        "spec.autoscaling.behavior.scaleUp.stabilizationWindow must be at most 1h",
+        id="scale-up-window-over-an-hour",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"seasonality": "Weekly", "history": "72h"}}),
+        "spec.autoscaling.forecast.history must cover at least one seasonal period",
+        id="history-shorter-than-a-week",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"seasonality": "Daily", "history": "12h"}}),
+        "spec.autoscaling.forecast.history must cover at least one seasonal period",
+        id="history-shorter-than-a-day",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"period": "6h", "history": "2h"}}),
+        "spec.autoscaling.forecast.history must be at least spec.autoscaling.forecast.period",
+        id="history-shorter-than-period",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"period": "5m", "step": "5m"}}),
+        "spec.autoscaling.forecast.period must be at least two steps",
+        id="period-under-two-steps",
+    ),
+    pytest.param(
+        with_spec(rollout={**CANARY, "canary": {"steps": [{"weight": 10, "pause": "9999999999h"}]}}),
+        "spec.rollout.canary.steps[0].pause",
+        id="canary-pause-overflows",
+    ),
+    pytest.param(
+        with_spec(rollout={**CANARY, "canary": {"steps": [{"weight": 10, "pause": "721h"}]}}),
+        "spec.rollout.canary.steps pause must be at most 720h",
+        id="canary-pause-over-30-days",
+    ),
+    pytest.param(
+        with_spec(
+            template={"spec": {"containers": [{"name": "app", "image": " registry.k8s.io/pause:3.10"}]}}
+        ),
+        "spec.template.spec.containers image must not contain whitespace",
+        id="image-leading-whitespace",
+    ),
+    # Item 7: whole numbers were checked against the fractional bounds cut to whole numbers.
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"quantile": 0}}),
+        "spec.autoscaling.forecast.quantile must be between 0.5 and 0.999",
+        id="quantile-zero",
+    ),
+    pytest.param(
+        with_spec(autoscaling={"forecast": {"quantile": 1}}),
+        "spec.autoscaling.forecast.quantile must be between 0.5 and 0.999",
+        id="quantile-one",
+    ),
+]
+
+EDGES = [
+    pytest.param({"autoscaling": {"forecast": {"quantile": 0.5}}}, id="quantile-0.5"),
+    pytest.param({"autoscaling": {"forecast": {"quantile": 0.999}}}, id="quantile-0.999"),
+    pytest.param({"autoscaling": {"behavior": {"scaleDown": {"stabilizationWindow": "1h"}}}}, id="window-1h"),
+    pytest.param(
+        {"autoscaling": {"forecast": {"seasonality": "Daily", "history": "24h"}}}, id="history-a-day"
+    ),
+    pytest.param({"autoscaling": {"forecast": {"period": "10m", "history": "10m"}}}, id="history-one-period"),
+    pytest.param(
+        {"rollout": {**CANARY, "canary": {"steps": [{"weight": 10, "pause": "720h"}]}}}, id="pause-30d"
+    ),
+    pytest.param({"healing": {"oom": {"maxMemory": "512Mi"}}}, id="max-memory"),
+    pytest.param(
+        {
+            "rollout": {
+                "analysis": {"metrics": [{**ERROR_RATE, "query": 'x{a="{{service}}",r="{{revision}}"}'}]}
+            }
+        },
+        id="known-placeholders",
+    ),
 ]
 
 
@@ -265,6 +381,12 @@ def test_invalid_spec_is_rejected(cluster: Cluster, namespace: str, obj: dict[st
     res = apply(cluster, namespace, obj)
     assert res.returncode != 0, f"accepted: {json.dumps(obj.get('spec', obj))}"
     assert field in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("spec", EDGES)
+def test_edge_of_each_new_bound_is_accepted(cluster: Cluster, namespace: str, spec: dict[str, Any]) -> None:
+    res = apply(cluster, namespace, with_spec(**spec))
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -322,3 +444,64 @@ def test_full_example_round_trips(cluster: Cluster, namespace: str) -> None:
     )
     stored = json.loads(res.stdout)["spec"]
     assert merge(stored, written["spec"]) == stored
+
+
+def policy(**actions: Any) -> dict[str, Any]:
+    name = "bad-" + "-".join(sorted(actions)).lower()
+    return {
+        "apiVersion": "homeostat.dev/v1alpha1",
+        "kind": "RemediationPolicy",
+        "metadata": {"name": name},
+        "spec": {"actions": actions},
+    }
+
+
+def approving(quorum: int = 1, **approvers: Any) -> dict[str, Any]:
+    return {"risk": "medium", "mode": "approve", "quorum": quorum, "approvers": approvers}
+
+
+# Issue 14, items 4 and 5: policies under which every approval request fails or never passes.
+BAD_POLICIES = [
+    pytest.param(
+        policy(RestartPod=approving(slack={"users": ["U1", "homeostat"]})),
+        "spec.actions.RestartPod.approvers may not include homeostat",
+        id="requester-among-slack-approvers",
+    ),
+    pytest.param(
+        policy(DrainNode={**approving(2, kubernetes={"users": ["alice", "homeostat"]}), "risk": "critical"}),
+        "spec.actions.DrainNode.approvers may not include homeostat",
+        id="requester-among-kubernetes-approvers",
+    ),
+    pytest.param(
+        policy(ScaleUp=approving(3, slack={"users": ["U1"]}, kubernetes={"users": ["alice"]})),
+        "spec.actions.ScaleUp.quorum must not exceed the number of approvers",
+        id="quorum-above-approvers",
+    ),
+    pytest.param(
+        policy(CordonNode=approving(2, kubernetes={"users": ["alice"], "groups": []})),
+        "spec.actions.CordonNode.quorum must not exceed the number of approvers",
+        id="quorum-above-approvers-empty-groups",
+    ),
+]
+
+GOOD_POLICIES = [
+    pytest.param(
+        policy(ScaleUp=approving(2, slack={"users": ["U1"]}, kubernetes={"users": ["alice"]})),
+        id="quorum-met",
+    ),
+    pytest.param(policy(ScaleUp=approving(3, slack={"groups": ["S1"]})), id="quorum-from-a-group"),
+    pytest.param(policy(RestartPod={"risk": "low", "mode": "auto"}), id="auto-without-approvers"),
+]
+
+
+@pytest.mark.parametrize(("obj", "message"), BAD_POLICIES)
+def test_unusable_policy_is_rejected(cluster: Cluster, obj: dict[str, Any], message: str) -> None:
+    res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+    assert res.returncode != 0, f"accepted: {json.dumps(obj['spec'])}"
+    assert message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("obj", GOOD_POLICIES)
+def test_usable_policy_is_accepted(cluster: Cluster, obj: dict[str, Any]) -> None:
+    res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+    assert res.returncode == 0, res.stderr

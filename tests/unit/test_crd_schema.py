@@ -160,14 +160,27 @@ def test_durations_share_one_pattern(schema: dict[str, Any]) -> None:
 def test_positive_durations_have_a_cel_rule(schema: dict[str, Any]) -> None:
     # The pattern guard keeps a malformed value to one error (the pattern's) instead of adding a
     # CEL "type conversion error"; it must be the same pattern the field declares.
+    # An upper bound also refuses seven digits before CEL parses the value: a duration past
+    # about 2.5 million hours overflows, and would be a CEL error rather than the message.
     positive_rule = f'!self.matches(r"{DURATION_PATTERN}") || duration(self) > duration("0s")'
-    positive = set()
+    at_most = re.compile(
+        re.escape(
+            f'!self.matches(r"{DURATION_PATTERN}") || (!self.matches(r"[0-9]{{7}}") && duration(self) <= '
+        )
+        + r'duration\("[0-9]+h"\)\)'
+    )
+    positive, bounded = set(), set()
     for path, node, _ in nodes(schema):
         for rule in node.get("x-kubernetes-validations", []):
             if "duration(self)" in rule["rule"]:
-                assert rule["rule"] == positive_rule, path
+                assert rule["rule"] == positive_rule or at_most.fullmatch(rule["rule"]), path
                 assert node["pattern"] == DURATION_PATTERN, path
-                positive.add(path)
+                (positive if rule["rule"] == positive_rule else bounded).add(path)
+    assert bounded == {
+        "spec.rollout.canary.steps[].pause",
+        "spec.autoscaling.behavior.scaleUp.stabilizationWindow",
+        "spec.autoscaling.behavior.scaleDown.stabilizationWindow",
+    }
     assert {
         "spec.rollout.analysis.interval",
         "spec.autoscaling.interval",
@@ -302,3 +315,26 @@ def test_object_defaults_agree_with_field_defaults(schema: dict[str, Any]) -> No
                 assert child["default"] == value, f"{path}.{key}"
                 checked += 1
     assert checked >= 3
+
+
+def _all_nodes(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for doc in yaml.safe_load_all(path.read_text()):
+        for version in doc["spec"]["versions"]:
+            for where, node, _ in nodes(version["schema"]["openAPIV3Schema"]):
+                yield f"{version['name']}:{where}", node
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_fractional_bounds_are_checked_by_cel(path: Path) -> None:
+    """The API server compares a whole-number value with ``minimum``/``maximum`` cut to whole
+    numbers (quantile 0 passed minimum 0.5, and 1.0 was refused as above 0): every bound that
+    is not a whole number must be repeated in a CEL rule, which compares exactly (issue 14)."""
+    for where, node in _all_nodes(path):
+        rules = [rule["rule"] for rule in node.get("x-kubernetes-validations", [])]
+        for key, op in (("minimum", ">"), ("maximum", "<")):
+            bound = node.get(key)
+            if bound is None or float(bound).is_integer():
+                continue
+            strict = node.get(f"exclusive{key.title()}")
+            wanted = f"self {op if strict else op + '='} {bound}"
+            assert any(wanted in rule for rule in rules), f"{where}: no CEL rule {wanted}"
