@@ -677,7 +677,9 @@ def _kubepods_groups() -> list[Path]:
     for hierarchy in CGROUP_ROOT.iterdir():
         top = hierarchy / "kubepods"
         if top.is_dir() and not top.is_symlink():
-            groups.extend(p for p in [top, *top.rglob("*")] if p.is_dir())
+            # os.walk passes over a group that goes while it looks (a container just stopped);
+            # rglob raised FileNotFoundError and `make cluster-down` stopped halfway.
+            groups.extend(Path(dirpath) for dirpath, _, _ in os.walk(top))
     return groups
 
 
