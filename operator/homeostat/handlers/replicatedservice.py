@@ -97,12 +97,22 @@ async def write_status(
         status = {**previous, **changes}
         if conditions:
             status["conditions"] = rec.merge_conditions(previous.get("conditions") or [], conditions, now)
-        patch = {k: v for k, v in status.items() if previous.get(k) != v}
+        patch = {k: _replacing(previous.get(k), v) for k, v in status.items() if previous.get(k) != v}
         if not patch:
             return False
         await runtime.workloads.patch_status(owner, patch)
         runtime.reported[owner.uid] = status
         return True
+
+
+def _replacing(old: Any, new: Any) -> Any:
+    """The merge-patch value that leaves exactly ``new`` on the server where ``old`` was. A
+    merge patch merges objects key by key, so a key that ``new`` dropped is sent as null: else
+    a stale ``status.forecast.fallback`` outlived the untrusted forecast it was about."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return new
+    dropped = {key: None for key in old if key not in new}
+    return {**dropped, **{key: _replacing(old.get(key), value) for key, value in new.items()}}
 
 
 def _runtime(memo: Any) -> Runtime:
