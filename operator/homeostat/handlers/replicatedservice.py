@@ -27,6 +27,7 @@ from homeostat.core import delivery as dl
 from homeostat.core import reconcile as rec
 from homeostat.core import rollout as ro
 from homeostat.core import spec as specs
+from homeostat.core import validation
 
 RSVC = (kids.GROUP, kids.VERSION, "replicatedservices")
 CHILD_KINDS = {
@@ -344,7 +345,9 @@ async def _plan(
     indexes: Mapping[str, Any],
 ) -> _Planned:
     try:
-        spec = specs.parse(body.get("spec") or {})
+        # Every block, not only the ones this reconcile uses: an invalid block must show on
+        # Degraded and in the phase, not only on its own loop's condition (issue 14.8).
+        spec = validation.parse(body.get("spec") or {})
         if spec.strategy is not specs.Strategy.ROLLING_UPDATE:
             delivery = await _plan_delivery(
                 owner, body, spec, previous=previous, runtime=runtime, indexes=indexes
