@@ -74,13 +74,14 @@ demo: prereqs venv binaries
 
 # The long fault suite: 50 SIGKILL trials of rollouts, 10 of scaling and 10 of remediations
 # (tests/e2e/test_chaos.py takes a fifth of HOMEOSTAT_CHAOS_TRIALS for each), Slack failing and
-# rate-limiting mid-approval, 500 fuzzed specs, the HA handover, a partition, a restart of the
-# API server and a stopped Prometheus; it ends with a summary table (tests/chaos_report.py).
-# `make test` runs the same tests with 10 rollout trials, 2 of scaling and of remediations, and 100 specs.
+# rate-limiting mid-approval, 500 fuzzed specs, 500 mutated objects and 500 malformed Slack clicks
+# (tests/e2e/test_bad_input_corpus.py), the HA handover, a partition, a restart of the API server
+# and a stopped Prometheus; it ends with a summary table (tests/chaos_report.py). `make test` runs
+# the same tests with 10 rollout trials, 2 of scaling and of remediations, and 100 of each corpus.
 chaos: prereqs venv binaries
 	HOMEOSTAT_CHAOS_TRIALS=50 HOMEOSTAT_FUZZ_EXAMPLES=500 $(BIN)/pytest -m e2e -q -s \
 	  tests/e2e/test_rollout_chaos.py tests/e2e/test_chaos.py tests/e2e/test_fuzz.py tests/e2e/test_ha.py \
-	  tests/e2e/test_faults.py \
+	  tests/e2e/test_faults.py tests/e2e/test_bad_input_corpus.py \
 	  tests/e2e/test_rollout_analysis.py::test_prometheus_down_holds_the_rollout_until_it_returns
 
 bench: prereqs venv binaries
