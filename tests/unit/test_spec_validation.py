@@ -107,3 +107,14 @@ def test_a_valid_spec_still_plans() -> None:
         "autoscaling", {"mode": "Reactive", "metric": {"query": 'x{s="{{service}}"}', "targetPerReplica": 5}}
     )
     assert isinstance(validation.parse(full), specs.ServiceSpec)
+
+
+def test_an_unset_desired_is_defaulted_to_min_on_the_version_judged() -> None:
+    assert specs.default_desired(SPEC, "41") == [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "41"},
+        {"op": "add", "path": "/spec/replicas/desired", "value": 2},
+    ]
+    assert specs.default_desired(_with("replicas.desired", 4), "41") is None
+    assert specs.default_desired({**SPEC, "replicas": {"min": 5, "max": 3}}, "41") is None
+    assert specs.default_desired({"template": SPEC["template"]}, "41") is None  # no replicas block
+    assert specs.default_desired(SPEC, None) is None

@@ -262,3 +262,25 @@ def parse(raw: Mapping[str, Any]) -> ServiceSpec:
         strategy=strategy,
         min_ready_seconds=_int(raw.get("minReadySeconds", 0), "spec.minReadySeconds"),
     )
+
+
+def default_desired(raw: Mapping[str, Any], resource_version: str | None) -> list[JSON] | None:
+    """JSON-patch operations that set an unset ``spec.replicas.desired`` to ``min``, or None.
+
+    The scale subresource maps ``.spec.replicas.desired``; while it is unset the API server
+    answers every GET of ``/scale`` with an InternalError, so an HPA targeting the service never
+    scales it (issue 14.12). A CRD default is a constant and cannot be ``min``, so the operator
+    writes it, only if the object is still the version it judged (the ``test`` operation): a
+    ``kubectl scale`` landing first wins.
+    """
+    replicas = raw.get("replicas")
+    if not isinstance(replicas, Mapping) or replicas.get("desired") is not None or not resource_version:
+        return None
+    try:
+        low = _parse_replicas(replicas).min
+    except SpecError:
+        return None  # the reconcile reports it
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "add", "path": "/spec/replicas/desired", "value": low},
+    ]

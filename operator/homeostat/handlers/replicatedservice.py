@@ -238,6 +238,7 @@ async def reconcile(
         return  # children go with their owner through garbage collection
     owner = kids.Owner(meta["name"], meta["namespace"], meta["uid"])
     runtime = _runtime(memo)
+    await _default_desired(owner, body, runtime, logger)
     started = time.monotonic()
     outcome = "error"
     try:
@@ -249,6 +250,21 @@ async def reconcile(
         runtime.telemetry.reconciled(owner.namespace, owner.name, time.monotonic() - started, outcome)
         runtime.telemetry.pending("rollout_wakeups", len(runtime.wakeups))
         runtime.telemetry.pending("rollout_analyses", sum(not t.done() for t in runtime.analyses.values()))
+
+
+async def _default_desired(owner: kids.Owner, body: Mapping[str, Any], runtime: Runtime, logger: Any) -> None:
+    """Give an unset ``spec.replicas.desired`` its meaning (``min``), so the scale subresource
+    (an HPA, ``kubectl get --subresource=scale``) works on every service."""
+    operations = specs.default_desired(body.get("spec") or {}, body["metadata"].get("resourceVersion"))
+    if operations is None:
+        return
+    ref = kids.ChildRef(kids.API_VERSION, kids.KIND, owner.namespace, owner.name)
+    try:
+        await runtime.workloads.json_patch(ref, operations)
+        logger.info(f"spec.replicas.desired defaulted to spec.replicas.min ({operations[-1]['value']})")
+    except (ports.Rejected, ports.Unavailable) as exc:
+        # Changed meanwhile (the test failed) or gone: the event of that change comes next.
+        logger.debug(f"spec.replicas.desired not defaulted: {exc}")
 
 
 async def _reconcile_locked(
