@@ -1,9 +1,10 @@
 """Serves what the cluster's simulated pods would report, as Prometheus metrics on 127.0.0.1.
 
-KWOK pods execute nothing, so rollout analysis, autoscaling and healing tests (and ``make
-demo``) scrape this process instead: it polls the cluster for ``ReplicatedService`` objects and
-their pods, splits each service's demand evenly over its Ready pods, applies the faults the
-pods' annotations ask for (see ``traffic.model``), and answers ``GET /metrics``.
+KWOK pods execute nothing, so rollout analysis, autoscaling and healing tests scrape this
+process instead (``make demo`` does not: its shop runs the sample app on the real node). It
+polls the cluster for ``ReplicatedService`` objects and their pods, splits each service's
+demand evenly over its Ready pods, applies the faults the pods' annotations ask for (see
+``traffic.model``), and answers ``GET /metrics``.
 
 Run it as a process (``cd tests && python -m traffic.simulator --kubeconfig K --port P``) or
 in a thread (``Simulator(kubeconfig).start()``).
