@@ -352,6 +352,19 @@ BAD = [
     ),
     ("circuitBreaker.failures", 0, "spec.circuitBreaker.failures", "between"),
     ("actions.DrainNode.quorum", True, "spec.actions.DrainNode.quorum", "integer"),
+    # Issue 14.4 and 14.5, for a policy stored under an older CRD: reported, never a 422 loop.
+    (
+        "actions.ScaleUp",
+        {"risk": "medium", "mode": "approve", "approvers": {"kubernetes": {"users": ["alice", "homeostat"]}}},
+        "spec.actions.ScaleUp.approvers",
+        "may not include homeostat",
+    ),
+    (
+        "actions.ScaleUp",
+        {"risk": "medium", "mode": "approve", "quorum": 3, "approvers": {"slack": {"users": ["U1", "U2"]}}},
+        "spec.actions.ScaleUp.quorum",
+        "can never be met",
+    ),
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from homeostat.core import spec as specs
 
 DEFAULT_POLICY = "default"
+REQUESTER = "homeostat"  # the identity the operator opens approval requests as
 
 
 class Action(enum.StrEnum):
@@ -190,6 +191,14 @@ def _rule(action: Action, raw: Mapping[str, Any], field: str) -> ActionRule:
         raise PolicyError(f"{field}.approvers", "mode approve needs at least one approver")
     if on_timeout is OnTimeout.APPROVE and risk not in (Risk.LOW, Risk.MEDIUM):
         raise PolicyError(f"{field}.onTimeout", "Approve on timeout is allowed only for low or medium risk")
+    if REQUESTER in approvers.slack_users | approvers.kube_users:
+        # Every Approval would be refused: nobody approves their own request (issue 14.4).
+        raise PolicyError(
+            f"{field}.approvers", f"may not include {REQUESTER}, the identity that requests approvals"
+        )
+    listed = len(approvers.slack_users) + len(approvers.kube_users)
+    if mode is Mode.APPROVE and not (approvers.slack_groups or approvers.kube_groups) and quorum > listed:
+        raise PolicyError(f"{field}.quorum", f"{quorum} can never be met by the {listed} approvers listed")
     return ActionRule(
         action=action,
         risk=risk,

@@ -40,7 +40,7 @@ from homeostat.handlers import replicatedservice as rs
 
 INTERVAL = 1.0  # seconds between passes; well under any sensible node grace period
 SLOW_PASS = 5.0  # seconds; a pass this long is logged with its slowest service
-REQUESTER = "homeostat"
+REQUESTER = pol.REQUESTER
 logger = logging.getLogger("homeostat.healing")
 
 _APPROVAL_VERDICTS = {
