@@ -6,9 +6,8 @@ on the same cluster and machine: Deployment create → its ReplicaSet seen by a 
 the operator's resident set size, idle (baseline) and with N services reconciled.
 
 The operator runs from the built wheel installed into a fresh virtual environment, the way the
-Dockerfile installs it: the development environment also holds the official Kubernetes client,
-which kopf imports whenever it is installed, so running from it would measure a process no user
-runs (ADR 0016).
+Dockerfile installs it, so only its own dependencies are measured (the development environment
+holds test tools a user's process never loads).
 
 Usage: python tests/bench/reconcile.py [--services 100] [--fleet 1000]
 """
@@ -40,7 +39,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from cluster import crds, local  # noqa: E402
 
-TARGETS = {"p50": 0.5, "p99": 2.0, "rss_mb": 250.0}
+# The restart target has room for the official client's imports (about 20 MB, ADR 0020).
+TARGETS = {"p50": 0.5, "p99": 2.0, "rss_mb": 250.0, "rss_restart_mb": 275.0}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -344,10 +344,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"steady-state CPU over 60 s with the fleet: {r['cpu_fleet_pct']:.1f}% of a core (baseline: {base})"
     )
-    verdict = "meets" if r["rss_restart_mb"] <= TARGETS["rss_mb"] else "MISSES"
+    verdict = "meets" if r["rss_restart_mb"] <= TARGETS["rss_restart_mb"] else "MISSES"
     print(
         f"operator RSS after a restart with the fleet in place (every object at once), settled: "
-        f"{r['rss_restart_mb']:.0f} MB, target <= {TARGETS['rss_mb']:.0f} MB: {verdict}"
+        f"{r['rss_restart_mb']:.0f} MB, target <= {TARGETS['rss_restart_mb']:.0f} MB: {verdict}"
     )
 
 
