@@ -70,13 +70,7 @@ class Load:
             if self._stop.is_set() or time.monotonic() > deadline:
                 return
             started = time.monotonic()
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as res:
-                    code = res.status
-            except urllib.error.HTTPError as err:
-                code = err.code
-            except OSError:
-                code = 0
+            code = workload.answer(self.url)
             self.codes[code] = self.codes.get(code, 0) + 1
             self._stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
 
