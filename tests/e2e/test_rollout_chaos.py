@@ -91,19 +91,18 @@ def test_sigkill_at_random_points_of_rollouts(
                 kills += 1
                 time.sleep(rng.uniform(0.0, 1.0))
                 operator.start()
-            done = wait_for(
-                lambda: (
-                    rollout(cluster, chaos_namespace)
-                    if rollout(cluster, chaos_namespace).get("phase") == "Promoted"
-                    and rollout(cluster, chaos_namespace).get("revision")
-                    == (get_json(cluster, "rsvc", "chaos", "-n", chaos_namespace) or {})
-                    .get("status", {})
-                    .get("currentRevision")
-                    else None
-                ),
-                timeout=90,
-                what=f"trial {trial} promoted",
-            )
+
+            def promoted() -> dict[str, Any] | None:
+                # Until the operator has seen this trial's spec (killed right after the apply, it
+                # may not have), the status still describes the previous trial's promotion.
+                body = get_json(cluster, "rsvc", "chaos", "-n", chaos_namespace) or {}
+                status = body.get("status") or {}
+                state = status.get("rollout") or {}
+                seen = status.get("observedGeneration") == body.get("metadata", {}).get("generation")
+                current = state.get("revision") == status.get("currentRevision")
+                return state if seen and current and state.get("phase") == "Promoted" else None
+
+            done = wait_for(promoted, timeout=90, what=f"trial {trial} promoted")
             revisions.append(done["revision"])
             stable = get_json(cluster, "deployment", "chaos", "-n", chaos_namespace)
             assert stable is not None
