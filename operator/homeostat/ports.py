@@ -161,6 +161,14 @@ class ApprovalGate(Protocol):
         ...
 
 
+class EventRecorder(Protocol):
+    """Records core/v1 Events. Raises ``Unavailable`` or ``Rejected`` when one is not recorded."""
+
+    async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Record an Event about ``involved`` (apiVersion, kind, namespace, name, uid)."""
+        ...
+
+
 class ApprovalStore(Protocol):
     """Reads and writes Approval objects for the approval handlers and the interactivity server."""
 
@@ -399,3 +407,147 @@ class NopTelemetry:
 
     def exposition(self) -> tuple[bytes, str]:
         return b"", "text/plain; version=0.0.4; charset=utf-8"
+
+
+# --- unconfigured ports ----------------------------------------------------------------------
+# The defaults of handlers' runtime, so no handler checks for None: each one refuses or drops
+# as a missing integration should, and says which setting would configure it.
+
+
+class Unconfigured:
+    """Marks a port that stands in for an integration nobody configured (see ``configured``)."""
+
+
+def configured(port: object) -> bool:
+    """False for the stand-ins below: where behaviour differs (the rollout reports "no
+    analysis", the Slack endpoint answers 503), that is a capability, not a missing object."""
+    return not isinstance(port, Unconfigured)
+
+
+class NopNotifier(Unconfigured):
+    """``Notifier`` that drops everything: no chat is configured."""
+
+    async def notify(self, notification: Notification) -> None:
+        return None
+
+
+class NoMetrics(Unconfigured):
+    """``MetricsProvider`` without a backend: every query is unavailable, which every feature
+    already treats as "no answer" (hold, inconclusive, unknown), never as a reading."""
+
+    REASON = "no metrics provider is configured (--prometheus-url)"
+
+    async def instant(self, query: str) -> tuple[Sample, ...]:
+        raise Unavailable(self.REASON)
+
+    async def range(self, query: str, start: float, end: float, step: float) -> tuple[Series, ...]:
+        raise Unavailable(self.REASON)
+
+
+class NoScaler(Unconfigured):
+    """``Scaler`` that cannot scale: the autoscaler reports ScaleFailed instead of acting."""
+
+    async def scale(self, owner: kids.Owner, replicas: int) -> None:
+        raise Unavailable("no scaler is configured")
+
+
+class NoEvents(Unconfigured):
+    """``EventRecorder`` that drops Events (the log line of each is still written)."""
+
+    async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        return None
+
+
+class NoApprovalGate(Unconfigured):
+    """``ApprovalGate`` that can never answer: a risky action stays pending, never runs."""
+
+    REASON = "no approval gate is configured"
+
+    async def request(self, namespace: str, request: appr.Request) -> ApprovalTicket:
+        raise Unavailable(self.REASON)
+
+    async def find(
+        self, namespace: str, action: str, target: appr.Target, cause: str, incident: str
+    ) -> ApprovalTicket | None:
+        return None
+
+    async def record_outcome(self, ticket: ApprovalTicket, result: appr.ActionResult, message: str) -> None:
+        raise Unavailable(self.REASON)
+
+
+class NoHealing(Unconfigured):
+    """``HealingActions`` that carry nothing out: each action fails as unavailable, visibly."""
+
+    REASON = "no healing executor is configured"
+
+    async def delete_pod(self, namespace: str, name: str, *, force: bool) -> bool:
+        raise Unavailable(self.REASON)
+
+    async def cordon(self, node: str) -> None:
+        raise Unavailable(self.REASON)
+
+    async def drain(self, node: str) -> Drained:
+        raise Unavailable(self.REASON)
+
+    async def scale(self, namespace: str, service: str, replicas: int) -> None:
+        raise Unavailable(self.REASON)
+
+    async def set_memory_limit(self, namespace: str, service: str, container: str, limit: str) -> None:
+        raise Unavailable(self.REASON)
+
+    async def rollback(self, namespace: str, service: str, command_id: str) -> None:
+        raise Unavailable(self.REASON)
+
+    async def approval(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        raise Unavailable(self.REASON)
+
+
+class NoApprovalStore(Unconfigured):
+    """``ApprovalStore`` without an API server: nothing is found, nothing can be written."""
+
+    REASON = "no approval store is configured"
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
+    async def create(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise Unavailable(self.REASON)
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> Mapping[str, Any]:
+        raise Unavailable(self.REASON)
+
+    async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        return None
+
+
+class NoMessenger(Unconfigured):
+    """``ApprovalMessenger`` when Slack is not configured: requests are decided by kubectl only,
+    and the interactivity endpoint answers 503."""
+
+    channel = ""
+    REASON = "Slack is not configured"
+
+    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> MessageRef:
+        raise Rejected(self.REASON)
+
+    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> MessageRef | None:
+        return None
+
+    async def update(
+        self, message: MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+    ) -> None:
+        raise Rejected(self.REASON)
+
+    async def reply(self, response_url: str, text: str) -> None:
+        return None
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Verification:
+        return Verification.MISSING
+
+    def parse_click(self, body: bytes) -> Click | None:
+        return None
+
+    async def member_groups(self, user: str, groups: frozenset[str]) -> frozenset[str]:
+        return frozenset()

@@ -246,10 +246,9 @@ def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
 
 def test_factory_falls_back_to_nop(tmp_path: Path) -> None:
     off = notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", None))
-    assert isinstance(off.notifier, notifiers.NopNotifier) and off.messenger is None
-    assert (
+    assert isinstance(off.notifier, notifiers.NopNotifier) and not ports.configured(off.messenger)
+    assert not ports.configured(
         notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", str(tmp_path))).messenger
-        is None
     )
     (tmp_path / "bot-token").write_text(TOKEN)
     (tmp_path / "signing-secret").write_text(SIGNING)

@@ -19,8 +19,8 @@ from homeostat.adapters import slack
 _log = logging.getLogger("homeostat.notifications")
 
 
-class NopNotifier:
-    """``ports.Notifier`` that drops everything: Slack is not configured."""
+class NopNotifier(ports.NopNotifier):
+    """``ports.Notifier`` that drops everything (Slack is not configured), at debug level."""
 
     async def notify(self, notification: ports.Notification) -> None:
         _log.debug(
@@ -51,13 +51,13 @@ class SlackConfig:
 @dataclasses.dataclass(frozen=True)
 class Chosen:
     notifier: ports.Notifier
-    messenger: ports.ApprovalMessenger | None
+    messenger: ports.ApprovalMessenger
     description: str
 
 
 def from_config(config: SlackConfig) -> Chosen:
     """Slack when configured, else no-ops. Raises ``slack.ConfigError`` for broken credentials."""
     if not config.configured:
-        return Chosen(NopNotifier(), None, "Slack off (no bot-token in HOMEOSTAT_SECRETS_DIR)")
+        return Chosen(NopNotifier(), ports.NoMessenger(), "Slack off (no bot-token in HOMEOSTAT_SECRETS_DIR)")
     client = slack.load(config.secrets_dir, config.api_url, config.channel)
     return Chosen(client, client, f"Slack at {config.api_url}")
