@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from homeostat.core import approval as appr
 from homeostat.core import spec as specs
 
 DEFAULT_POLICY = "default"
@@ -565,3 +566,47 @@ def approval_timeout(rule: ActionRule, service_approvals: Mapping[str, Any] | No
     except specs.SpecError:
         return rule.timeout_seconds
     return min(rule.timeout_seconds, seconds) if seconds > 0 else rule.timeout_seconds
+
+
+def approval_target(text: str) -> appr.Target:
+    """The Approval's target from a request's ``Kind/namespace/name`` (``Node/name`` for nodes)."""
+    kind, _, rest = text.partition("/")
+    if kind == "Node":
+        return appr.Target(kind, "", rest)
+    namespace, _, name = rest.partition("/")
+    return appr.Target(kind, namespace, name)
+
+
+def approval_request(
+    request: Request,
+    rule: ActionRule,
+    service_approvals: Mapping[str, Any] | None,
+    *,
+    symptom: str,
+    occurrence: str,
+    now: float,
+) -> appr.Request:
+    """The Approval to open for an action the rule says needs one: the policy's approvers
+    narrowed by the service's, the shorter of the two timeouts, the service's Slack channel,
+    and the occurrence it answers (an answer never authorises a later occurrence)."""
+    settings = service_approvals or {}
+    approvers = narrowed(rule.approvers, settings)
+    return appr.Request(
+        action=request.action.value,
+        target=approval_target(request.target),
+        cause=request.cause,
+        service=request.service,
+        requester=REQUESTER,
+        risk=appr.Risk(rule.risk.value),
+        quorum=rule.quorum,
+        approvers=appr.Approvers(
+            slack=approvers.slack_users,
+            users=approvers.kube_users,
+            groups=approvers.kube_groups,
+            slack_groups=approvers.slack_groups,
+        ),
+        expires_at=now + approval_timeout(rule, settings),
+        channel=str((settings.get("slack") or {}).get("channel") or ""),
+        evidence={"symptom": symptom[:500]},
+        incident=occurrence,
+    )

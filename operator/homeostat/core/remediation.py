@@ -23,7 +23,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from homeostat.core import children as kids
 from homeostat.core import policy as pol
+from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
 
 LABEL_REVISION = "homeostat.dev/revision"
@@ -1141,3 +1143,56 @@ def _prune(history: Sequence[pol.Record], policy: pol.Policy, now: float) -> tup
     horizon = policy.history_horizon
     kept = [r for r in history if r.outcome is pol.Outcome.IN_PROGRESS or now - r.at < horizon]
     return tuple(kept[-HISTORY_LIMIT:])
+
+
+# --- the view of a service, from its body ------------------------------------------------------
+
+
+def memory_limits(template: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each container's memory limit in bytes (None where it has none), by container name."""
+    limits: dict[str, float | None] = {}
+    for container in ((template.get("spec") or {}).get("containers")) or []:
+        memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        limits[str(container.get("name"))] = specs.quantity(memory)
+    return limits
+
+
+def autoscaled(spec: Mapping[str, Any]) -> bool:
+    """Whether an autoscaler (``spec.autoscaling`` Reactive or Predictive) owns the count."""
+    try:
+        return sc.parse(spec.get("autoscaling")).mode in (sc.Mode.REACTIVE, sc.Mode.PREDICTIVE)
+    except specs.SpecError:
+        return False  # the reconcile reports it; no autoscaler runs on an invalid spec
+
+
+def view_of(
+    body: Mapping[str, Any],
+    healing: HealingSpec,
+    *,
+    pods: tuple[PodView, ...],
+    nodes: Mapping[str, NodeView],
+    slo: tuple[SloReading, ...],
+) -> ServiceView:
+    """The healing core's view of one service from its body and the watch caches. The replica
+    count is the one the workload runs (``Replicas.effective``: ``desired`` inside the
+    bounds, ``min`` when unset). Raises ``SpecError`` for replicas that do not parse (the
+    reconcile reports them; nothing is healed on a guess)."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    template = spec.get("template") or {}
+    replicas = specs.parse_replicas(spec.get("replicas"))
+    return ServiceView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        healing=healing,
+        stable_revision=str(status.get("stableRevision") or ""),
+        current_revision=kids.revision(template),
+        pods=pods,
+        nodes=nodes,
+        memory_limits=memory_limits(template),
+        replicas=replicas.effective,
+        max_replicas=replicas.max,
+        maintenance=maintenance_requests(status),
+        rolled_back=str((status.get("rollback") or {}).get("revision") or ""),
+        slo=slo,
+        autoscaled=autoscaled(spec),
+    )

@@ -627,3 +627,32 @@ def summary_status(summary: ForecastSummary) -> dict[str, Any]:
     if summary.fallback is not None:
         status["fallback"] = summary.fallback[:1024]
     return status
+
+
+def evaluation_status(
+    decision: Decision,
+    state: ScalingState,
+    *,
+    current: int,
+    metric: float | None,
+    model: fc.ModelState | None,
+    now: float,
+) -> dict[str, Any]:
+    """What one evaluation leaves in the service's status: ``status.autoscaling`` (the decision,
+    the rate-policy state and the fitted model) and ``status.forecast`` (None removes it)."""
+    return {
+        "autoscaling": {
+            "lastEvaluated": rfc3339(now),
+            "mode": decision.mode.value,
+            "reason": decision.reason.value,
+            "current": current,
+            "desired": decision.desired,
+            "reactive": decision.reactive,
+            "predictive": decision.predictive,
+            "preview": decision.preview,
+            "metric": None if metric is None else round(metric, 6),
+            "scaling": state.to_dict(),
+            "model": None if model is None else model.to_dict(),
+        },
+        "forecast": None if decision.forecast is None else summary_status(decision.forecast),
+    }

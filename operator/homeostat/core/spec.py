@@ -216,7 +216,7 @@ def _parse_ports(raw: Any) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def _parse_replicas(raw: Any) -> Replicas:
+def parse_replicas(raw: Any) -> Replicas:
     if raw is None:
         return Replicas()
     raw = _mapping(raw, "spec.replicas")
@@ -257,7 +257,7 @@ def parse(raw: Mapping[str, Any]) -> ServiceSpec:
     return ServiceSpec(
         template=_parse_template(raw.get("template")),
         ports=_parse_ports(raw.get("ports")),
-        replicas=_parse_replicas(raw.get("replicas")),
+        replicas=parse_replicas(raw.get("replicas")),
         disruption_budget=_parse_budget(raw.get("disruptionBudget")),
         strategy=strategy,
         min_ready_seconds=_int(raw.get("minReadySeconds", 0), "spec.minReadySeconds"),
@@ -277,7 +277,7 @@ def default_desired(raw: Mapping[str, Any], resource_version: str | None) -> lis
     if not isinstance(replicas, Mapping) or replicas.get("desired") is not None or not resource_version:
         return None
     try:
-        low = _parse_replicas(replicas).min
+        low = parse_replicas(replicas).min
     except SpecError:
         return None  # the reconcile reports it
     return [

@@ -524,3 +524,62 @@ def _seconds(value: float) -> str:
     if value >= 60:
         return f"{value / 60:.1f}m"
     return f"{value:.0f}s"
+
+
+# --- status.maintenance: each check's own part -------------------------------------------------
+
+# The memory check owns these top-level keys of status.maintenance; the restart, disk and risk
+# checks own status.maintenance.<resource>; each owns its entries of the shared requests list
+# (by their ``resource``; entries without one are memory's, as written before there were others).
+MEMORY_KEYS = ("lastEvaluated", "reason", "message", "pods", "findings")
+MAX_REQUESTS = 64  # status.maintenance.requests maxItems
+
+
+def _owns(request: Any, resource: Resource) -> bool:
+    return isinstance(request, Mapping) and request.get("resource", Resource.MEMORY.value) == resource.value
+
+
+def merge_maintenance(
+    previous: Mapping[str, Any],
+    resource: Resource,
+    part: Mapping[str, Any] | None,
+    requests: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """status.maintenance with one check's part replaced (None removes it) and, unless
+    ``requests`` is None, that check's requests; the other checks' parts are kept. None when
+    nothing is left, so the whole block goes."""
+    merged = dict(previous)
+    if resource is Resource.MEMORY:
+        # Set to None, not dropped: status is merge-patched, and a missing key would stay.
+        merged.update(dict.fromkeys(MEMORY_KEYS))
+        merged.update(part or {})
+    else:
+        merged[resource.value] = None if part is None else dict(part)
+    if requests is not None or part is None:
+        kept = [
+            r for r in previous.get("requests") or [] if isinstance(r, Mapping) and not _owns(r, resource)
+        ]
+        # The CRD bounds the list; past it the API server would refuse the whole patch.
+        merged["requests"] = [*kept, *(requests or [])][:MAX_REQUESTS]
+    live = any(v not in (None, [], {}) for v in merged.values())
+    return merged if live else None
+
+
+def own_part(previous: Mapping[str, Any], resource: Resource) -> dict[str, Any]:
+    """One check's part of status.maintenance, as the check wrote it."""
+    if resource is Resource.MEMORY:
+        return {k: previous[k] for k in MEMORY_KEYS if previous.get(k) is not None}
+    return dict(previous.get(resource.value) or {})
+
+
+def known_requests(
+    previous: Mapping[str, Any], resource: Resource, parse_time: Callable[[Any], float | None], now: float
+) -> dict[str, float]:
+    """One check's recorded requests by key, with when each was first made (``now`` where the
+    stored time does not parse: the request is kept, its lead time counted from now)."""
+    known: dict[str, float] = {}
+    for r in previous.get("requests") or []:
+        if _owns(r, resource) and "key" in r:
+            when = parse_time(r.get("requestedAt"))
+            known[r["key"]] = now if when is None else when
+    return known
