@@ -178,9 +178,10 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so `homeostat --help` stays fast and works without cluster libraries loaded.
     import kopf
 
+    from homeostat import ports
     from homeostat.adapters import kube, kube_healing, kube_scale, metrics
     from homeostat.adapters import telemetry as prometheus_telemetry
-    from homeostat.handlers import replicatedservice
+    from homeostat.handlers import runtime as handler_runtime
 
     try:
         metrics_provider = metrics.from_url(args.prometheus_url)
@@ -206,7 +207,6 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("homeostat").info("metrics backend: %s", metrics_provider or "none configured")
     from homeostat.adapters import approvals as approval_store
     from homeostat.adapters import notifiers, slack
-    from homeostat.handlers import approvals as approval_handlers
 
     try:
         chat = notifiers.from_config(
@@ -218,32 +218,28 @@ def _run(args: argparse.Namespace) -> int:
         print(f"homeostat: error: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("homeostat").info("approvals and notifications: %s", chat.description)
-    gate = approval_store.KubeApprovals(api)
-    # Served on the HTTP port at /metrics; the chart's ServiceMonitor scrapes it.
-    telemetry = prometheus_telemetry.PrometheusTelemetry()
-    runtime = replicatedservice.Runtime(
-        kube.KubernetesWorkloads(api),
+    approvals_api = approval_store.KubeApprovals(api)
+    runtime = handler_runtime.Runtime(
+        workloads=kube.KubernetesWorkloads(api),
         credentials=api.connection,
-        resync_seconds=args.resync_interval,
-        metrics=metrics_provider,
+        metrics=metrics_provider or ports.NoMetrics(),
         notifier=chat.notifier,
-        telemetry=telemetry,
-    )
-    approvals_runtime = approval_handlers.ApprovalsRuntime(
-        gate, chat.messenger, http_bind=args.http_bind, http_port=args.http_port or None
-    )
-    approvals_runtime.telemetry = telemetry
-    memo = kopf.Memo(
-        runtime=runtime,
-        telemetry=telemetry,
+        # Served on the HTTP port at /metrics; the chart's ServiceMonitor scrapes it.
+        telemetry=prometheus_telemetry.PrometheusTelemetry(),
+        events=approvals_api,
         scaler=kube_scale.KubernetesScaler(api),
-        approvals=approvals_runtime,
-        approval_gate=gate,
         healing_actions=kube_healing.KubernetesHealing(
             api, drain_namespaces=args.namespace if args.drain_scope == "watched" else ()
         ),
-        forecast_workers=args.forecast_workers,
+        gate=approvals_api,
+        store=approvals_api,
+        messenger=chat.messenger,
+        settings=handler_runtime.Settings(
+            resync_seconds=args.resync_interval, http_bind=args.http_bind, http_port=args.http_port or None
+        ),
+        pool=handler_runtime.ProcessPool(args.forecast_workers),
     )
+    memo = kopf.Memo({handler_runtime.MEMO_KEY: runtime})
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = int(args.peering_lifetime)
     if args.shard_selector:

@@ -19,7 +19,8 @@ import pytest
 from homeostat import ports
 from homeostat.adapters import slack
 from homeostat.core import approval as ap
-from homeostat.handlers import approvals, interactions
+from homeostat.handlers import approval_flow, interactions
+from homeostat.handlers import runtime as rt
 from slack import server as fake
 
 NOW = 1_900_000_000.0
@@ -68,15 +69,27 @@ def _approval() -> dict[str, Any]:
     }
 
 
+def _runtime(store: Any, **kwargs: Any) -> rt.Runtime:
+    settings = rt.Settings(http_port=None)
+    return rt.Runtime(
+        workloads=None, credentials=None, store=store, events=store, settings=settings, **kwargs
+    )  # type: ignore[arg-type]
+
+
+async def _settled(runtime: rt.Runtime, work: Any) -> None:
+    await work
+    await runtime.drain_events(5.0)
+
+
 @pytest.mark.parametrize("keeps", [True, False])
 def test_a_click_is_told_only_when_the_answer_shows_it_stored(
     keeps: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = Store(_approval(), keeps=keeps)
-    runtime = approvals.ApprovalsRuntime(store, None, http_port=None, clock=lambda: NOW)
+    runtime = _runtime(store, clock=lambda: NOW)
     click = ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Verdict.APPROVE, "U1", "")
     with caplog.at_level(logging.INFO):
-        asyncio.run(approvals.apply_click(runtime, click))
+        asyncio.run(_settled(runtime, approval_flow.apply_click(runtime, click)))
     granted = [reason for reason, _ in store.events if reason == "ApprovalGranted"]
     decided = [r for r in caplog.records if '"audit": "decision"' in r.getMessage()]
     if keeps:
@@ -91,10 +104,10 @@ def test_a_click_is_told_only_when_the_answer_shows_it_stored(
 
 def test_an_invalid_name_is_refused_before_any_call() -> None:
     store = Store(_approval(), keeps=True)
-    runtime = approvals.ApprovalsRuntime(store, None, http_port=None, clock=lambda: NOW)
+    runtime = _runtime(store, clock=lambda: NOW)
     with pytest.raises(ports.Rejected, match="not an Approval name"):
         asyncio.run(
-            approvals.transact(runtime, ap.Ref("team-a", "drainnode-1?x=1"), approvals.open_pending())
+            approval_flow.transact(runtime, ap.Ref("team-a", "drainnode-1?x=1"), approval_flow.open_pending())
         )
 
 
@@ -126,7 +139,7 @@ def _post(body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
             return NOW
 
     messenger = slack.SlackApprovals(slack._Secret("xoxb-t"), slack._Secret(SIGNING), clock=Clock())
-    runtime = approvals.ApprovalsRuntime(Store(_approval(), keeps=True), messenger, http_port=None)
+    runtime = _runtime(Store(_approval(), keeps=True), messenger=messenger)
 
     async def go() -> tuple[int, str]:
         app = interactions.make_app(runtime)

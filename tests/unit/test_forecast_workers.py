@@ -9,13 +9,12 @@ import time
 import pytest
 
 from homeostat import cli
-from homeostat.handlers import autoscaling
+from homeostat.handlers import runtime as rt
 
 
 @pytest.mark.parametrize(("flag", "expected"), [(None, min(2, os.cpu_count() or 1)), (1, 1), (3, 3)])
 def test_pool_size(flag: int | None, expected: int) -> None:
-    memo = {} if flag is None else {"forecast_workers": flag}
-    assert autoscaling._autoscaler(memo).workers == expected
+    assert rt.ProcessPool(flag).workers == expected
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
@@ -28,7 +27,7 @@ def test_cli_refuses_a_bad_worker_count(value: str, capsys: pytest.CaptureFixtur
 
 def test_two_workers_run_two_fits_at_once() -> None:
     """Two overlapping tasks get a worker each (a one-worker pool would keep one process)."""
-    state = autoscaling.Autoscaler(2)
+    state = rt.ProcessPool(2)
 
     async def both() -> None:
         await asyncio.gather(state.compute(time.sleep, 0.5), state.compute(time.sleep, 0.5))
@@ -44,7 +43,7 @@ def test_workers_get_one_blas_thread_each() -> None:
     """Several workers each running OpenBLAS with a thread per core oversubscribe the CPUs."""
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     saved = {name: os.environ.pop(name, None) for name in names}
-    state = autoscaling.Autoscaler(2)
+    state = rt.ProcessPool(2)
     try:
         seen = asyncio.run(state.compute(os.getenv, "OPENBLAS_NUM_THREADS"))
         assert seen == "1"

@@ -20,6 +20,7 @@ from homeostat.core import reconcile as rec
 from homeostat.core import spec as specs
 from homeostat.core import validation
 from homeostat.handlers import replicatedservice as rs
+from homeostat.handlers import runtime as rt
 
 OWNER = kids.Owner("web", "prod", "uid-1")
 SPEC: dict[str, Any] = {
@@ -43,7 +44,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 
 def _planned(spec: dict[str, Any]) -> specs.ServiceSpec | specs.SpecError:
     body = {"metadata": {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid}, "spec": spec}
-    runtime = rs.Runtime(workloads=None, credentials=lambda: None)  # type: ignore[arg-type]
+    runtime = rt.Runtime(workloads=None, credentials=lambda: None)  # type: ignore[arg-type]
     indexes: Any = collections.defaultdict(dict)
     planned = asyncio.run(rs._plan(OWNER, body, previous={}, observed={}, runtime=runtime, indexes=indexes))
     return planned.spec

@@ -8,11 +8,9 @@ backtest figures, so `make demo` read "the operator does not trust it" next to a
 from __future__ import annotations
 
 import asyncio
-import collections
-import types
 from typing import Any
 
-from homeostat.handlers import replicatedservice as rs
+from homeostat.handlers import runtime as rt
 
 BODY = {"metadata": {"name": "shop", "namespace": "demo", "uid": "u1"}, "status": {}}
 
@@ -26,14 +24,12 @@ class Recorder:
 
 
 def _write(runtime: Any, changes: dict[str, Any]) -> None:
-    asyncio.run(rs.write_status(runtime, BODY, changes))
+    asyncio.run(runtime.write_status(BODY, changes))
 
 
 def test_a_nested_key_the_writer_dropped_is_sent_as_null() -> None:
     recorder = Recorder()
-    runtime = types.SimpleNamespace(
-        locks=collections.defaultdict(asyncio.Lock), reported={}, workloads=recorder
-    )
+    runtime = rt.Runtime(workloads=recorder, credentials=None)  # type: ignore[arg-type]
     untrusted = {"method": "HoltWinters", "smape": 9.7, "fallback": "ForecastUnreliable: sMAPE 9.7%"}
     _write(runtime, {"forecast": untrusted, "autoscaling": {"mode": "Reactive"}})
     _write(
@@ -46,7 +42,7 @@ def test_a_nested_key_the_writer_dropped_is_sent_as_null() -> None:
 
 
 def test_values_that_are_not_objects_are_replaced_whole() -> None:
-    assert rs._replacing([1, 2], [3]) == [3]
-    assert rs._replacing({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}) == {"a": {"b": 1, "c": None}}
-    assert rs._replacing(None, {"a": 1}) == {"a": 1}
-    assert rs._replacing({"a": 1}, None) is None
+    assert rt.replacing([1, 2], [3]) == [3]
+    assert rt.replacing({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}) == {"a": {"b": 1, "c": None}}
+    assert rt.replacing(None, {"a": 1}) == {"a": 1}
+    assert rt.replacing({"a": 1}, None) is None

@@ -26,7 +26,8 @@ import kopf
 
 from homeostat import ports
 from homeostat.core import approval as appr
-from homeostat.handlers import approvals
+from homeostat.handlers import approval_flow as flow
+from homeostat.handlers import runtime as rt
 
 MAX_BODY = 64 * 1024  # Slack's block_actions payloads are a few kilobytes
 RATE_LIMIT = 30  # requests per source ...
@@ -60,65 +61,18 @@ def _ephemeral(text: str) -> aiohttp.web.Response:
     return aiohttp.web.json_response({"response_type": "ephemeral", "replace_original": False, "text": text})
 
 
-def make_app(
-    runtime: approvals.ApprovalsRuntime,
-    limiter: RateLimiter | None = None,
-    telemetry: ports.Telemetry | None = None,
-) -> aiohttp.web.Application:
+def make_app(runtime: rt.Runtime, limiter: RateLimiter | None = None) -> aiohttp.web.Application:
     limiter = limiter or RateLimiter()
 
     async def metrics(_: aiohttp.web.Request) -> aiohttp.web.Response:
-        body, content_type = (telemetry or ports.NopTelemetry()).exposition()
+        body, content_type = runtime.telemetry.exposition()
         return aiohttp.web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.Response(text="ok\n")
 
     async def interactions(request: aiohttp.web.Request) -> aiohttp.web.Response:
-        source = request.remote or "unknown"
-        if not limiter.allow(source, time.monotonic()):
-            return aiohttp.web.Response(status=429, text="too many requests\n", headers={"Retry-After": "10"})
-        if request.content_type != _FORM:
-            return aiohttp.web.Response(status=415, text=f"expected {_FORM}\n")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return aiohttp.web.Response(status=413, text="request body too large\n")
-        try:
-            body = await request.read()
-        except aiohttp.web.HTTPRequestEntityTooLarge:
-            return aiohttp.web.Response(status=413, text="request body too large\n")
-        messenger = runtime.messenger
-        if messenger is None:
-            return aiohttp.web.Response(status=503, text="Slack is not configured\n")
-        verdict = messenger.verify(body, request.headers)
-        if verdict is not ports.Verification.VALID:
-            _log.warning("refused a Slack interaction from %s: %s", source, verdict.value)
-            return aiohttp.web.Response(status=401, text=f"{verdict.value}\n")
-        click = messenger.parse_click(body)
-        if click is None:
-            return aiohttp.web.Response(status=400, text="not a Homeostat approval button\n")
-        known = runtime.known(click.ref) or await runtime.store.get(click.ref.namespace, click.ref.name)
-        if known is None:
-            return aiohttp.web.Response(status=404, text=f"no approval {click.ref}\n")
-        # A first answer from what this process knows; the decision itself is made again on a
-        # fresh read in the worker, so a stale view here can never approve anything.
-        try:
-            asked = appr.parse_request(known.get("spec") or {})
-            preview = appr.decide(
-                asked,
-                appr.State.from_storage(known.get("status")),
-                appr.Identity(appr.Channel.SLACK, click.user),
-                click.verdict,
-                runtime.clock(),
-            )
-        except ValueError:
-            return aiohttp.web.Response(status=404, text=f"approval {click.ref} is invalid\n")
-        runtime.submit(lambda: approvals.apply_click(runtime, click))
-        if preview.rejection is appr.Rejection.NOT_ALLOWED and asked.approvers.slack_groups:
-            # Group membership is read from Slack in the worker, which replies if it is missing.
-            return _ephemeral(f"Checking your approver groups for {click.ref.name}…")
-        if preview.outcome is appr.Outcome.REJECTED:
-            return _ephemeral(preview.message)
-        return _ephemeral(f"Recording your {click.verdict.value} for {click.ref.name}…")
+        return await _interaction(runtime, limiter, request)
 
     app = aiohttp.web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/healthz", healthz)
@@ -127,40 +81,98 @@ def make_app(
     return app
 
 
-async def start(runtime: approvals.ApprovalsRuntime, telemetry: ports.Telemetry | None = None) -> Any:
+async def _interaction(
+    runtime: rt.Runtime, limiter: RateLimiter, request: aiohttp.web.Request
+) -> aiohttp.web.Response:
+    """One click: refused in the order of the module docstring, else acknowledged at once."""
+    source = request.remote or "unknown"
+    body = await _read(limiter, request, source)
+    if isinstance(body, aiohttp.web.Response):
+        return body
+    messenger = runtime.messenger
+    if not ports.configured(messenger):
+        return aiohttp.web.Response(status=503, text="Slack is not configured\n")
+    verdict = messenger.verify(body, request.headers)
+    if verdict is not ports.Verification.VALID:
+        _log.warning("refused a Slack interaction from %s: %s", source, verdict.value)
+        return aiohttp.web.Response(status=401, text=f"{verdict.value}\n")
+    click = messenger.parse_click(body)
+    if click is None:
+        return aiohttp.web.Response(status=400, text="not a Homeostat approval button\n")
+    known = runtime.approval_known(click.ref) or await runtime.store.get(click.ref.namespace, click.ref.name)
+    if known is None:
+        return aiohttp.web.Response(status=404, text=f"no approval {click.ref}\n")
+    # A first answer from what this process knows; the decision itself is made again on a
+    # fresh read in the worker, so a stale view here can never approve anything.
+    try:
+        asked = appr.parse_request(known.get("spec") or {})
+        preview = appr.decide(
+            asked,
+            appr.State.from_storage(known.get("status")),
+            appr.Identity(appr.Channel.SLACK, click.user),
+            click.verdict,
+            runtime.clock(),
+        )
+    except ValueError:
+        return aiohttp.web.Response(status=404, text=f"approval {click.ref} is invalid\n")
+    runtime.submit(lambda: flow.apply_click(runtime, click))
+    if preview.rejection is appr.Rejection.NOT_ALLOWED and asked.approvers.slack_groups:
+        # Group membership is read from Slack in the worker, which replies if it is missing.
+        return _ephemeral(f"Checking your approver groups for {click.ref.name}…")
+    if preview.outcome is appr.Outcome.REJECTED:
+        return _ephemeral(preview.message)
+    return _ephemeral(f"Recording your {click.verdict.value} for {click.ref.name}…")
+
+
+async def _read(
+    limiter: RateLimiter, request: aiohttp.web.Request, source: str
+) -> bytes | aiohttp.web.Response:
+    """The raw body, or the refusal of a request too frequent, of the wrong type or too large."""
+    if not limiter.allow(source, time.monotonic()):
+        return aiohttp.web.Response(status=429, text="too many requests\n", headers={"Retry-After": "10"})
+    if request.content_type != _FORM:
+        return aiohttp.web.Response(status=415, text=f"expected {_FORM}\n")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return aiohttp.web.Response(status=413, text="request body too large\n")
+    try:
+        return await request.read()
+    except aiohttp.web.HTTPRequestEntityTooLarge:
+        return aiohttp.web.Response(status=413, text="request body too large\n")
+
+
+async def start(runtime: rt.Runtime) -> aiohttp.web.AppRunner | None:
     """Serve on ``http_bind:http_port``. A port already in use is logged, not fatal: the
     operator's reconciling does not depend on it, and kubectl approvals keep working."""
-    runner = aiohttp.web.AppRunner(make_app(runtime, telemetry=telemetry), access_log=None)
+    bind, port = runtime.settings.http_bind, runtime.settings.http_port
+    runner = aiohttp.web.AppRunner(make_app(runtime), access_log=None)
     await runner.setup()
-    site = aiohttp.web.TCPSite(runner, runtime.http_bind, runtime.http_port)
+    site = aiohttp.web.TCPSite(runner, bind, port)
     try:
         await site.start()
     except OSError as exc:
         # Loud when Slack is configured (its buttons need this port), quiet when it is not.
-        log = _log.error if runtime.messenger is not None else _log.warning
+        log = _log.error if ports.configured(runtime.messenger) else _log.warning
         log(
             "cannot serve HTTP on %s:%s (%s): Slack buttons will not work in this process",
-            runtime.http_bind,
-            runtime.http_port,
+            bind,
+            port,
             exc.strerror or exc,
         )
         await runner.cleanup()
         return None
-    _log.info(
-        "serving Slack interactivity on http://%s:%s/slack/interactions", runtime.http_bind, runtime.http_port
-    )
+    _log.info("serving Slack interactivity on http://%s:%s/slack/interactions", bind, port)
     return runner
 
 
 @kopf.on.startup()
 async def start_http(*, memo: Any, **_: Any) -> None:
-    runtime = memo.get(approvals.MEMO_KEY)
-    if isinstance(runtime, approvals.ApprovalsRuntime) and runtime.http_port is not None:
-        memo["http_runner"] = await start(runtime, memo.get("telemetry"))
+    runtime = rt.of(memo)
+    if runtime.settings.http_port is not None:
+        runtime.http_runner = await start(runtime)
 
 
 @kopf.on.cleanup()
 async def stop_http(*, memo: Any, **_: Any) -> None:
-    runner = memo.get("http_runner")
+    runner = rt.of(memo).http_runner
     if runner is not None:
         await runner.cleanup()

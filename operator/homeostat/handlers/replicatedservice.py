@@ -8,14 +8,12 @@ annotations, so any operator process can pick up where another stopped.
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
 import dataclasses
-import datetime
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -26,10 +24,12 @@ from homeostat.core import children as kids
 from homeostat.core import delivery as dl
 from homeostat.core import reconcile as rec
 from homeostat.core import rollout as ro
+from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
 from homeostat.core import validation
+from homeostat.handlers import runtime as rt
 
-RSVC = (kids.GROUP, kids.VERSION, "replicatedservices")
+RSVC = rt.RSVC
 CHILD_KINDS = {
     ("apps", "v1", "deployments"): ("apps/v1", "Deployment"),
     ("", "v1", "services"): ("v1", "Service"),
@@ -38,112 +38,6 @@ CHILD_KINDS = {
 MANAGED = {kids.LABEL_MANAGED_BY: kids.MANAGER}
 
 Key = tuple[str, str]
-
-
-class Runtime:
-    """Per-process collaborators, put into kopf's memo by the CLI at startup."""
-
-    def __init__(
-        self,
-        workloads: ports.Workloads,
-        credentials: Callable[[], Awaitable[ports.Credentials]],
-        *,
-        resync_seconds: float = 60.0,
-        metrics: ports.MetricsProvider | None = None,
-        notifier: ports.Notifier | None = None,
-        telemetry: ports.Telemetry | None = None,
-    ) -> None:
-        self.workloads = workloads
-        self.telemetry: ports.Telemetry = telemetry or ports.NopTelemetry()
-        # None means "not configured": metric-driven features report that instead of guessing.
-        self.metrics = metrics
-        self.notifier = notifier
-        self.resync_seconds = resync_seconds
-        self.credentials = credentials
-        self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-        # The status we last wrote, per object uid: an event may carry a body older than our
-        # own last patch, and judging transitions against it would repeat Events.
-        self.reported: dict[str, Mapping[str, Any]] = {}
-        self.resync_task: asyncio.Task[None] | None = None
-        # Rollout analysis runs apart from reconciles (a slow query never holds the lock); the
-        # latest result waits here, per object uid, for the next reconcile to consume it.
-        self.measured: dict[str, dl.Measured] = {}
-        self.analyses: dict[str, asyncio.Task[None]] = {}
-        self.wakeups: dict[Key, asyncio.TimerHandle] = {}
-        self.settled: dict[Key, dict[str, ro.TrackView]] = {}  # per service, see delivery.track_view
-        self.background: set[asyncio.Task[None]] = set()  # referenced, or the loop may drop them
-
-
-def owner_of(body: Mapping[str, Any]) -> kids.Owner:
-    meta = body["metadata"]
-    return kids.Owner(meta["name"], meta["namespace"], meta["uid"])
-
-
-async def write_status(
-    runtime: Runtime,
-    body: Mapping[str, Any],
-    changes: Mapping[str, Any],
-    conditions: Sequence[Mapping[str, Any]] = (),
-) -> bool:
-    """Merge one writer's own status keys and condition types into the service's status.
-
-    For writers other than the reconcile (autoscaler, healing, approvals). Under the service's
-    lock and starting from what this process last wrote, so two writers never erase each
-    other's keys or conditions. Returns whether anything was patched.
-    """
-    owner = owner_of(body)
-    async with runtime.locks[(owner.namespace, owner.name)]:
-        previous = runtime.reported.get(owner.uid) or body.get("status") or {}
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        status = {**previous, **changes}
-        if conditions:
-            status["conditions"] = rec.merge_conditions(previous.get("conditions") or [], conditions, now)
-        patch = {k: _replacing(previous.get(k), v) for k, v in status.items() if previous.get(k) != v}
-        if not patch:
-            return False
-        await runtime.workloads.patch_status(owner, patch)
-        runtime.reported[owner.uid] = status
-        return True
-
-
-def _replacing(old: Any, new: Any) -> Any:
-    """The merge-patch value that leaves exactly ``new`` on the server where ``old`` was. A
-    merge patch merges objects key by key, so a key that ``new`` dropped is sent as null: else
-    a stale ``status.forecast.fallback`` outlived the untrusted forecast it was about."""
-    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
-        return new
-    dropped = {key: None for key in old if key not in new}
-    return {**dropped, **{key: _replacing(old.get(key), value) for key, value in new.items()}}
-
-
-def _runtime(memo: Any) -> Runtime:
-    runtime = memo.get("runtime")
-    if not isinstance(runtime, Runtime):
-        raise kopf.PermanentError("homeostat runtime missing from memo; start with `homeostat run`")
-    return runtime
-
-
-@kopf.on.login()
-async def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
-    """kopf's client uses exactly the configuration the CLI loaded and checked (flag, in-cluster
-    or env), as data; kopf logs in again after a 401 and when ``expiration`` passes."""
-    try:
-        creds = await _runtime(memo).credentials()
-    except ports.Unavailable as exc:
-        raise kopf.TemporaryError(str(exc), delay=10) from None  # e.g. a failing plugin
-    return kopf.ConnectionInfo(
-        server=creds.server,
-        ca_data=creds.ca_data,
-        insecure=creds.insecure,
-        scheme="Bearer" if creds.token else None,
-        token=creds.token,
-        certificate_data=creds.certificate_data,
-        private_key_data=creds.private_key_data,
-        proxy_url=creds.proxy_url,
-        trust_env=True,  # HTTPS_PROXY/NO_PROXY, as the operator's own calls read them
-        default_namespace=creds.namespace,
-        expiration=creds.expiration,
-    )
 
 
 _KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "labels", "annotations")
@@ -197,18 +91,12 @@ async def revisions(namespace: str | None, labels: Mapping[str, str], body: kopf
     return {(namespace, service): slim}
 
 
-def latest(store: Any) -> Any:
-    """The newest body a kopf index holds under one key, or None."""
-    values = list(store) if store is not None else []
-    return values[-1] if values else None
-
-
 _PLURALS = {kind: plural for (_group, _version, plural), (_api, kind) in CHILD_KINDS.items()}
 
 
 def _child(owner: kids.Owner, indexes: Mapping[str, Any], kind: str, name: str) -> Mapping[str, Any] | None:
     """A child of ``owner`` from the watch cache, None when absent or owned by someone else."""
-    body = latest(indexes[f"children_{_PLURALS[kind]}"].get((owner.namespace, name, kind)))
+    body = rt.latest(indexes[f"children_{_PLURALS[kind]}"].get((owner.namespace, name, kind)))
     return kids.owned_by(owner, body)
 
 
@@ -221,38 +109,37 @@ def _observed(owner: kids.Owner, indexes: Mapping[str, Any]) -> dict[kids.ChildR
     return observed
 
 
-def _event_target(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": kids.API_VERSION,
-        "kind": kids.KIND,
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
-    }
-
-
 async def reconcile(
-    body: Mapping[str, Any], memo: Any, indexes: Mapping[str, Any], logger: Any, *, verify: bool = False
+    body: Mapping[str, Any],
+    runtime: rt.Runtime,
+    indexes: Mapping[str, Any],
+    logger: Any,
+    *,
+    verify: bool = False,
 ) -> None:
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
     owner = kids.Owner(meta["name"], meta["namespace"], meta["uid"])
-    runtime = _runtime(memo)
     await _default_desired(owner, body, runtime, logger)
     started = time.monotonic()
     outcome = "error"
     try:
-        async with runtime.locks[(owner.namespace, owner.name)]:
+        async with runtime.reconcile.locks[(owner.namespace, owner.name)]:
             await _reconcile_locked(owner, body, runtime, indexes, logger, verify=verify)
         phase = (runtime.reported.get(owner.uid) or {}).get("phase")
         outcome = "invalid" if phase == rec.Phase.INVALID_SPEC.value else "ok"
     finally:
         runtime.telemetry.reconciled(owner.namespace, owner.name, time.monotonic() - started, outcome)
-        runtime.telemetry.pending("rollout_wakeups", len(runtime.wakeups))
-        runtime.telemetry.pending("rollout_analyses", sum(not t.done() for t in runtime.analyses.values()))
+        runtime.telemetry.pending("rollout_wakeups", len(runtime.reconcile.wakeups))
+        runtime.telemetry.pending(
+            "rollout_analyses", sum(not t.done() for t in runtime.reconcile.analyses.values())
+        )
 
 
-async def _default_desired(owner: kids.Owner, body: Mapping[str, Any], runtime: Runtime, logger: Any) -> None:
+async def _default_desired(
+    owner: kids.Owner, body: Mapping[str, Any], runtime: rt.Runtime, logger: Any
+) -> None:
     """Give an unset ``spec.replicas.desired`` its meaning (``min``), so the scale subresource
     (an HPA, ``kubectl get --subresource=scale``) works on every service."""
     operations = specs.default_desired(body.get("spec") or {}, body["metadata"].get("resourceVersion"))
@@ -270,45 +157,20 @@ async def _default_desired(owner: kids.Owner, body: Mapping[str, Any], runtime: 
 async def _reconcile_locked(
     owner: kids.Owner,
     body: Mapping[str, Any],
-    runtime: Runtime,
+    runtime: rt.Runtime,
     indexes: Mapping[str, Any],
     logger: Any,
     *,
     verify: bool,
 ) -> None:
-    generation = int(body["metadata"].get("generation", 0))
-    previous = runtime.reported.get(owner.uid) or body.get("status") or {}
+    previous = runtime.status_of(body)
     observed = _observed(owner, indexes)
-    deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
     planned = await _plan(owner, body, previous=previous, observed=observed, runtime=runtime, indexes=indexes)
-    spec, applies, deletes = planned.spec, planned.applies, planned.deletes
     delivery, rolling = planned.delivery, planned.rolling
-    outcome = await _execute(runtime, applies, deletes, logger)
+    outcome = await _execute(runtime, planned.applies, planned.deletes, logger)
     if delivery is not None and delivery.plan.route is not None and not outcome.errors:
         await _patch_route(runtime, owner, delivery.plan.route, outcome, logger)
-    deployment = outcome.applied.get(deployment_ref) or observed.get(deployment_ref)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    result = rec.report(
-        owner=owner,
-        generation=generation,
-        spec=spec,
-        applies=applies,
-        outcome=outcome,
-        deployment=deployment,
-        previous=previous,
-        now=now,
-        view=None if delivery is None else delivery.plan.view,
-        degraded_by=delivery.degraded_by
-        if delivery is not None
-        else rolling.degraded_by
-        if rolling
-        else None,
-    )
-    status = dict(result.status)
-    if delivery is not None:
-        status = delivery.status(status, now)
-    elif rolling is not None:
-        status["rollback"] = rolling.rollback
+    result, status = _report(runtime, owner, body, planned, outcome, observed=observed, previous=previous)
     # Event bodies often predate our own last status write; comparing with them would rewrite
     # the same status over and over. The periodic resync (verify) checks the stored status.
     written = runtime.reported.get(owner.uid)
@@ -317,7 +179,9 @@ async def _reconcile_locked(
     if patch:
         await runtime.workloads.patch_status(owner, status)
     outcome_text = "patched" if patch else "unchanged"
-    logger.debug(f"reconciled {owner.namespace}/{owner.name}: {len(applies)} applied, status {outcome_text}")
+    logger.debug(
+        f"reconciled {owner.namespace}/{owner.name}: {len(planned.applies)} applied, status {outcome_text}"
+    )
     runtime.reported[owner.uid] = status
     events = [(e.type, e.reason, e.message) for e in result.events]
     if rolling is not None and rolling.event is not None:
@@ -326,20 +190,52 @@ async def _reconcile_locked(
         # One-shot actions go out only after the state that records them is stored: a crash
         # in between loses a message rather than sending it twice after the restart.
         events.extend((e.type, e.reason, e.message) for e in delivery.plan.events)
-        await _notify(runtime, owner, delivery.plan, logger)
+        await _notify(runtime, body, delivery.plan, logger)
         state = delivery.plan.state
         runtime.telemetry.rollout(owner.namespace, owner.name, state.phase.value, state.achieved_weight)
         if delivery.analysed is not None:
             runtime.telemetry.analysis(owner.namespace, owner.name, delivery.analysed.value)
         _follow_up(runtime, owner, delivery, indexes=indexes, logger=logger)
-    target = _event_target(body)
     for type_, reason, message in events:
-        kopf.event(kopf.Body(cast(kopf.RawBody, target)), type=type_, reason=reason, message=message)
-        log = logger.warning if type_ == "Warning" else logger.info
-        log(f"{reason}: {message}")
+        runtime.event(body, type_, reason, message)
     if outcome.errors:
         # Transient API trouble: let kopf back off and retry instead of waiting for a resync.
         raise kopf.TemporaryError("; ".join(outcome.errors.values()), delay=5)
+
+
+def _report(
+    runtime: rt.Runtime,
+    owner: kids.Owner,
+    body: Mapping[str, Any],
+    planned: _Planned,
+    outcome: rec.Outcome,
+    *,
+    observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
+    previous: Mapping[str, Any],
+) -> tuple[rec.Report, dict[str, Any]]:
+    """The core's report of this reconcile, and the whole status it leaves."""
+    delivery, rolling = planned.delivery, planned.rolling
+    deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
+    now = sc.rfc3339(runtime.clock())
+    degraded_by = delivery.degraded_by if delivery is not None else rolling.degraded_by if rolling else None
+    result = rec.report(
+        owner=owner,
+        generation=int(body["metadata"].get("generation", 0)),
+        spec=planned.spec,
+        applies=planned.applies,
+        outcome=outcome,
+        deployment=outcome.applied.get(deployment_ref) or observed.get(deployment_ref),
+        previous=previous,
+        now=now,
+        view=None if delivery is None else delivery.plan.view,
+        degraded_by=degraded_by,
+    )
+    status = dict(result.status)
+    if delivery is not None:
+        status = delivery.status(status, now)
+    elif rolling is not None:
+        status["rollback"] = rolling.rollback
+    return result, status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +253,7 @@ async def _plan(
     *,
     previous: Mapping[str, Any],
     observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
-    runtime: Runtime,
+    runtime: rt.Runtime,
     indexes: Mapping[str, Any],
 ) -> _Planned:
     try:
@@ -379,7 +275,7 @@ async def _plan(
 
 
 async def _execute(
-    runtime: Runtime, applies: Sequence[rec.Apply], deletes: Sequence[kids.ChildRef], logger: Any
+    runtime: rt.Runtime, applies: Sequence[rec.Apply], deletes: Sequence[kids.ChildRef], logger: Any
 ) -> rec.Outcome:
     applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
     errors: dict[kids.ChildRef, str] = {}
@@ -444,7 +340,7 @@ async def _plan_delivery(
     spec: specs.ServiceSpec,
     *,
     previous: Mapping[str, Any],
-    runtime: Runtime,
+    runtime: rt.Runtime,
     indexes: Mapping[str, Any],
 ) -> _Delivery:
     rollout_spec = ro.parse_rollout_spec((body.get("spec") or {}).get("rollout"))
@@ -454,17 +350,17 @@ async def _plan_delivery(
         raise specs.SpecError("status.rollout", f"cannot be read ({exc}); fix or clear it") from None
     command = dl.parse_command((body.get("metadata") or {}).get("annotations"))
     world = await _world(owner, rollout_spec, runtime, indexes)
-    measured = runtime.measured.get(owner.uid)
+    measured = runtime.reconcile.measured.get(owner.uid)
     obs = dl.observe(
         owner,
         spec,
         world,
         recorded_active=previous.get("activeRevision"),
         measured=measured,
-        analysis_available=runtime.metrics is not None,
+        analysis_available=ports.configured(runtime.metrics),
         command=command,
     )
-    plan = dl.plan(owner, spec, rollout_spec, state=state, world=world, obs=obs, now=time.time())
+    plan = dl.plan(owner, spec, rollout_spec, state=state, world=world, obs=obs, now=runtime.clock())
     degraded_by: tuple[str, str] | None = None
     if plan.problems:
         degraded_by = (rec.Reason.APPLY_FAILED.value, "; ".join(plan.problems))
@@ -485,7 +381,7 @@ async def _plan_rolling(
     spec: specs.ServiceSpec,
     *,
     previous: Mapping[str, Any],
-    runtime: Runtime,
+    runtime: rt.Runtime,
     indexes: Mapping[str, Any],
 ) -> dl.RollingPlan:
     command = dl.parse_command((body.get("metadata") or {}).get("annotations"))
@@ -497,12 +393,12 @@ async def _plan_rolling(
         command=command,
         world=world,
         owner=owner,
-        now=time.time(),
+        now=runtime.clock(),
     )
 
 
 async def _world(
-    owner: kids.Owner, rollout_spec: ro.RolloutSpec, runtime: Runtime, indexes: Mapping[str, Any]
+    owner: kids.Owner, rollout_spec: ro.RolloutSpec, runtime: rt.Runtime, indexes: Mapping[str, Any]
 ) -> dl.World:
     def child(kind: str, name: str) -> Mapping[str, Any] | None:
         return _child(owner, indexes, kind, name)
@@ -529,14 +425,14 @@ async def _world(
         pdb=child("PodDisruptionBudget", owner.name),
         route=route,
         revisions=dl.revisions_by_name(kept),
-        settled=runtime.settled.get((owner.namespace, owner.name), {}),
+        settled=runtime.reconcile.settled.get((owner.namespace, owner.name), {}),
     )
-    runtime.settled[(owner.namespace, owner.name)] = dl.settled_views(owner, world)
+    runtime.reconcile.settled[(owner.namespace, owner.name)] = dl.settled_views(owner, world)
     return world
 
 
 async def _patch_route(
-    runtime: Runtime, owner: kids.Owner, route: dl.RoutePatch, outcome: rec.Outcome, logger: Any
+    runtime: rt.Runtime, owner: kids.Owner, route: dl.RoutePatch, outcome: rec.Outcome, logger: Any
 ) -> None:
     ref = kids.ChildRef("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, route.name)
     try:
@@ -548,33 +444,29 @@ async def _patch_route(
         cast(dict[kids.ChildRef, str], outcome.errors)[ref] = str(exc)
 
 
-async def _notify(runtime: Runtime, owner: kids.Owner, plan: dl.Plan, logger: Any) -> None:
+_SEVERITY = {
+    ro.NotifyKind.FAILED: "critical",
+    ro.NotifyKind.NEEDS_DECISION: "warning",
+    ro.NotifyKind.PROMOTED: "info",
+}
+
+
+async def _notify(runtime: rt.Runtime, body: Mapping[str, Any], plan: dl.Plan, logger: Any) -> None:
     for notify in plan.notifications:
-        severity = {
-            ro.NotifyKind.FAILED: "critical",
-            ro.NotifyKind.NEEDS_DECISION: "warning",
-            ro.NotifyKind.PROMOTED: "info",
-        }[notify.kind]
-        note = ports.Notification(
-            namespace=owner.namespace,
-            service=owner.name,
-            kind=notify.kind.value,
-            severity=severity,
-            title=f"{owner.namespace}/{owner.name}: {notify.kind.value}",
+        kind = notify.kind.value
+        logger.info(f"notification {kind}: {notify.message}")
+        await runtime.notify(
+            body,
+            kind=kind,
+            severity=_SEVERITY[notify.kind],
+            title=kind,
             message=notify.message,
-            key=f"{owner.uid}/{plan.state.revision}/{notify.kind.value}",
+            key=f"{plan.state.revision}/{kind}",
         )
-        logger.info(f"notification {note.kind}: {note.message}")
-        if runtime.notifier is None:
-            continue
-        try:
-            await runtime.notifier.notify(note)
-        except ports.Unavailable as exc:
-            logger.warning(f"notification {note.kind} not delivered: {exc}")
 
 
 def _follow_up(
-    runtime: Runtime,
+    runtime: rt.Runtime,
     owner: kids.Owner,
     delivery: _Delivery,
     *,
@@ -584,10 +476,10 @@ def _follow_up(
     """Start a requested analysis, and come back when the rollout next has something to do."""
     plan = delivery.plan
     request = plan.analysis
-    running = runtime.analyses.get(owner.uid)
-    if request is not None and (running is None or running.done()) and runtime.metrics is not None:
-        runtime.analyses[owner.uid] = asyncio.create_task(
-            _analyse(runtime, owner, request, runtime.metrics, indexes=indexes, logger=logger)
+    running = runtime.reconcile.analyses.get(owner.uid)
+    if request is not None and (running is None or running.done()) and ports.configured(runtime.metrics):
+        runtime.reconcile.analyses[owner.uid] = asyncio.create_task(
+            _analyse(runtime, owner, request, indexes=indexes, logger=logger)
         )
     live = plan.state.phase in (*ro.LIVE, ro.Phase.ROLLING_BACK, ro.Phase.INITIALIZING)
     if live and not plan.state.held:
@@ -596,27 +488,27 @@ def _follow_up(
         _wake_later(runtime, (owner.namespace, owner.name), 1.0, indexes, logger)
 
 
-def _wake_later(runtime: Runtime, key: Key, delay: float, indexes: Mapping[str, Any], logger: Any) -> None:
-    if key in runtime.wakeups:
+def _wake_later(runtime: rt.Runtime, key: Key, delay: float, indexes: Mapping[str, Any], logger: Any) -> None:
+    if key in runtime.reconcile.wakeups:
         return
     loop = asyncio.get_running_loop()
 
     def fire() -> None:
-        runtime.wakeups.pop(key, None)
-        body = latest(indexes["services"].get(key))
+        runtime.reconcile.wakeups.pop(key, None)
+        body = rt.latest(indexes["services"].get(key))
         if body is not None:
             task = asyncio.create_task(_reconcile_quietly(body, runtime, indexes, logger))
             runtime.background.add(task)
             task.add_done_callback(runtime.background.discard)
 
-    runtime.wakeups[key] = loop.call_later(delay, fire)
+    runtime.reconcile.wakeups[key] = loop.call_later(delay, fire)
 
 
 async def _reconcile_quietly(
-    body: Mapping[str, Any], runtime: Runtime, indexes: Mapping[str, Any], logger: Any
+    body: Mapping[str, Any], runtime: rt.Runtime, indexes: Mapping[str, Any], logger: Any
 ) -> None:
     try:
-        await reconcile(body, {"runtime": runtime}, indexes, logger)
+        await reconcile(body, runtime, indexes, logger)
     except kopf.TemporaryError as exc:
         logger.warning(f"{body['metadata']['namespace']}/{body['metadata']['name']}: {exc}")
         _wake_later(runtime, (body["metadata"]["namespace"], body["metadata"]["name"]), 5.0, indexes, logger)
@@ -625,21 +517,20 @@ async def _reconcile_quietly(
 
 
 async def _analyse(
-    runtime: Runtime,
+    runtime: rt.Runtime,
     owner: kids.Owner,
     request: ro.RunAnalysis,
-    metrics: ports.MetricsProvider,
     *,
     indexes: Mapping[str, Any],
     logger: Any,
 ) -> None:
     """Query every metric of ``request`` and hand the results to the next reconcile."""
-    started = time.time()
+    started = runtime.clock()
     values = {"service": owner.name, "namespace": owner.namespace, "revision": request.revision}
-    results = await asyncio.gather(*(_measure(metrics, m, values, started) for m in request.metrics))
-    runtime.measured[owner.uid] = dl.Measured(request.revision, started, tuple(results))
+    results = await asyncio.gather(*(_measure(runtime.metrics, m, values, started) for m in request.metrics))
+    runtime.reconcile.measured[owner.uid] = dl.Measured(request.revision, started, tuple(results))
     logger.debug(f"analysis of {request.revision}: {[(m.metric, m.value, m.error) for m in results]}")
-    body = latest(indexes["services"].get((owner.namespace, owner.name)))
+    body = rt.latest(indexes["services"].get((owner.namespace, owner.name)))
     if body is not None:
         await _reconcile_quietly(body, runtime, indexes, logger)
 
@@ -656,11 +547,9 @@ async def _measure(
         return an.Measurement(metric.name, error=str(exc), at=at)
     if not samples:
         return an.Measurement(metric.name, at=at)  # no data: inconclusive, never a pass
-    if len(samples) > 1:
-        return an.Measurement(
-            metric.name, error=f"the query returned {len(samples)} series; aggregate it to one", at=at
-        )
-    value = samples[0].value
+    value, why = rt.one_value(samples)
+    if value is None:
+        return an.Measurement(metric.name, error=why, at=at)
     return an.Measurement(metric.name, value=None if math.isnan(value) else value, at=at)
 
 
@@ -668,49 +557,42 @@ async def _measure(
 async def service_changed(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs: Any
 ) -> None:
-    runtime = _runtime(memo)
-    if runtime.resync_task is None:
-        # Started here, not at startup: a task inherits its creator's context, and only a
-        # handler's context lets kopf.event post. Wake-ups scheduled by resyncs inherit it too.
-        runtime.resync_task = asyncio.create_task(_resync_forever(memo, kwargs, logger))
+    runtime = rt.of(memo)
+    if runtime.reconcile.resync_task is None:
+        # Started from the first event, not at startup: a replica paused by kopf peering gets
+        # none, and must not reconcile.
+        runtime.reconcile.resync_task = asyncio.create_task(_resync_forever(runtime, kwargs, logger))
     if type == "DELETED":
         runtime.reported.pop(body["metadata"]["uid"], None)
-        runtime.measured.pop(body["metadata"]["uid"], None)
-        runtime.settled.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+        runtime.reconcile.measured.pop(body["metadata"]["uid"], None)
+        runtime.reconcile.settled.pop((body["metadata"]["namespace"], body["metadata"]["name"]), None)
         runtime.telemetry.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
-    await reconcile(body, memo, kwargs, logger)
+    await reconcile(body, runtime, kwargs, logger)
 
 
 @kopf.on.startup()
 async def check_indexes(*, memo: Any, **kwargs: Any) -> None:
     """The resync reads the services index; fail at once if kopf does not provide it."""
-    _runtime(memo)
+    rt.of(memo)
     if "services" not in kwargs:
         raise kopf.PermanentError("the services index is not available to handlers")
 
 
-@kopf.on.cleanup()
-async def stop_resync(*, memo: Any, **_: Any) -> None:
-    task = _runtime(memo).resync_task
-    if task is not None:
-        task.cancel()
-
-
-async def _resync_forever(memo: Any, indexes: Mapping[str, Any], logger: Any) -> None:
+async def _resync_forever(runtime: rt.Runtime, indexes: Mapping[str, Any], logger: Any) -> None:
     """A level-based safety net: reconcile every known service once per interval.
 
     Not a kopf timer: kopf puts a finalizer on every object with a timer, and a finalizer would
     block deleting a service whenever the operator is down.
     """
     while True:
-        await asyncio.sleep(_runtime(memo).resync_seconds)
+        await asyncio.sleep(runtime.settings.resync_seconds)
         for store in list(indexes["services"].values()):
-            body = latest(store)
+            body = rt.latest(store)
             if body is None:
                 continue
             try:
-                await reconcile(body, memo, indexes, logger, verify=True)
+                await reconcile(body, runtime, indexes, logger, verify=True)
             except kopf.TemporaryError as exc:
                 logger.warning(f"resync of {body['metadata']['namespace']}/{body['metadata']['name']}: {exc}")
             except Exception:  # one broken object must not stop the resync of all others
@@ -723,9 +605,9 @@ async def _child_changed(
     name = labels.get(kids.LABEL_SERVICE)
     if not name or namespace is None:
         return
-    body = latest(kwargs["services"].get((namespace, name)))
+    body = rt.latest(kwargs["services"].get((namespace, name)))
     if body is not None:
-        await reconcile(body, memo, kwargs, logger)
+        await reconcile(body, rt.of(memo), kwargs, logger)
 
 
 for _group, _version, _plural in CHILD_KINDS:
