@@ -396,7 +396,7 @@ class ServiceView:
     stable_revision: str = ""
     current_revision: str = ""
     pods: tuple[PodView, ...] = ()
-    nodes: Mapping[str, NodeView] = dataclasses.field(default_factory=dict)
+    nodes: Mapping[str, NodeView] = dataclasses.field(default_factory=dict)  # by node name
     memory_limits: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
     replicas: int = 1
     max_replicas: int = 1
@@ -482,20 +482,41 @@ def _live(view: ServiceView) -> list[PodView]:
 
 def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
     """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
+    return tuple(s.finding for s in _sightings(view, now) if s.due)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sighting:
+    """A symptom seen, and whether it is a finding yet: a node condition is seen as soon as it
+    holds, and due once it has held for the grace period (for a cordon, cordonAfter too)."""
+
+    finding: Finding
+    due: bool = True
+
+
+def _sightings(view: ServiceView, now: float) -> list[_Sighting]:
+    """What ``detect`` and the open node incidents (``_unsettled``) both need, from one look
+    through the pods: a pass runs every second for every service, and this is its costly part."""
+    spec, live = view.healing, _live(view)
+    seen = [_Sighting(f) for f in _pod_findings(view, live, now)]
+    if spec.node_failure:
+        seen.extend(_down(view, live, now))
+        seen.extend(_pressure(view, live, now))
+    if spec.slo:
+        seen.extend(_Sighting(f) for f in _slo_breaches(view, now))
+    if spec.maintenance:
+        seen.extend(_Sighting(f) for f in _maintenance(view, live))
+    return seen
+
+
+def _pod_findings(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
+    """Symptoms of single pods; the crash of a new revision is one symptom of the service,
+    since one rollback answers all of its pods."""
     spec = view.healing
     findings: list[Finding] = []
-    failed_nodes = {
-        n.name: n
-        for n in view.nodes.values()
-        if not n.ready and n.not_ready_since is not None and now - n.not_ready_since >= spec.grace
-    }
     new_revision_crash = ""
-    live = _live(view)
     for pod in live:
         pod_ref = f"Pod/{view.namespace}/{pod.name}"
-        on_failed_node = pod.node in failed_nodes or (
-            pod.node in view.nodes and not view.nodes[pod.node].ready
-        )
         ooms = _oom(view, pod, now)
         if ooms:
             # An OOM kill is a crash with a known cause: raise the limit, do not roll back.
@@ -507,74 +528,50 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
         is_new = bool(view.stable_revision) and pod.revision == view.current_revision != view.stable_revision
         if why and is_new and spec.crash_action is CrashLoopAction.ROLLBACK:
             new_revision_crash = new_revision_crash or f"pod {pod.name} of new revision {pod.revision}: {why}"
-            continue
-        if why:
+        elif why:
             symptom = Symptom.POD_FAILED if pod.phase == "Failed" else Symptom.CRASH_LOOP
             findings.append(Finding(symptom, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,)))
-            continue
-        if (
-            spec.crash_loop
-            and pod.phase == "Running"
-            and not pod.ready
-            and not on_failed_node
-            and pod.not_ready_since is not None
-            and now - pod.not_ready_since >= spec.crash_window
-        ):
-            findings.append(
-                Finding(
-                    Symptom.READINESS_FAILING,
-                    view.ref,
-                    pod_ref,
-                    f"pod {pod.name} not ready",
-                    pods=(pod.name,),
-                )
-            )
+        elif _unready(view, pod, now):
+            detail = f"pod {pod.name} not ready"
+            findings.append(Finding(Symptom.READINESS_FAILING, view.ref, pod_ref, detail, pods=(pod.name,)))
     if new_revision_crash:
         findings.append(Finding(Symptom.CRASH_LOOP_NEW_REVISION, view.ref, view.ref, new_revision_crash))
-    if spec.node_failure:
-        for node in sorted(failed_nodes.values(), key=lambda n: n.name):
-            stuck = tuple(sorted(p.name for p in live if p.node == node.name))
-            if stuck:
-                findings.append(
-                    Finding(
-                        Symptom.NODE_NOT_READY,
-                        f"Node/{node.name}",
-                        f"Node/{node.name}",
-                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s; "
-                        f"{len(stuck)} pod(s) of {view.name} on it",
-                        pods=stuck,
-                    )
-                )
-            long_down = node.not_ready_since is not None and now - node.not_ready_since >= spec.cordon_after
-            if long_down and not node.unschedulable:
-                findings.append(
-                    Finding(
-                        Symptom.NODE_DOWN_LONG,
-                        f"Node/{node.name}",
-                        f"Node/{node.name}",
-                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s",
-                    )
-                )
-    if spec.node_failure:
-        findings.extend(_pressure(view, live, now))
-    if spec.slo:
-        findings.extend(_slo_breaches(view, now))
-    if spec.maintenance:
-        names = {p.name for p in live}
-        for req in view.maintenance:
-            if req.node:
-                findings.extend(_node_maintenance(view, live, req))
-            elif req.pod in names:
-                findings.append(
-                    Finding(
-                        Symptom.PREDICTED_EXHAUSTION,
-                        view.ref,
-                        f"Pod/{view.namespace}/{req.pod}",
-                        req.message or f"pod {req.pod} predicted to run out of memory",
-                        pods=(req.pod,),
-                    )
-                )
-    return tuple(findings)
+    return findings
+
+
+def _unready(view: ServiceView, pod: PodView, now: float) -> bool:
+    """Running but not Ready for the crash window; on a node that is not Ready itself, that
+    node is the symptom (``nodes`` is keyed by node name)."""
+    node = view.nodes.get(pod.node)
+    return (
+        view.healing.crash_loop
+        and pod.phase == "Running"
+        and not pod.ready
+        and not (node is not None and not node.ready)
+        and pod.not_ready_since is not None
+        and now - pod.not_ready_since >= view.healing.crash_window
+    )
+
+
+def _down(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sighting]:
+    """Nodes not Ready with pods of the service on them, due after the grace period (move the
+    pods), and nodes not Ready for cordonAfter that are still schedulable (cordon them)."""
+    spec, seen = view.healing, []
+    for node in sorted(view.nodes.values(), key=lambda n: n.name):
+        lasted = None if node.ready or node.not_ready_since is None else now - node.not_ready_since
+        if lasted is None or lasted < 0:  # Ready, or not Ready since a time that is yet to come
+            continue
+        ref, failed = f"Node/{node.name}", lasted >= spec.grace
+        stuck = tuple(sorted(p.name for p in live if p.node == node.name))
+        if stuck:
+            detail = f"node {node.name} not Ready for {lasted:.0f}s; {len(stuck)} pod(s) of {view.name} on it"
+            seen.append(_Sighting(Finding(Symptom.NODE_NOT_READY, ref, ref, detail, pods=stuck), failed))
+        if not node.unschedulable:
+            long_down = Finding(
+                Symptom.NODE_DOWN_LONG, ref, ref, f"node {node.name} not Ready for {lasted:.0f}s"
+            )
+            seen.append(_Sighting(long_down, failed and lasted >= spec.cordon_after))
+    return seen
 
 
 _SLO_SYMPTOMS = {"errorRate": Symptom.ERROR_RATE_BREACH, "latency": Symptom.LATENCY_BREACH}
@@ -615,19 +612,14 @@ def _blind(view: ServiceView) -> frozenset[str]:
 _TIMED = frozenset({Symptom.NODE_NOT_READY, Symptom.NODE_DOWN_LONG, Symptom.NODE_PRESSURE})
 
 
-def _unsettled(view: ServiceView, now: float) -> dict[str, Finding]:
+def _unsettled(seen: Sequence[_Sighting]) -> dict[str, Finding]:
     """Node symptoms whose condition holds, whether or not it has held long enough to be a
     finding. That time is counted from when this process first saw the condition (NodeView
     trusts the later of that and lastTransitionTime), so it starts again after a restart. The
     incidents such a symptom opened in an earlier process go on with it: a drain being verified
     is not taken as done (and then, when the finding shows again, run a second time under a new
     incident), it is resumed; a pending one is not dropped. New incidents still wait."""
-    if not view.healing.node_failure:
-        return {}
-    untimed = dataclasses.replace(
-        view, healing=dataclasses.replace(view.healing, grace=0.0, cordon_after=0.0)
-    )
-    return {f.key: f for f in detect(untimed, now) if f.symptom in _TIMED}
+    return {s.finding.key: s.finding for s in seen if s.finding.symptom in _TIMED}
 
 
 def unproven(view: ServiceView) -> bool:
@@ -635,6 +627,21 @@ def unproven(view: ServiceView) -> bool:
     rolled back): the change is the likeliest cause of a new problem."""
     current = view.current_revision
     return bool(view.stable_revision) and current not in (view.stable_revision, view.rolled_back)
+
+
+def _maintenance(view: ServiceView, live: Sequence[PodView]) -> list[Finding]:
+    """What predictive maintenance asked for about a pod of the service, or about a node one
+    runs on."""
+    names = {p.name for p in live}
+    found = []
+    for req in view.maintenance:
+        if req.node:
+            found.extend(_node_maintenance(view, live, req))
+        elif req.pod in names:
+            detail = req.message or f"pod {req.pod} predicted to run out of memory"
+            target = f"Pod/{view.namespace}/{req.pod}"
+            found.append(Finding(Symptom.PREDICTED_EXHAUSTION, view.ref, target, detail, pods=(req.pod,)))
+    return found
 
 
 def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: MaintenanceRequest) -> list[Finding]:
@@ -651,25 +658,24 @@ def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: Maintenan
     return [Finding(Symptom.PREDICTED_EXHAUSTION, target, target, detail, pods=stuck)]
 
 
-def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
-    """Ready nodes under memory, disk or PID pressure for longer than the grace period, with pods
-    of the service on them: the kubelet will start evicting on its own terms, so move the pods
-    first, through the Eviction API and the disruption budget."""
-    found = []
+def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sighting]:
+    """Ready nodes under memory, disk or PID pressure with pods of the service on them, due after
+    the grace period: the kubelet will start evicting on its own terms, so move the pods first,
+    through the Eviction API and the disruption budget."""
+    seen = []
     for node in sorted(view.nodes.values(), key=lambda n: n.name):
         if not node.ready or not node.pressure or node.pressure_since is None:
             continue
-        if now - node.pressure_since < view.healing.grace:
-            continue
+        lasted = now - node.pressure_since
         stuck = tuple(sorted(p.name for p in live if p.node == node.name))
-        if stuck:
+        if lasted >= 0 and stuck:
             detail = (
                 f"node {node.name} under {', '.join(node.pressure)}; {len(stuck)} pod(s) of {view.name} on it"
             )
-            found.append(
-                Finding(Symptom.NODE_PRESSURE, f"Node/{node.name}", f"Node/{node.name}", detail, pods=stuck)
-            )
-    return found
+            ref = f"Node/{node.name}"
+            pressed = Finding(Symptom.NODE_PRESSURE, ref, ref, detail, pods=stuck)
+            seen.append(_Sighting(pressed, lasted >= view.healing.grace))
+    return seen
 
 
 def ladder(
@@ -949,9 +955,10 @@ class Context:
 
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
-    findings = {f.key: f for f in detect(ctx.view, ctx.now)}
+    seen = _sightings(ctx.view, ctx.now)
+    findings = {s.finding.key: s.finding for s in seen if s.due}
     blind = _blind(ctx.view)
-    ongoing = {**_unsettled(ctx.view, ctx.now), **findings}  # for incidents already open
+    ongoing = {**_unsettled(seen), **findings}  # for incidents already open
     history = list(state.history)
     effects: list[Effect] = []
     incidents: list[Incident] = []
