@@ -183,3 +183,39 @@ def test_an_incident_escalated_by_the_old_version_stays_quiet() -> None:
     state, effects = t.run(state, t.view(t.pod("a", waiting="CrashLoopBackOff")), t.NOW + 600)
     assert effects == ()
     assert [i.as_in_storage() for i in state.incidents] == [raw]
+
+
+TYPED = [
+    ("nothing decided", {}, None, None),
+    ("held", {"action": "RestartPod", "reason": "RateLimit"}, pol.Action.RESTART_POD, pol.Reason.RATE_LIMIT),
+    ("approved", {"action": "DrainNode", "reason": "Approved"}, pol.Action.DRAIN_NODE, pol.Reason.APPROVED),
+    ("no remedy", {"reason": "LadderExhausted"}, None, rem.Reason.LADDER_EXHAUSTED),
+    ("cannot act", {"action": "Rollback", "reason": "CannotAct"}, pol.Action.ROLLBACK, rem.Reason.CANNOT_ACT),
+    (
+        "failed",
+        {"action": "ScaleUp", "reason": "ActionFailed"},
+        pol.Action.SCALE_UP,
+        rem.Reason.ACTION_FAILED,
+    ),
+    ("a reason from elsewhere is forgotten", {"reason": "Whatever"}, None, None),
+]
+
+
+@pytest.mark.parametrize(("fields", "action", "reason"), [r[1:] for r in TYPED], ids=[r[0] for r in TYPED])
+def test_stored_actions_and_reasons_are_read_as_their_types(
+    fields: dict[str, str], action: pol.Action | None, reason: rem.Why | None
+) -> None:
+    incident = rem.Incident.from_storage(stored(*POD, **fields))
+    assert incident is not None
+    assert (incident.action, incident.reason) == (action, reason)
+    assert type(incident.action) is type(action) and type(incident.reason) is type(reason)
+
+
+def test_an_incident_with_an_action_this_version_does_not_know_is_unreadable() -> None:
+    """Like an unknown symptom or phase: what was done cannot be verified or resumed."""
+    assert rem.Incident.from_storage(stored(*POD, action="Reboot")) is None
+
+
+def test_the_reasons_of_an_incident_and_of_the_policy_share_no_value() -> None:
+    """A stored reason names its kind only by its value."""
+    assert not {r.value for r in rem.Reason} & {r.value for r in pol.Reason}

@@ -21,7 +21,7 @@ import enum
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from homeostat.core import policy as pol
 from homeostat.core import spec as specs
@@ -728,6 +728,17 @@ class Phase(enum.StrEnum):
     ESCALATED = "Escalated"  # a human must act; nothing more is done automatically
 
 
+class Reason(enum.StrEnum):
+    """Why an incident stands where it does when it is not the policy's decision (``pol.Reason``)."""
+
+    LADDER_EXHAUSTED = "LadderExhausted"
+    CANNOT_ACT = "CannotAct"  # the action has nothing to work with (no stable revision, no limit)
+    ACTION_FAILED = "ActionFailed"  # the executor could not carry it out
+
+
+Why: TypeAlias = pol.Reason | Reason  # the two share no value, so a stored one reads back as itself
+
+
 @dataclasses.dataclass(frozen=True)
 class Incident:
     key: str
@@ -737,9 +748,9 @@ class Incident:
     since: float
     step: int = 0
     phase: Phase = Phase.PENDING
-    action: str = ""
+    action: pol.Action | None = None  # the action being tried, or last tried
     acted_at: float | None = None
-    reason: str = ""
+    reason: Why | None = None
     message: str = ""
 
     @property
@@ -758,8 +769,8 @@ class Incident:
             "since": self.since,
             "step": self.step,
             "phase": self.phase.value,
-            "action": self.action,
-            "reason": self.reason,
+            "action": "" if self.action is None else self.action.value,
+            "reason": "" if self.reason is None else self.reason.value,
             "message": self.message[:512],
         }
         if self.acted_at is not None:
@@ -768,6 +779,11 @@ class Incident:
 
     @classmethod
     def from_storage(cls, raw: Mapping[str, Any]) -> Incident | None:
+        """None when unreadable. An action and a reason are stored as their values, ``""`` for
+        none: the shape from before they were typed, which operators on either side of an upgrade
+        read. An unknown action makes the incident unreadable, like an unknown symptom or phase
+        (what was done could not be verified or resumed); an unknown reason is only forgotten (it
+        explains the message, and keeps a Held from being told twice)."""
         try:
             acted = raw.get("actedAt")
             return cls(
@@ -778,13 +794,22 @@ class Incident:
                 since=float(raw["since"]),
                 step=int(raw.get("step", 0)),
                 phase=Phase(raw.get("phase", Phase.PENDING.value)),
-                action=str(raw.get("action", "")),
+                action=pol.Action(raw["action"]) if raw.get("action") else None,
                 acted_at=None if acted is None else float(acted),
-                reason=str(raw.get("reason", "")),
+                reason=_reason(raw.get("reason")),
                 message=str(raw.get("message", "")),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _reason(raw: Any) -> Why | None:
+    for kind in (pol.Reason, Reason):
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -843,8 +868,7 @@ class Execute:
 # ScaleUp and RaiseMemoryLimit are left out: recomputed from a spec they already changed, they
 # would go one step further.
 _RESUMABLE = frozenset(
-    a.value
-    for a in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS, pol.Action.DRAIN_NODE, pol.Action.ROLLBACK)
+    {pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS, pol.Action.DRAIN_NODE, pol.Action.ROLLBACK}
 )
 
 
@@ -864,7 +888,7 @@ class Escalate:
     incident: str
     target: str
     cause: Symptom
-    reason: str
+    reason: Why
     message: str
 
 
@@ -1005,12 +1029,12 @@ def _advance(
         if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
             # Only while the symptom still calls for this action: a revision proven stable
             # meanwhile is not rolled back because a rollback was once decided.
-            if finding is not None and incident.action in _RESUMABLE:
-                action = pol.Action(incident.action)
-                if action in _ladder_for(finding, ctx.view):
-                    resumed = _parameters(incident, finding, action, ctx.view, incident.acted_at or now)
-                    if isinstance(resumed, Execute):
-                        effects.append(dataclasses.replace(resumed, resume=True))
+            action = incident.action
+            if finding is not None and action in _RESUMABLE and action in _ladder_for(finding, ctx.view):
+                assert action is not None  # every resumable action is one
+                resumed = _parameters(incident, finding, action, ctx.view, incident.acted_at or now)
+                if isinstance(resumed, Execute):
+                    effects.append(dataclasses.replace(resumed, resume=True))
             return incident, history
         history = _settle(history, incident, pol.Outcome.FAILED)
         if finding is None:
@@ -1031,9 +1055,11 @@ def _advance(
     if incident.step >= len(actions):
         why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"
         effects.append(
-            Escalate(key, incident.target, incident.symptom, "LadderExhausted", f"{finding.detail}: {why}")
+            Escalate(
+                key, incident.target, incident.symptom, Reason.LADDER_EXHAUSTED, f"{finding.detail}: {why}"
+            )
         )
-        return _escalated(incident, "", "LadderExhausted", why), history
+        return _escalated(incident, None, Reason.LADDER_EXHAUSTED, why), history
     action = actions[incident.step]
     request = request_for(incident, action, ctx.view)
     approval = _answer_for(incident, ctx)
@@ -1042,9 +1068,11 @@ def _advance(
         effect = _parameters(incident, finding, action, ctx.view, now)
         if isinstance(effect, str):
             effects.append(
-                Escalate(key, incident.target, incident.symptom, "CannotAct", f"{finding.detail}: {effect}")
+                Escalate(
+                    key, incident.target, incident.symptom, Reason.CANNOT_ACT, f"{finding.detail}: {effect}"
+                )
             )
-            return _escalated(incident, action.value, "CannotAct", effect), history
+            return _escalated(incident, action, Reason.CANNOT_ACT, effect), history
         record = pol.Record(
             action,
             incident.target,
@@ -1058,9 +1086,9 @@ def _advance(
         acting = dataclasses.replace(
             incident,
             phase=Phase.VERIFYING,
-            action=action.value,
+            action=action,
             acted_at=now,
-            reason=decision.reason.value,
+            reason=decision.reason,
             message=decision.message,
         )
         return acting, [*history, record]
@@ -1072,28 +1100,28 @@ def _advance(
         waiting = dataclasses.replace(
             incident,
             phase=Phase.AWAITING_APPROVAL,
-            action=action.value,
-            reason=decision.reason.value,
+            action=action,
+            reason=decision.reason,
             message=decision.message,
         )
         return waiting, history
     if decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
         text = f"{finding.detail}: {decision.message}"
-        effects.append(Escalate(key, incident.target, incident.symptom, decision.reason.value, text))
-        return _escalated(incident, action.value, decision.reason.value, decision.message), history
-    if (incident.reason, incident.action) != (decision.reason.value, action.value):
+        effects.append(Escalate(key, incident.target, incident.symptom, decision.reason, text))
+        return _escalated(incident, action, decision.reason, decision.message), history
+    if (incident.reason, incident.action) != (decision.reason, action):
         effects.append(Held(key, incident.target, action, decision.reason, decision.message))
     held = dataclasses.replace(
         incident,
         phase=Phase.PENDING,
-        action=action.value,
-        reason=decision.reason.value,
+        action=action,
+        reason=decision.reason,
         message=decision.message,
     )
     return held, history
 
 
-def _escalated(incident: Incident, action: str, reason: str, message: str) -> Incident:
+def _escalated(incident: Incident, action: pol.Action | None, reason: Why, message: str) -> Incident:
     return dataclasses.replace(
         incident, phase=Phase.ESCALATED, action=action or incident.action, reason=reason, message=message
     )
@@ -1126,7 +1154,7 @@ def action_failed(state: HealingState, incident_key: str, message: str, now: flo
                 step=incident.step + 1,
                 phase=Phase.PENDING,
                 acted_at=None,
-                reason="ActionFailed",
+                reason=Reason.ACTION_FAILED,
                 message=message,
             )
             incidents.append(failed)
