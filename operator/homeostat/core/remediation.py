@@ -977,28 +977,96 @@ class Context:
     now: float
 
 
+class _Step:
+    """The working state of one ``step`` call; it never outlives the call.
+
+    Incidents are advanced one at a time, oldest first: ``i`` is the one at hand and ``finding``
+    what it shows now (None once it is gone), between ``begin`` and ``end``. ``history`` and
+    ``effects`` gather what every incident so far did, so a guard sees the actions taken earlier
+    in the same pass.
+    """
+
+    i: Incident
+    finding: Finding | None
+    over: bool  # resolved or dropped: not kept
+
+    def __init__(self, state: HealingState, ctx: Context, ongoing: Mapping[str, Finding]) -> None:
+        self.ctx = ctx
+        self.now = ctx.now
+        self.ongoing = ongoing
+        self.history = list(state.history)
+        self.effects: list[Effect] = []
+        self.kept: list[Incident] = []
+
+    def begin(self, incident: Incident) -> None:
+        self.i = incident
+        self.finding = self.ongoing.get(incident.key)
+        self.over = False
+
+    def end(self) -> None:
+        if not self.over:
+            self.kept.append(self.i)
+
+    def set(self, **changes: Any) -> None:
+        self.i = dataclasses.replace(self.i, **changes)
+
+    def decided(self, phase: Phase, action: pol.Action, decision: pol.Decision, **changes: Any) -> None:
+        """The incident stands where the policy's decision about ``action`` puts it."""
+        self.set(phase=phase, action=action, reason=decision.reason, message=decision.message, **changes)
+
+    def emit(self, effect: Effect) -> None:
+        self.effects.append(effect)
+
+    def resolve(self, message: str, *, succeeded: bool = True) -> None:
+        self.emit(Resolved(self.i.key, self.i.target, self.i.symptom, succeeded, message))
+        self.drop()
+
+    def drop(self) -> None:
+        self.over = True
+
+    def escalate(self, reason: Why, finding: Finding, why: str, action: pol.Action | None = None) -> None:
+        """Hand the incident to a human; ``action`` is the one it was about, if not the last."""
+        self.emit(Escalate(self.i.key, self.i.target, self.i.symptom, reason, f"{finding.detail}: {why}"))
+        self.set(phase=Phase.ESCALATED, action=action or self.i.action, reason=reason, message=why)
+
+    def record(self, action: pol.Action) -> None:
+        """The history entry of an action, written before the action runs (write-ahead)."""
+        i, view = self.i, self.ctx.view
+        at, outcome = self.now, pol.Outcome.IN_PROGRESS
+        self.history.append(pol.Record(action, i.target, i.subject, view.namespace, view.name, at, outcome))
+
+    def settle(self, outcome: pol.Outcome) -> None:
+        self.history = _settle(self.history, self.i, outcome)
+
+    def state(self) -> HealingState:
+        # In the order advanced, oldest first (since and key never change): the limit drops the oldest.
+        return HealingState(
+            tuple(self.kept[-INCIDENT_LIMIT:]), _prune(self.history, self.ctx.policy, self.now)
+        )
+
+
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
     seen = _sightings(ctx.view, ctx.now)
     findings = {s.finding.key: s.finding for s in seen if s.due}
     blind = _blind(ctx.view)
-    ongoing = {**_unsettled(seen), **findings}  # for incidents already open
-    history = list(state.history)
-    effects: list[Effect] = []
-    incidents: list[Incident] = []
+    b = _Step(state, ctx, {**_unsettled(seen), **findings})  # incidents already open go on with these
+    for incident in _open(state, findings, ctx.now):
+        b.begin(incident)
+        # An unknown is neither cleared nor failed: the incident waits for an answer.
+        if incident.key not in blind or incident.key in findings:
+            _advance(b)
+        b.end()
+    return b.state(), tuple(b.effects)
+
+
+def _open(state: HealingState, findings: Mapping[str, Finding], now: float) -> list[Incident]:
+    """The stored incidents and a new one for each finding that has none, oldest first."""
     known = {i.key: i for i in state.incidents}
     for key, finding in findings.items():
         if key not in known:
-            known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=ctx.now)
-    for _, current in sorted(known.items(), key=lambda kv: (kv[1].since, kv[0])):
-        if current.key in blind and current.key not in findings:
-            incidents.append(current)  # unknown is neither cleared nor failed: wait for an answer
-            continue
-        kept, history = _advance(current, ongoing, history, effects, ctx)
-        if kept is not None:
-            incidents.append(kept)
-    ordered = tuple(sorted(incidents, key=lambda i: (i.since, i.key))[-INCIDENT_LIMIT:])
-    return HealingState(ordered, _prune(history, ctx.policy, ctx.now)), tuple(effects)
+            known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=now)
+    return sorted(known.values(), key=lambda i: (i.since, i.key))
 
 
 def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
@@ -1010,121 +1078,99 @@ def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
     return approval
 
 
-def _advance(
-    incident: Incident,
-    findings: Mapping[str, Finding],
-    history: list[pol.Record],
-    effects: list[Effect],
-    ctx: Context,
-) -> tuple[Incident | None, list[pol.Record]]:
-    """The incident after this pass (None when it is over), and the history; appends effects."""
-    now, key = ctx.now, incident.key
-    finding = findings.get(key)
-    if incident.phase is Phase.VERIFYING:
-        if _cleared(incident, findings):
-            history = _settle(history, incident, pol.Outcome.SUCCEEDED)
-            text = f"{incident.action} cleared {incident.symptom.value} on {incident.target}"
-            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
-            return None, history
-        if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
-            # Only while the symptom still calls for this action: a revision proven stable
-            # meanwhile is not rolled back because a rollback was once decided.
-            action = incident.action
-            if finding is not None and action in _RESUMABLE and action in _ladder_for(finding, ctx.view):
-                assert action is not None  # every resumable action is one
-                resumed = _parameters(incident, finding, action, ctx.view, incident.acted_at or now)
-                if isinstance(resumed, Execute):
-                    effects.append(dataclasses.replace(resumed, resume=True))
-            return incident, history
-        history = _settle(history, incident, pol.Outcome.FAILED)
-        if finding is None:
-            # Its own target is gone, but the subject still shows the symptom: not effective.
-            text = f"{incident.action} did not clear {incident.symptom.value} on {incident.subject}"
-            effects.append(Resolved(key, incident.target, incident.symptom, False, text))
-            return None, history
-        incident = dataclasses.replace(incident, step=incident.step + 1, phase=Phase.PENDING, acted_at=None)
-    if finding is None:
-        # Cleared without (further) action; an approval still awaited is simply never used.
-        if incident.phase is not Phase.ESCALATED:
-            text = f"{incident.symptom.value} on {incident.target} cleared"
-            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
-        return None, history
-    if incident.phase is Phase.ESCALATED:
-        return incident, history
-    actions = _ladder_for(finding, ctx.view)
-    if incident.step >= len(actions):
-        why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"
-        effects.append(
-            Escalate(
-                key, incident.target, incident.symptom, Reason.LADDER_EXHAUSTED, f"{finding.detail}: {why}"
-            )
-        )
-        return _escalated(incident, None, Reason.LADDER_EXHAUSTED, why), history
-    action = actions[incident.step]
-    request = request_for(incident, action, ctx.view)
-    approval = _answer_for(incident, ctx)
-    decision = pol.decide(ctx.policy, request, [*ctx.others, *history], ctx.cluster, now, approval=approval)
+def _advance(b: _Step) -> None:
+    """The incident at hand through one pass: verify what was done, or take the next step."""
+    if b.i.phase is Phase.VERIFYING:
+        _verify(b)
+    elif b.finding is None:
+        _cleared_by_itself(b)
+    elif b.i.phase is not Phase.ESCALATED:
+        _climb(b, b.finding)
+
+
+def _verify(b: _Step) -> None:
+    """After an action: cleared, still within the verify window, or failed (the next step)."""
+    i, finding = b.i, b.finding
+    if _cleared(i, b.ongoing):
+        b.settle(pol.Outcome.SUCCEEDED)
+        b.resolve(f"{i.action} cleared {i.symptom.value} on {i.target}")
+    elif b.now < (i.acted_at or b.now) + b.ctx.policy.verify_seconds:
+        _resume(b)
+    elif finding is None:
+        # Its own target is gone, but the subject still shows the symptom: not effective.
+        b.settle(pol.Outcome.FAILED)
+        b.resolve(f"{i.action} did not clear {i.symptom.value} on {i.subject}", succeeded=False)
+    else:
+        b.settle(pol.Outcome.FAILED)
+        b.set(step=i.step + 1, phase=Phase.PENDING, acted_at=None)
+        _climb(b, finding)
+
+
+def _resume(b: _Step) -> None:
+    """Ask for the action again while it is verified (``Execute.resume``), but only while the
+    symptom still calls for it: a revision proven stable meanwhile is not rolled back because
+    a rollback was once decided."""
+    i, finding, action = b.i, b.finding, b.i.action
+    if finding is None or action is None or action not in _RESUMABLE:
+        return
+    if action in _ladder_for(finding, b.ctx.view):
+        resumed = _parameters(i, finding, action, b.ctx.view, i.acted_at or b.now)
+        if isinstance(resumed, Execute):
+            b.emit(dataclasses.replace(resumed, resume=True))
+
+
+def _cleared_by_itself(b: _Step) -> None:
+    """Cleared without (further) action; an approval still awaited is simply never used."""
+    if b.i.phase is Phase.ESCALATED:
+        b.drop()
+    else:
+        b.resolve(f"{b.i.symptom.value} on {b.i.target} cleared")
+
+
+def _climb(b: _Step, finding: Finding) -> None:
+    """The next action on the incident's ladder, as far as the policy lets it go now."""
+    actions = _ladder_for(finding, b.ctx.view)
+    if b.i.step >= len(actions):
+        why = "no automatic remedy" if not actions else f"{b.i.step} action(s) did not clear it"
+        b.escalate(Reason.LADDER_EXHAUSTED, finding, why)
+        return
+    action = actions[b.i.step]
+    request = request_for(b.i, action, b.ctx.view)
+    ctx, seen = b.ctx, [*b.ctx.others, *b.history]
+    decision = pol.decide(ctx.policy, request, seen, ctx.cluster, b.now, approval=_answer_for(b.i, ctx))
     if decision.verdict is pol.Verdict.EXECUTE:
-        effect = _parameters(incident, finding, action, ctx.view, now)
-        if isinstance(effect, str):
-            effects.append(
-                Escalate(
-                    key, incident.target, incident.symptom, Reason.CANNOT_ACT, f"{finding.detail}: {effect}"
-                )
-            )
-            return _escalated(incident, action, Reason.CANNOT_ACT, effect), history
-        record = pol.Record(
-            action,
-            incident.target,
-            incident.subject,
-            ctx.view.namespace,
-            ctx.view.name,
-            now,
-            pol.Outcome.IN_PROGRESS,
-        )
-        effects.append(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
-        acting = dataclasses.replace(
-            incident,
-            phase=Phase.VERIFYING,
-            action=action,
-            acted_at=now,
-            reason=decision.reason,
-            message=decision.message,
-        )
-        return acting, [*history, record]
-    if decision.verdict is pol.Verdict.NEEDS_APPROVAL:
-        assert decision.rule is not None  # decide always names the rule it asks approval under
-        # Sent on every pass: the gate finds the existing request by action + target + cause +
-        # occurrence.
-        effects.append(AskApproval(key, request, decision.rule, finding.detail, incident.occurrence))
-        waiting = dataclasses.replace(
-            incident,
-            phase=Phase.AWAITING_APPROVAL,
-            action=action,
-            reason=decision.reason,
-            message=decision.message,
-        )
-        return waiting, history
-    if decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
-        text = f"{finding.detail}: {decision.message}"
-        effects.append(Escalate(key, incident.target, incident.symptom, decision.reason, text))
-        return _escalated(incident, action, decision.reason, decision.message), history
-    if (incident.reason, incident.action) != (decision.reason, action):
-        effects.append(Held(key, incident.target, action, decision.reason, decision.message))
-    held = dataclasses.replace(
-        incident,
-        phase=Phase.PENDING,
-        action=action,
-        reason=decision.reason,
-        message=decision.message,
-    )
-    return held, history
+        _execute(b, finding, action, decision)
+    elif decision.verdict is pol.Verdict.NEEDS_APPROVAL:
+        _ask(b, finding, request, decision)
+    elif decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
+        b.escalate(decision.reason, finding, decision.message, action)
+    else:
+        _hold(b, action, decision)
 
 
-def _escalated(incident: Incident, action: pol.Action | None, reason: Why, message: str) -> Incident:
-    return dataclasses.replace(
-        incident, phase=Phase.ESCALATED, action=action or incident.action, reason=reason, message=message
-    )
+def _execute(b: _Step, finding: Finding, action: pol.Action, decision: pol.Decision) -> None:
+    effect = _parameters(b.i, finding, action, b.ctx.view, b.now)
+    if isinstance(effect, str):
+        b.escalate(Reason.CANNOT_ACT, finding, effect, action)
+        return
+    b.record(action)
+    b.emit(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
+    b.decided(Phase.VERIFYING, action, decision, acted_at=b.now)
+
+
+def _ask(b: _Step, finding: Finding, request: pol.Request, decision: pol.Decision) -> None:
+    assert decision.rule is not None  # decide always names the rule it asks approval under
+    # Sent on every pass: the gate finds the existing request by action + target + cause +
+    # occurrence.
+    b.emit(AskApproval(b.i.key, request, decision.rule, finding.detail, b.i.occurrence))
+    b.decided(Phase.AWAITING_APPROVAL, request.action, decision)
+
+
+def _hold(b: _Step, action: pol.Action, decision: pol.Decision) -> None:
+    """A guard holds the action back; told once per reason and action, not on every pass."""
+    if (b.i.reason, b.i.action) != (decision.reason, action):
+        b.emit(Held(b.i.key, b.i.target, action, decision.reason, decision.message))
+    b.decided(Phase.PENDING, action, decision)
 
 
 # Symptoms of single pods: their remedy is judged by the health of the whole service, so a
