@@ -5,16 +5,20 @@ rollback of the upgrade reads what the new one stored; so the stored shape is a 
 an implementation detail. ``WRITTEN`` is ``status.healing`` as commit 7fc3d32 wrote it, copied
 from its output; the table has an incident in that shape (actions, reasons and phases as plain
 strings, ``""`` for none) for every place an incident can stand. Each must come back field for
-field, key for key, and go on from where it was.
+field, key for key, and go on from where it was; and every state the model check reaches must
+store only strings the old version could have written (inv_old_shape).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from typing import Any
 
 import pytest
 import test_remediation as t
+import test_remediation_model as model
 
 from homeostat.core import policy as pol
 from homeostat.core import remediation as rem
@@ -219,3 +223,45 @@ def test_an_incident_with_an_action_this_version_does_not_know_is_unreadable() -
 def test_the_reasons_of_an_incident_and_of_the_policy_share_no_value() -> None:
     """A stored reason names its kind only by its value."""
     assert not {r.value for r in rem.Reason} & {r.value for r in pol.Reason}
+
+
+# The strings the old version could write: "" for none, a policy action, a policy reason or one
+# of its own three reasons. Spelled out, so that renaming a value in the code fails here.
+OLD_ACTIONS = {
+    "",
+    "RestartPod",
+    "Rollback",
+    "ReschedulePods",
+    "CordonNode",
+    "DrainNode",
+    "ScaleUp",
+    "RaiseMemoryLimit",
+}
+OLD_REASONS = {"", "LadderExhausted", "CannotAct", "ActionFailed", *(r.value for r in pol.Reason)}
+
+
+def test_every_state_the_model_reaches_is_stored_in_the_old_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """inv_old_shape, over the worlds of the model check (test_remediation_model): every state
+    ``step`` returns stores its actions and reasons as plain strings the old version knew."""
+    reached: list[rem.HealingState] = []
+    real = rem.step
+
+    def spy(state: rem.HealingState, ctx: rem.Context) -> tuple[rem.HealingState, tuple[rem.Effect, ...]]:
+        after = real(state, ctx)
+        reached.append(after[0])
+        return after
+
+    monkeypatch.setattr(rem, "step", spy)
+    rng = random.Random(15)
+    for events in [
+        *itertools.product(model.EVENTS, repeat=2),
+        *([rng.choice(model.EVENTS) for _ in range(30)] for _ in range(200)),
+    ]:
+        model.simulate(events)
+    # As as_in_storage hands them to the status patch: plain str, not a str-enum that only
+    # happens to serialise the same way.
+    incidents = [i for state in reached for i in state.as_in_storage()["incidents"]]
+    assert all(type(i["action"]) is str and type(i["reason"]) is str for i in incidents), "inv_old_shape"
+    assert {i["action"] for i in incidents} <= OLD_ACTIONS, "inv_old_shape"
+    assert {i["reason"] for i in incidents} <= OLD_REASONS, "inv_old_shape"
+    assert {"DrainNode", "RestartPod"} <= {i["action"] for i in incidents}  # the search got somewhere
