@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -212,6 +213,33 @@ DETECT = [
 @pytest.mark.parametrize(("service", "expected"), [d[1:] for d in DETECT], ids=[d[0] for d in DETECT])
 def test_detect(service: rem.ServiceView, expected: list[rem.Symptom]) -> None:
     assert sorted(f.symptom for f in rem.detect(service, NOW)) == sorted(expected)
+
+
+class Scanned(tuple[rem.PodView, ...]):
+    """A service's pods that count how often they are looked through."""
+
+    scans = 0
+
+    def __iter__(self) -> Iterator[rem.PodView]:
+        self.scans += 1
+        return super().__iter__()
+
+
+SCANS = [
+    ("crash loops only", rem.parse_healing({"crashLoop": {}})),
+    ("node failures only", rem.parse_healing({"nodeFailure": {"gracePeriod": "30s"}})),
+    ("everything", ALL_ON),
+]
+
+
+@pytest.mark.parametrize("healing", [s[1] for s in SCANS], ids=[s[0] for s in SCANS])
+def test_a_pass_looks_through_the_pods_once(healing: rem.HealingSpec) -> None:
+    """Detection is the costly part of a pass, which runs every second for every service: the
+    open node incidents (judged with the grace periods left out) come from the same look."""
+    pods = Scanned((pod("a", node="n1"), pod("b", node="n2", phase="Failed", exit_code=1)))
+    nodes = (node("n1", ready=False, down_for=10), node("n2", pressure_for=60))
+    _, effects = run(rem.HealingState(), view(pods=pods, nodes=nodes, healing=healing), NOW)
+    assert effects and pods.scans == 1
 
 
 def test_node_not_ready_since_is_the_later_of_condition_and_first_sight() -> None:

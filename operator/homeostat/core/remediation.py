@@ -21,7 +21,7 @@ import enum
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from homeostat.core import children as kids
 from homeostat.core import policy as pol
@@ -398,7 +398,7 @@ class ServiceView:
     stable_revision: str = ""
     current_revision: str = ""
     pods: tuple[PodView, ...] = ()
-    nodes: Mapping[str, NodeView] = dataclasses.field(default_factory=dict)
+    nodes: Mapping[str, NodeView] = dataclasses.field(default_factory=dict)  # by node name
     memory_limits: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
     replicas: int = 1
     max_replicas: int = 1
@@ -484,20 +484,41 @@ def _live(view: ServiceView) -> list[PodView]:
 
 def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
     """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
+    return tuple(s.finding for s in _sightings(view, now) if s.due)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sighting:
+    """A symptom seen, and whether it is a finding yet: a node condition is seen as soon as it
+    holds, and due once it has held for the grace period (for a cordon, cordonAfter too)."""
+
+    finding: Finding
+    due: bool = True
+
+
+def _sightings(view: ServiceView, now: float) -> list[_Sighting]:
+    """What ``detect`` and the open node incidents (``_unsettled``) both need, from one look
+    through the pods: a pass runs every second for every service, and this is its costly part."""
+    spec, live = view.healing, _live(view)
+    seen = [_Sighting(f) for f in _pod_findings(view, live, now)]
+    if spec.node_failure:
+        seen.extend(_down(view, live, now))
+        seen.extend(_pressure(view, live, now))
+    if spec.slo:
+        seen.extend(_Sighting(f) for f in _slo_breaches(view, now))
+    if spec.maintenance:
+        seen.extend(_Sighting(f) for f in _maintenance(view, live))
+    return seen
+
+
+def _pod_findings(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
+    """Symptoms of single pods; the crash of a new revision is one symptom of the service,
+    since one rollback answers all of its pods."""
     spec = view.healing
     findings: list[Finding] = []
-    failed_nodes = {
-        n.name: n
-        for n in view.nodes.values()
-        if not n.ready and n.not_ready_since is not None and now - n.not_ready_since >= spec.grace
-    }
     new_revision_crash = ""
-    live = _live(view)
     for pod in live:
         pod_ref = f"Pod/{view.namespace}/{pod.name}"
-        on_failed_node = pod.node in failed_nodes or (
-            pod.node in view.nodes and not view.nodes[pod.node].ready
-        )
         ooms = _oom(view, pod, now)
         if ooms:
             # An OOM kill is a crash with a known cause: raise the limit, do not roll back.
@@ -509,74 +530,50 @@ def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
         is_new = bool(view.stable_revision) and pod.revision == view.current_revision != view.stable_revision
         if why and is_new and spec.crash_action is CrashLoopAction.ROLLBACK:
             new_revision_crash = new_revision_crash or f"pod {pod.name} of new revision {pod.revision}: {why}"
-            continue
-        if why:
+        elif why:
             symptom = Symptom.POD_FAILED if pod.phase == "Failed" else Symptom.CRASH_LOOP
             findings.append(Finding(symptom, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,)))
-            continue
-        if (
-            spec.crash_loop
-            and pod.phase == "Running"
-            and not pod.ready
-            and not on_failed_node
-            and pod.not_ready_since is not None
-            and now - pod.not_ready_since >= spec.crash_window
-        ):
-            findings.append(
-                Finding(
-                    Symptom.READINESS_FAILING,
-                    view.ref,
-                    pod_ref,
-                    f"pod {pod.name} not ready",
-                    pods=(pod.name,),
-                )
-            )
+        elif _unready(view, pod, now):
+            detail = f"pod {pod.name} not ready"
+            findings.append(Finding(Symptom.READINESS_FAILING, view.ref, pod_ref, detail, pods=(pod.name,)))
     if new_revision_crash:
         findings.append(Finding(Symptom.CRASH_LOOP_NEW_REVISION, view.ref, view.ref, new_revision_crash))
-    if spec.node_failure:
-        for node in sorted(failed_nodes.values(), key=lambda n: n.name):
-            stuck = tuple(sorted(p.name for p in live if p.node == node.name))
-            if stuck:
-                findings.append(
-                    Finding(
-                        Symptom.NODE_NOT_READY,
-                        f"Node/{node.name}",
-                        f"Node/{node.name}",
-                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s; "
-                        f"{len(stuck)} pod(s) of {view.name} on it",
-                        pods=stuck,
-                    )
-                )
-            long_down = node.not_ready_since is not None and now - node.not_ready_since >= spec.cordon_after
-            if long_down and not node.unschedulable:
-                findings.append(
-                    Finding(
-                        Symptom.NODE_DOWN_LONG,
-                        f"Node/{node.name}",
-                        f"Node/{node.name}",
-                        f"node {node.name} not Ready for {now - (node.not_ready_since or now):.0f}s",
-                    )
-                )
-    if spec.node_failure:
-        findings.extend(_pressure(view, live, now))
-    if spec.slo:
-        findings.extend(_slo_breaches(view, now))
-    if spec.maintenance:
-        names = {p.name for p in live}
-        for req in view.maintenance:
-            if req.node:
-                findings.extend(_node_maintenance(view, live, req))
-            elif req.pod in names:
-                findings.append(
-                    Finding(
-                        Symptom.PREDICTED_EXHAUSTION,
-                        view.ref,
-                        f"Pod/{view.namespace}/{req.pod}",
-                        req.message or f"pod {req.pod} predicted to run out of memory",
-                        pods=(req.pod,),
-                    )
-                )
-    return tuple(findings)
+    return findings
+
+
+def _unready(view: ServiceView, pod: PodView, now: float) -> bool:
+    """Running but not Ready for the crash window; on a node that is not Ready itself, that
+    node is the symptom (``nodes`` is keyed by node name)."""
+    node = view.nodes.get(pod.node)
+    return (
+        view.healing.crash_loop
+        and pod.phase == "Running"
+        and not pod.ready
+        and not (node is not None and not node.ready)
+        and pod.not_ready_since is not None
+        and now - pod.not_ready_since >= view.healing.crash_window
+    )
+
+
+def _down(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sighting]:
+    """Nodes not Ready with pods of the service on them, due after the grace period (move the
+    pods), and nodes not Ready for cordonAfter that are still schedulable (cordon them)."""
+    spec, seen = view.healing, []
+    for node in sorted(view.nodes.values(), key=lambda n: n.name):
+        lasted = None if node.ready or node.not_ready_since is None else now - node.not_ready_since
+        if lasted is None or lasted < 0:  # Ready, or not Ready since a time that is yet to come
+            continue
+        ref, failed = f"Node/{node.name}", lasted >= spec.grace
+        stuck = tuple(sorted(p.name for p in live if p.node == node.name))
+        if stuck:
+            detail = f"node {node.name} not Ready for {lasted:.0f}s; {len(stuck)} pod(s) of {view.name} on it"
+            seen.append(_Sighting(Finding(Symptom.NODE_NOT_READY, ref, ref, detail, pods=stuck), failed))
+        if not node.unschedulable:
+            long_down = Finding(
+                Symptom.NODE_DOWN_LONG, ref, ref, f"node {node.name} not Ready for {lasted:.0f}s"
+            )
+            seen.append(_Sighting(long_down, failed and lasted >= spec.cordon_after))
+    return seen
 
 
 _SLO_SYMPTOMS = {"errorRate": Symptom.ERROR_RATE_BREACH, "latency": Symptom.LATENCY_BREACH}
@@ -617,19 +614,14 @@ def _blind(view: ServiceView) -> frozenset[str]:
 _TIMED = frozenset({Symptom.NODE_NOT_READY, Symptom.NODE_DOWN_LONG, Symptom.NODE_PRESSURE})
 
 
-def _unsettled(view: ServiceView, now: float) -> dict[str, Finding]:
+def _unsettled(seen: Sequence[_Sighting]) -> dict[str, Finding]:
     """Node symptoms whose condition holds, whether or not it has held long enough to be a
     finding. That time is counted from when this process first saw the condition (NodeView
     trusts the later of that and lastTransitionTime), so it starts again after a restart. The
     incidents such a symptom opened in an earlier process go on with it: a drain being verified
     is not taken as done (and then, when the finding shows again, run a second time under a new
     incident), it is resumed; a pending one is not dropped. New incidents still wait."""
-    if not view.healing.node_failure:
-        return {}
-    untimed = dataclasses.replace(
-        view, healing=dataclasses.replace(view.healing, grace=0.0, cordon_after=0.0)
-    )
-    return {f.key: f for f in detect(untimed, now) if f.symptom in _TIMED}
+    return {s.finding.key: s.finding for s in seen if s.finding.symptom in _TIMED}
 
 
 def unproven(view: ServiceView) -> bool:
@@ -637,6 +629,21 @@ def unproven(view: ServiceView) -> bool:
     rolled back): the change is the likeliest cause of a new problem."""
     current = view.current_revision
     return bool(view.stable_revision) and current not in (view.stable_revision, view.rolled_back)
+
+
+def _maintenance(view: ServiceView, live: Sequence[PodView]) -> list[Finding]:
+    """What predictive maintenance asked for about a pod of the service, or about a node one
+    runs on."""
+    names = {p.name for p in live}
+    found = []
+    for req in view.maintenance:
+        if req.node:
+            found.extend(_node_maintenance(view, live, req))
+        elif req.pod in names:
+            detail = req.message or f"pod {req.pod} predicted to run out of memory"
+            target = f"Pod/{view.namespace}/{req.pod}"
+            found.append(Finding(Symptom.PREDICTED_EXHAUSTION, view.ref, target, detail, pods=(req.pod,)))
+    return found
 
 
 def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: MaintenanceRequest) -> list[Finding]:
@@ -653,25 +660,24 @@ def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: Maintenan
     return [Finding(Symptom.PREDICTED_EXHAUSTION, target, target, detail, pods=stuck)]
 
 
-def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
-    """Ready nodes under memory, disk or PID pressure for longer than the grace period, with pods
-    of the service on them: the kubelet will start evicting on its own terms, so move the pods
-    first, through the Eviction API and the disruption budget."""
-    found = []
+def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sighting]:
+    """Ready nodes under memory, disk or PID pressure with pods of the service on them, due after
+    the grace period: the kubelet will start evicting on its own terms, so move the pods first,
+    through the Eviction API and the disruption budget."""
+    seen = []
     for node in sorted(view.nodes.values(), key=lambda n: n.name):
         if not node.ready or not node.pressure or node.pressure_since is None:
             continue
-        if now - node.pressure_since < view.healing.grace:
-            continue
+        lasted = now - node.pressure_since
         stuck = tuple(sorted(p.name for p in live if p.node == node.name))
-        if stuck:
+        if lasted >= 0 and stuck:
             detail = (
                 f"node {node.name} under {', '.join(node.pressure)}; {len(stuck)} pod(s) of {view.name} on it"
             )
-            found.append(
-                Finding(Symptom.NODE_PRESSURE, f"Node/{node.name}", f"Node/{node.name}", detail, pods=stuck)
-            )
-    return found
+            ref = f"Node/{node.name}"
+            pressed = Finding(Symptom.NODE_PRESSURE, ref, ref, detail, pods=stuck)
+            seen.append(_Sighting(pressed, lasted >= view.healing.grace))
+    return seen
 
 
 def ladder(
@@ -724,6 +730,17 @@ class Phase(enum.StrEnum):
     ESCALATED = "Escalated"  # a human must act; nothing more is done automatically
 
 
+class Reason(enum.StrEnum):
+    """Why an incident stands where it does when it is not the policy's decision (``pol.Reason``)."""
+
+    LADDER_EXHAUSTED = "LadderExhausted"
+    CANNOT_ACT = "CannotAct"  # the action has nothing to work with (no stable revision, no limit)
+    ACTION_FAILED = "ActionFailed"  # the executor could not carry it out
+
+
+Why: TypeAlias = pol.Reason | Reason  # the two share no value, so a stored one reads back as itself
+
+
 @dataclasses.dataclass(frozen=True)
 class Incident:
     key: str
@@ -733,9 +750,9 @@ class Incident:
     since: float
     step: int = 0
     phase: Phase = Phase.PENDING
-    action: str = ""
+    action: pol.Action | None = None  # the action being tried, or last tried
     acted_at: float | None = None
-    reason: str = ""
+    reason: Why | None = None
     message: str = ""
 
     @property
@@ -754,8 +771,8 @@ class Incident:
             "since": self.since,
             "step": self.step,
             "phase": self.phase.value,
-            "action": self.action,
-            "reason": self.reason,
+            "action": "" if self.action is None else self.action.value,
+            "reason": "" if self.reason is None else self.reason.value,
             "message": self.message[:512],
         }
         if self.acted_at is not None:
@@ -764,6 +781,11 @@ class Incident:
 
     @classmethod
     def from_storage(cls, raw: Mapping[str, Any]) -> Incident | None:
+        """None when unreadable. An action and a reason are stored as their values, ``""`` for
+        none: the shape from before they were typed, which operators on either side of an upgrade
+        read. An unknown action makes the incident unreadable, like an unknown symptom or phase
+        (what was done could not be verified or resumed); an unknown reason is only forgotten (it
+        explains the message, and keeps a Held from being told twice)."""
         try:
             acted = raw.get("actedAt")
             return cls(
@@ -774,13 +796,22 @@ class Incident:
                 since=float(raw["since"]),
                 step=int(raw.get("step", 0)),
                 phase=Phase(raw.get("phase", Phase.PENDING.value)),
-                action=str(raw.get("action", "")),
+                action=pol.Action(raw["action"]) if raw.get("action") else None,
                 acted_at=None if acted is None else float(acted),
-                reason=str(raw.get("reason", "")),
+                reason=_reason(raw.get("reason")),
                 message=str(raw.get("message", "")),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _reason(raw: Any) -> Why | None:
+    for kind in (pol.Reason, Reason):
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -839,8 +870,7 @@ class Execute:
 # ScaleUp and RaiseMemoryLimit are left out: recomputed from a spec they already changed, they
 # would go one step further.
 _RESUMABLE = frozenset(
-    a.value
-    for a in (pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS, pol.Action.DRAIN_NODE, pol.Action.ROLLBACK)
+    {pol.Action.RESTART_POD, pol.Action.RESCHEDULE_PODS, pol.Action.DRAIN_NODE, pol.Action.ROLLBACK}
 )
 
 
@@ -860,7 +890,7 @@ class Escalate:
     incident: str
     target: str
     cause: Symptom
-    reason: str
+    reason: Why
     message: str
 
 
@@ -949,27 +979,96 @@ class Context:
     now: float
 
 
+class _Step:
+    """The working state of one ``step`` call; it never outlives the call.
+
+    Incidents are advanced one at a time, oldest first: ``i`` is the one at hand and ``finding``
+    what it shows now (None once it is gone), between ``begin`` and ``end``. ``history`` and
+    ``effects`` gather what every incident so far did, so a guard sees the actions taken earlier
+    in the same pass.
+    """
+
+    i: Incident
+    finding: Finding | None
+    over: bool  # resolved or dropped: not kept
+
+    def __init__(self, state: HealingState, ctx: Context, ongoing: Mapping[str, Finding]) -> None:
+        self.ctx = ctx
+        self.now = ctx.now
+        self.ongoing = ongoing
+        self.history = list(state.history)
+        self.effects: list[Effect] = []
+        self.kept: list[Incident] = []
+
+    def begin(self, incident: Incident) -> None:
+        self.i = incident
+        self.finding = self.ongoing.get(incident.key)
+        self.over = False
+
+    def end(self) -> None:
+        if not self.over:
+            self.kept.append(self.i)
+
+    def set(self, **changes: Any) -> None:
+        self.i = dataclasses.replace(self.i, **changes)
+
+    def decided(self, phase: Phase, action: pol.Action, decision: pol.Decision, **changes: Any) -> None:
+        """The incident stands where the policy's decision about ``action`` puts it."""
+        self.set(phase=phase, action=action, reason=decision.reason, message=decision.message, **changes)
+
+    def emit(self, effect: Effect) -> None:
+        self.effects.append(effect)
+
+    def resolve(self, message: str, *, succeeded: bool = True) -> None:
+        self.emit(Resolved(self.i.key, self.i.target, self.i.symptom, succeeded, message))
+        self.drop()
+
+    def drop(self) -> None:
+        self.over = True
+
+    def escalate(self, reason: Why, finding: Finding, why: str, action: pol.Action | None = None) -> None:
+        """Hand the incident to a human; ``action`` is the one it was about, if not the last."""
+        self.emit(Escalate(self.i.key, self.i.target, self.i.symptom, reason, f"{finding.detail}: {why}"))
+        self.set(phase=Phase.ESCALATED, action=action or self.i.action, reason=reason, message=why)
+
+    def record(self, action: pol.Action) -> None:
+        """The history entry of an action, written before the action runs (write-ahead)."""
+        i, view = self.i, self.ctx.view
+        at, outcome = self.now, pol.Outcome.IN_PROGRESS
+        self.history.append(pol.Record(action, i.target, i.subject, view.namespace, view.name, at, outcome))
+
+    def settle(self, outcome: pol.Outcome) -> None:
+        self.history = _settle(self.history, self.i, outcome)
+
+    def state(self) -> HealingState:
+        # In the order advanced, oldest first (since and key never change): the limit drops the oldest.
+        return HealingState(
+            tuple(self.kept[-INCIDENT_LIMIT:]), _prune(self.history, self.ctx.policy, self.now)
+        )
+
+
 def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
-    findings = {f.key: f for f in detect(ctx.view, ctx.now)}
+    seen = _sightings(ctx.view, ctx.now)
+    findings = {s.finding.key: s.finding for s in seen if s.due}
     blind = _blind(ctx.view)
-    ongoing = {**_unsettled(ctx.view, ctx.now), **findings}  # for incidents already open
-    history = list(state.history)
-    effects: list[Effect] = []
-    incidents: list[Incident] = []
+    b = _Step(state, ctx, {**_unsettled(seen), **findings})  # incidents already open go on with these
+    for incident in _open(state, findings, ctx.now):
+        b.begin(incident)
+        # An unknown is neither cleared nor failed: the incident waits for an answer.
+        if incident.key not in blind or incident.key in findings:
+            _advance(b)
+        b.end()
+    return b.state(), tuple(b.effects)
+
+
+def _open(state: HealingState, findings: Mapping[str, Finding], now: float) -> list[Incident]:
+    """The stored incidents and a new one for each finding that has none, oldest first."""
     known = {i.key: i for i in state.incidents}
     for key, finding in findings.items():
         if key not in known:
-            known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=ctx.now)
-    for _, current in sorted(known.items(), key=lambda kv: (kv[1].since, kv[0])):
-        if current.key in blind and current.key not in findings:
-            incidents.append(current)  # unknown is neither cleared nor failed: wait for an answer
-            continue
-        kept, history = _advance(current, ongoing, history, effects, ctx)
-        if kept is not None:
-            incidents.append(kept)
-    ordered = tuple(sorted(incidents, key=lambda i: (i.since, i.key))[-INCIDENT_LIMIT:])
-    return HealingState(ordered, _prune(history, ctx.policy, ctx.now)), tuple(effects)
+            known[key] = Incident(key, finding.symptom, finding.subject, finding.target, since=now)
+    return sorted(known.values(), key=lambda i: (i.since, i.key))
 
 
 def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
@@ -981,117 +1080,99 @@ def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
     return approval
 
 
-def _advance(
-    incident: Incident,
-    findings: Mapping[str, Finding],
-    history: list[pol.Record],
-    effects: list[Effect],
-    ctx: Context,
-) -> tuple[Incident | None, list[pol.Record]]:
-    """The incident after this pass (None when it is over), and the history; appends effects."""
-    now, key = ctx.now, incident.key
-    finding = findings.get(key)
-    if incident.phase is Phase.VERIFYING:
-        if _cleared(incident, findings):
-            history = _settle(history, incident, pol.Outcome.SUCCEEDED)
-            text = f"{incident.action} cleared {incident.symptom.value} on {incident.target}"
-            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
-            return None, history
-        if now < (incident.acted_at or now) + ctx.policy.verify_seconds:
-            # Only while the symptom still calls for this action: a revision proven stable
-            # meanwhile is not rolled back because a rollback was once decided.
-            if finding is not None and incident.action in _RESUMABLE:
-                action = pol.Action(incident.action)
-                if action in _ladder_for(finding, ctx.view):
-                    resumed = _parameters(incident, finding, action, ctx.view, incident.acted_at or now)
-                    if isinstance(resumed, Execute):
-                        effects.append(dataclasses.replace(resumed, resume=True))
-            return incident, history
-        history = _settle(history, incident, pol.Outcome.FAILED)
-        if finding is None:
-            # Its own target is gone, but the subject still shows the symptom: not effective.
-            text = f"{incident.action} did not clear {incident.symptom.value} on {incident.subject}"
-            effects.append(Resolved(key, incident.target, incident.symptom, False, text))
-            return None, history
-        incident = dataclasses.replace(incident, step=incident.step + 1, phase=Phase.PENDING, acted_at=None)
-    if finding is None:
-        # Cleared without (further) action; an approval still awaited is simply never used.
-        if incident.phase is not Phase.ESCALATED:
-            text = f"{incident.symptom.value} on {incident.target} cleared"
-            effects.append(Resolved(key, incident.target, incident.symptom, True, text))
-        return None, history
-    if incident.phase is Phase.ESCALATED:
-        return incident, history
-    actions = _ladder_for(finding, ctx.view)
-    if incident.step >= len(actions):
-        why = "no automatic remedy" if not actions else f"{incident.step} action(s) did not clear it"
-        effects.append(
-            Escalate(key, incident.target, incident.symptom, "LadderExhausted", f"{finding.detail}: {why}")
-        )
-        return _escalated(incident, "", "LadderExhausted", why), history
-    action = actions[incident.step]
-    request = request_for(incident, action, ctx.view)
-    approval = _answer_for(incident, ctx)
-    decision = pol.decide(ctx.policy, request, [*ctx.others, *history], ctx.cluster, now, approval=approval)
+def _advance(b: _Step) -> None:
+    """The incident at hand through one pass: verify what was done, or take the next step."""
+    if b.i.phase is Phase.VERIFYING:
+        _verify(b)
+    elif b.finding is None:
+        _cleared_by_itself(b)
+    elif b.i.phase is not Phase.ESCALATED:
+        _climb(b, b.finding)
+
+
+def _verify(b: _Step) -> None:
+    """After an action: cleared, still within the verify window, or failed (the next step)."""
+    i, finding = b.i, b.finding
+    if _cleared(i, b.ongoing):
+        b.settle(pol.Outcome.SUCCEEDED)
+        b.resolve(f"{i.action} cleared {i.symptom.value} on {i.target}")
+    elif b.now < (i.acted_at or b.now) + b.ctx.policy.verify_seconds:
+        _resume(b)
+    elif finding is None:
+        # Its own target is gone, but the subject still shows the symptom: not effective.
+        b.settle(pol.Outcome.FAILED)
+        b.resolve(f"{i.action} did not clear {i.symptom.value} on {i.subject}", succeeded=False)
+    else:
+        b.settle(pol.Outcome.FAILED)
+        b.set(step=i.step + 1, phase=Phase.PENDING, acted_at=None)
+        _climb(b, finding)
+
+
+def _resume(b: _Step) -> None:
+    """Ask for the action again while it is verified (``Execute.resume``), but only while the
+    symptom still calls for it: a revision proven stable meanwhile is not rolled back because
+    a rollback was once decided."""
+    i, finding, action = b.i, b.finding, b.i.action
+    if finding is None or action is None or action not in _RESUMABLE:
+        return
+    if action in _ladder_for(finding, b.ctx.view):
+        resumed = _parameters(i, finding, action, b.ctx.view, i.acted_at or b.now)
+        if isinstance(resumed, Execute):
+            b.emit(dataclasses.replace(resumed, resume=True))
+
+
+def _cleared_by_itself(b: _Step) -> None:
+    """Cleared without (further) action; an approval still awaited is simply never used."""
+    if b.i.phase is Phase.ESCALATED:
+        b.drop()
+    else:
+        b.resolve(f"{b.i.symptom.value} on {b.i.target} cleared")
+
+
+def _climb(b: _Step, finding: Finding) -> None:
+    """The next action on the incident's ladder, as far as the policy lets it go now."""
+    actions = _ladder_for(finding, b.ctx.view)
+    if b.i.step >= len(actions):
+        why = "no automatic remedy" if not actions else f"{b.i.step} action(s) did not clear it"
+        b.escalate(Reason.LADDER_EXHAUSTED, finding, why)
+        return
+    action = actions[b.i.step]
+    request = request_for(b.i, action, b.ctx.view)
+    ctx, seen = b.ctx, [*b.ctx.others, *b.history]
+    decision = pol.decide(ctx.policy, request, seen, ctx.cluster, b.now, approval=_answer_for(b.i, ctx))
     if decision.verdict is pol.Verdict.EXECUTE:
-        effect = _parameters(incident, finding, action, ctx.view, now)
-        if isinstance(effect, str):
-            effects.append(
-                Escalate(key, incident.target, incident.symptom, "CannotAct", f"{finding.detail}: {effect}")
-            )
-            return _escalated(incident, action.value, "CannotAct", effect), history
-        record = pol.Record(
-            action,
-            incident.target,
-            incident.subject,
-            ctx.view.namespace,
-            ctx.view.name,
-            now,
-            pol.Outcome.IN_PROGRESS,
-        )
-        effects.append(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
-        acting = dataclasses.replace(
-            incident,
-            phase=Phase.VERIFYING,
-            action=action.value,
-            acted_at=now,
-            reason=decision.reason.value,
-            message=decision.message,
-        )
-        return acting, [*history, record]
-    if decision.verdict is pol.Verdict.NEEDS_APPROVAL:
-        assert decision.rule is not None  # decide always names the rule it asks approval under
-        # Sent on every pass: the gate finds the existing request by action + target + cause +
-        # occurrence.
-        effects.append(AskApproval(key, request, decision.rule, finding.detail, incident.occurrence))
-        waiting = dataclasses.replace(
-            incident,
-            phase=Phase.AWAITING_APPROVAL,
-            action=action.value,
-            reason=decision.reason.value,
-            message=decision.message,
-        )
-        return waiting, history
-    if decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
-        text = f"{finding.detail}: {decision.message}"
-        effects.append(Escalate(key, incident.target, incident.symptom, decision.reason.value, text))
-        return _escalated(incident, action.value, decision.reason.value, decision.message), history
-    if (incident.reason, incident.action) != (decision.reason.value, action.value):
-        effects.append(Held(key, incident.target, action, decision.reason, decision.message))
-    held = dataclasses.replace(
-        incident,
-        phase=Phase.PENDING,
-        action=action.value,
-        reason=decision.reason.value,
-        message=decision.message,
-    )
-    return held, history
+        _execute(b, finding, action, decision)
+    elif decision.verdict is pol.Verdict.NEEDS_APPROVAL:
+        _ask(b, finding, request, decision)
+    elif decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
+        b.escalate(decision.reason, finding, decision.message, action)
+    else:
+        _hold(b, action, decision)
 
 
-def _escalated(incident: Incident, action: str, reason: str, message: str) -> Incident:
-    return dataclasses.replace(
-        incident, phase=Phase.ESCALATED, action=action or incident.action, reason=reason, message=message
-    )
+def _execute(b: _Step, finding: Finding, action: pol.Action, decision: pol.Decision) -> None:
+    effect = _parameters(b.i, finding, action, b.ctx.view, b.now)
+    if isinstance(effect, str):
+        b.escalate(Reason.CANNOT_ACT, finding, effect, action)
+        return
+    b.record(action)
+    b.emit(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
+    b.decided(Phase.VERIFYING, action, decision, acted_at=b.now)
+
+
+def _ask(b: _Step, finding: Finding, request: pol.Request, decision: pol.Decision) -> None:
+    assert decision.rule is not None  # decide always names the rule it asks approval under
+    # Sent on every pass: the gate finds the existing request by action + target + cause +
+    # occurrence.
+    b.emit(AskApproval(b.i.key, request, decision.rule, finding.detail, b.i.occurrence))
+    b.decided(Phase.AWAITING_APPROVAL, request.action, decision)
+
+
+def _hold(b: _Step, action: pol.Action, decision: pol.Decision) -> None:
+    """A guard holds the action back; told once per reason and action, not on every pass."""
+    if (b.i.reason, b.i.action) != (decision.reason, action):
+        b.emit(Held(b.i.key, b.i.target, action, decision.reason, decision.message))
+    b.decided(Phase.PENDING, action, decision)
 
 
 # Symptoms of single pods: their remedy is judged by the health of the whole service, so a
@@ -1121,7 +1202,7 @@ def action_failed(state: HealingState, incident_key: str, message: str, now: flo
                 step=incident.step + 1,
                 phase=Phase.PENDING,
                 acted_at=None,
-                reason="ActionFailed",
+                reason=Reason.ACTION_FAILED,
                 message=message,
             )
             incidents.append(failed)
