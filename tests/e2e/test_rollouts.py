@@ -262,14 +262,18 @@ def test_gateway_api_canary_sets_exact_route_weights(
         svc = get_json(cluster, "service", name, "-n", namespace)
         assert svc is not None and svc["spec"]["selector"]["homeostat.dev/track"] == track
 
-    apply(cluster, namespace, manifest("gw", rollout, NEW))
-    seen: list[int] = []
-
-    def weights() -> bool:
+    def canary_weight() -> int:
         body = get_json(cluster, "httproute", "gw-route", "-n", namespace) or {}
         refs = body["spec"]["rules"][0]["backendRefs"]
-        canary = next(r["weight"] for r in refs if r["name"] == "gw-canary")
-        if not seen or seen[-1] != canary:
+        return int(next(r["weight"] for r in refs if r["name"] == "gw-canary"))
+
+    # Read before the change: the operator may set the first step before the first poll.
+    seen: list[int] = [canary_weight()]
+    apply(cluster, namespace, manifest("gw", rollout, NEW))
+
+    def weights() -> bool:
+        canary = canary_weight()
+        if seen[-1] != canary:
             seen.append(canary)
         return rollout_phase(cluster, namespace, "gw") == "Promoted" and canary == 0 and 60 in seen
 
