@@ -227,6 +227,9 @@ async def _heal(
         _state(runtime, body), rem.Context(view, policy, others, cluster, approvals, now)
     )
     await _write_ahead(runtime, body, state, effects)
+    # Remembered before the effects run: if one of them fails unexpectedly, the next pass must
+    # start from what was just stored, not from the state before it (an action would repeat).
+    runtime.healing.states[uid] = state
     state, last = await _carry_out(runtime, body, state, effects, now)
     _remember(runtime, uid, state)
     # A merge patch keeps keys it does not mention: clear a policy error reported earlier.
@@ -517,7 +520,13 @@ async def _ask(runtime: rt.Runtime, body: Mapping[str, Any], effect: rem.AskAppr
     if ticket.phase is appr.Phase.APPROVED:
         # Belt and braces: the gate enforced the quorum; the policy checks the recorded deciders
         # again before anything runs.
-        stored = await runtime.healing_actions.approval(ticket.namespace, ticket.name)
+        try:
+            stored = await runtime.healing_actions.approval(ticket.namespace, ticket.name)
+        except ports.Unavailable as exc:
+            # Not readable now: not approved yet, as far as this pass knows; asked again next pass.
+            logger.warning(f"Approval {ticket.namespace}/{ticket.name} could not be read: {exc}")
+            loop.approvals.setdefault(key, pol.ApprovalState(pol.ApprovalVerdict.PENDING))
+            return
         decided = appr.State.from_storage((stored or {}).get("status"))
         deciders = frozenset(str(d.identity) for d in decided.decisions if d.verdict is appr.Verdict.APPROVE)
     verdict = _APPROVAL_VERDICTS[ticket.phase]

@@ -286,8 +286,10 @@ async def _execute(
             logger.info(f"{apply.reason.value.lower()} {apply.ref}")
         except ports.Rejected as exc:
             rejected[apply.ref] = str(exc)
+            break
         except ports.Unavailable as exc:
             errors[apply.ref] = str(exc)
+            break
     if errors or rejected:
         # Actions are ordered (capacity before traffic, traffic before deletion): after a
         # failure the rest waits for the next reconcile, which re-plans from what exists.
