@@ -585,13 +585,6 @@ def test_parse_step_and_custom_period(
     )
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"), [(0.0, "0s"), (90.0, "1m30s"), (7200.0, "2h"), (3661.4, "1h1m1s")]
-)
-def test_durations_in_status_use_the_go_form(seconds: float, text: str) -> None:
-    assert sc.duration_text(seconds) == text
-
-
 def test_summary_status_leaves_absent_values_out() -> None:
     bare = sc.summary_status(sc.ForecastSummary("None", 90.0, sc.Mode.PREVIEW, fallback="ForecastMissing: x"))
     assert bare == {"method": "None", "horizon": "1m30s", "mode": "Preview", "fallback": "ForecastMissing: x"}
@@ -600,14 +593,6 @@ def test_summary_status_leaves_absent_values_out() -> None:
     )
     assert full["predictedPeakAt"] == "1970-01-01T00:01:00Z" and full["lastFitTime"] == "1970-01-01T00:00:00Z"
     assert (full["predictedPeak"], full["mase"]) == (12.5, 0.5)
-
-
-def test_render_query_fills_the_placeholders() -> None:
-    query = 'sum(rate(x{namespace="{{namespace}}", service="{{service}}"}[1m]))'
-    assert (
-        sc.render_query(query, namespace="ns", service="web")
-        == 'sum(rate(x{namespace="ns", service="web"}[1m]))'
-    )
 
 
 def test_scaling_state_round_trips_and_garbage_starts_afresh() -> None:

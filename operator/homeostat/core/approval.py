@@ -23,14 +23,18 @@ Rules (ADR 0009):
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from homeostat.core import fields
 from homeostat.core.spec import SpecError
+
+# re-exported until handlers move to core.fields (issue 15)
+parse_time = fields.parse_rfc3339
+format_time = fields.rfc3339
 
 GROUP = "homeostat.dev"
 VERSION = "v1alpha1"
@@ -221,7 +225,7 @@ class Request:
                 "slackGroups": sorted(self.approvers.slack_groups),
             },
             "channel": self.channel,
-            "expiresAt": format_time(self.expires_at),
+            "expiresAt": fields.rfc3339(self.expires_at),
             **({"incident": self.incident} if self.incident else {}),
         }
 
@@ -238,7 +242,7 @@ class Decision:
             "user": self.identity.user,
             "channel": self.identity.channel.value,
             "verdict": self.verdict.value,
-            "at": format_time(self.at),
+            "at": fields.rfc3339(self.at),
         }
         if self.identity.groups:
             stored["groups"] = list(self.identity.groups)
@@ -250,7 +254,10 @@ class Decision:
     def from_storage(cls, raw: Mapping[str, Any]) -> Decision:
         identity = Identity(Channel(raw["channel"]), str(raw["user"]), tuple(raw.get("groups") or ()))
         return cls(
-            identity, Verdict(raw["verdict"]), parse_time(raw["at"], "decisions.at"), raw.get("vote", "")
+            identity,
+            Verdict(raw["verdict"]),
+            fields.parse_rfc3339(raw["at"], "decisions.at"),
+            raw.get("vote", ""),
         )
 
 
@@ -267,7 +274,7 @@ class State:
         return {
             "phase": self.phase.value,
             "decisions": [d.as_in_storage() for d in self.decisions],
-            "decidedAt": None if self.decided_at is None else format_time(self.decided_at),
+            "decidedAt": None if self.decided_at is None else fields.rfc3339(self.decided_at),
             "reason": self.reason,
         }
 
@@ -278,7 +285,7 @@ class State:
         return cls(
             phase=Phase(raw.get("phase") or Phase.PENDING.value),
             decisions=tuple(Decision.from_storage(d) for d in raw.get("decisions") or ()),
-            decided_at=None if decided is None else parse_time(decided, "decidedAt"),
+            decided_at=None if decided is None else fields.parse_rfc3339(decided, "decidedAt"),
             reason=raw.get("reason") or State.reason,
         )
 
@@ -327,7 +334,7 @@ def expire(request: Request, state: State, now: float) -> State:
         phase=Phase.EXPIRED,
         decided_at=request.expires_at,
         reason=(
-            f"timed out at {format_time(request.expires_at)} with {approvals} of "
+            f"timed out at {fields.rfc3339(request.expires_at)} with {approvals} of "
             f"{request.required} approvals: denied"
         ),
     )
@@ -337,7 +344,9 @@ def decide(request: Request, state: State, identity: Identity, verdict: Verdict,
     """Apply one click or kubectl vote. Authorization happens here, on every decision."""
     state = expire(request, state, now)
     if state.phase is Phase.EXPIRED:
-        return _reject(state, Rejection.EXPIRED, f"this request expired at {format_time(request.expires_at)}")
+        return _reject(
+            state, Rejection.EXPIRED, f"this request expired at {fields.rfc3339(request.expires_at)}"
+        )
     if state.phase.terminal:
         who = ", ".join(str(d.identity) for d in state.decisions) or "nobody"
         text = f"this request was already {state.phase.value.lower()} by {who}"
@@ -391,7 +400,7 @@ def _reject(state: State, rejection: Rejection, message: str) -> Result:
 
 def parse_request(spec: Mapping[str, Any]) -> Request:
     """An Approval's spec as a ``Request``; the CRD validates the shape, this the meaning."""
-    target = _mapping(spec.get("target"), "spec.target")
+    target = fields.mapping(spec.get("target"), "spec.target")
     approvers = spec.get("approvers") or {}
     try:
         risk = Risk(spec.get("risk", Risk.HIGH.value))
@@ -402,15 +411,15 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
         raise SpecError("spec.quorum", f"must be a positive integer, got {quorum!r}")
     evidence = spec.get("evidence") or {}
     return Request(
-        action=_text(spec.get("action"), "spec.action"),
+        action=fields.text(spec.get("action"), "spec.action"),
         target=Target(
-            _text(target.get("kind"), "spec.target.kind"),
+            fields.text(target.get("kind"), "spec.target.kind"),
             str(target.get("namespace") or ""),
-            _text(target.get("name"), "spec.target.name"),
+            fields.text(target.get("name"), "spec.target.name"),
         ),
-        cause=_text(spec.get("cause"), "spec.cause"),
+        cause=fields.text(spec.get("cause"), "spec.cause"),
         service=str(spec.get("service") or ""),
-        requester=_text(spec.get("requester"), "spec.requester"),
+        requester=fields.text(spec.get("requester"), "spec.requester"),
         risk=risk,
         quorum=quorum,
         approvers=Approvers(
@@ -419,36 +428,8 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
             frozenset(approvers.get("groups") or ()),
             frozenset(approvers.get("slackGroups") or ()),
         ),
-        expires_at=parse_time(spec.get("expiresAt"), "spec.expiresAt"),
+        expires_at=fields.parse_rfc3339(spec.get("expiresAt"), "spec.expiresAt"),
         channel=str(spec.get("channel") or ""),
-        evidence={str(k): str(v) for k, v in _mapping(evidence, "spec.evidence").items()},
+        evidence={str(k): str(v) for k, v in fields.mapping(evidence, "spec.evidence").items()},
         incident=str(spec.get("incident") or ""),
     )
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(field, "must be an object")
-    return value
-
-
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SpecError(field, "must be a non-empty string")
-    return value
-
-
-def parse_time(value: Any, field: str) -> float:
-    if not isinstance(value, str):
-        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}")
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
-
-
-def format_time(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

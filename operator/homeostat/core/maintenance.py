@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from homeostat.core import fields
 from homeostat.core import spec as specs
-from homeostat.core.spec import SpecError, parse_duration
+from homeostat.core.spec import SpecError
 
 FIELD = "spec.healing.predictiveMaintenance.memory"
 CAUSE = "PredictedExhaustion"
@@ -85,17 +86,9 @@ def memory_limit(template: Mapping[str, Any]) -> float | None:
 
 
 def positive_duration(raw: Mapping[str, Any], key: str, default: float, field: str = FIELD) -> float:
-    """``raw[key]`` as seconds, ``default`` when absent; anything but a positive duration string
-    is a ``SpecError`` naming ``field.key``."""
-    value = raw.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise SpecError(f"{field}.{key}", f"must be a duration string like 30m, got {value!r}")
-    seconds = parse_duration(value, f"{field}.{key}")
-    if seconds <= 0:
-        raise SpecError(f"{field}.{key}", "must be a positive duration")
-    return seconds
+    """``raw[key]`` as seconds, ``default`` when absent: every predictive-maintenance duration
+    is positive, and its messages have always shown a minutes example."""
+    return fields.duration(raw.get(key), f"{field}.{key}", default=default, positive=True, example="like 30m")
 
 
 def parse(healing: Mapping[str, Any] | None, template: Mapping[str, Any] | None) -> MemorySpec:
