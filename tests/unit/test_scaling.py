@@ -595,8 +595,7 @@ def test_summary_status_leaves_absent_values_out() -> None:
     assert (full["predictedPeak"], full["mase"]) == (12.5, 0.5)
 
 
-def test_scaling_state_round_trips_and_garbage_starts_afresh() -> None:
+def test_scaling_state_round_trips() -> None:
+    # What it does with garbage is the stored-state rule: tests/unit/test_stored_state.py.
     state = sc.ScalingState(recommendations=((1.0, 3), (2.0, 4)), events=((2.0, -1),))
     assert sc.ScalingState.from_dict(state.to_dict()) == state
-    for garbage in (None, {"recommendations": [["x", 1]]}, {"events": 5}):
-        assert sc.ScalingState.from_dict(garbage) == sc.ScalingState()  # type: ignore[arg-type]

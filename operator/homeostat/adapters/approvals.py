@@ -206,8 +206,9 @@ def ticket(body: Mapping[str, Any], now: float) -> ports.ApprovalTicket:
     """The phase a caller must act on. A pending request past its expiry reads as Expired even
     before the operator has recorded it: the gate never says yes late."""
     meta = body["metadata"]
-    state = appr.State.from_storage(body.get("status"))
     try:
+        # An unreadable status holds like an invalid spec: the gate never reads it as Pending.
+        state = appr.State.from_storage(body.get("status"))
         state = appr.expire(appr.parse_request(body.get("spec") or {}), state, now)
     except ValueError as exc:
         return ports.ApprovalTicket(

@@ -27,7 +27,7 @@ import enum
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from homeostat.core import fields
 from homeostat.core.spec import SpecError
@@ -251,14 +251,29 @@ class Decision:
         return stored
 
     @classmethod
-    def from_storage(cls, raw: Mapping[str, Any]) -> Decision:
-        identity = Identity(Channel(raw["channel"]), str(raw["user"]), tuple(raw.get("groups") or ()))
-        return cls(
-            identity,
-            Verdict(raw["verdict"]),
-            fields.parse_rfc3339(raw["at"], "decisions.at"),
-            raw.get("vote", ""),
-        )
+    def from_storage(cls, raw: Any, where: str = "decisions[0]") -> Decision:
+        """One recorded decision; unreadable is a ``StorageError`` naming ``where``."""
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError(f"{where} must be an object")
+        try:
+            channel = _required(fields.stored_enum(Channel, raw, "channel"), "channel")
+            user = _required(fields.stored_str(raw, "user"), "user")
+            verdict = _required(fields.stored_enum(Verdict, raw, "verdict"), "verdict")
+            at = _required(fields.stored_rfc3339(raw, "at"), "at")
+            groups = fields.stored_strings(raw, "groups")
+            vote = fields.stored_str(raw, "vote") or ""
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"{where}.{exc}") from None
+        return cls(Identity(channel, user, groups), verdict, at, vote)
+
+
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None, key: str) -> _T:
+    if value is None:
+        raise fields.StorageError(f"{key} is missing")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,13 +295,29 @@ class State:
 
     @classmethod
     def from_storage(cls, raw: Mapping[str, Any] | None) -> State:
-        raw = raw or {}
-        decided = raw.get("decidedAt")
+        """An Approval's status: absent or empty is Pending, anything unreadable a
+        ``StorageError`` (the rule in ``core/fields.py``). Reading a broken status as Pending
+        would let a request that was Denied or Expired be approved after all."""
+        if not raw:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError("status must be an object")
+        decisions = raw.get("decisions") or []
+        if not isinstance(decisions, list):
+            raise fields.StorageError("status.decisions must be a list")
+        try:
+            phase = fields.stored_enum(Phase, raw, "phase") or Phase.PENDING
+            decided_at = fields.stored_rfc3339(raw, "decidedAt")
+            reason = fields.stored_str(raw, "reason") or State.reason
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"status.{exc}") from None
         return cls(
-            phase=Phase(raw.get("phase") or Phase.PENDING.value),
-            decisions=tuple(Decision.from_storage(d) for d in raw.get("decisions") or ()),
-            decided_at=None if decided is None else fields.parse_rfc3339(decided, "decidedAt"),
-            reason=raw.get("reason") or State.reason,
+            phase=phase,
+            decisions=tuple(
+                Decision.from_storage(d, f"status.decisions[{i}]") for i, d in enumerate(decisions)
+            ),
+            decided_at=decided_at,
+            reason=reason,
         )
 
 

@@ -32,10 +32,13 @@ is refitted, which repeats nothing.
 from __future__ import annotations
 
 import datetime
+import enum
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -237,3 +240,21 @@ def stored_mapping(value: Any, field: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise StorageError(f"{field} must be an object")
     return value
+
+
+def stored_enum(kind: type[_E], raw: Mapping[str, Any], key: str) -> _E | None:
+    """A stored enum value, None when absent; an unknown one may be a newer version's."""
+    value = stored_str(raw, key)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise StorageError(f"{key}: unknown value {value!r}") from None
+
+
+def stored_strings(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StorageError(f"{key} must be a list of strings")
+    return tuple(value)

@@ -293,6 +293,32 @@ def requests(
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
 
 
+def recorded(stored: Any, resource: str = "memory") -> dict[str, float]:
+    """The ``previous`` of ``requests`` (and of ``trends.requests``): one check's requests in
+    ``status.maintenance.requests`` by key, with when each was first made. Absent is none;
+    anything unreadable is a ``StorageError`` (the rule in ``core/fields.py``): read as new,
+    a request would be announced again with a fresh time."""
+    if stored is None:
+        return {}
+    if not isinstance(stored, list):
+        raise fields.StorageError("maintenance.requests must be a list")
+    known: dict[str, float] = {}
+    for i, item in enumerate(stored):
+        where = f"maintenance.requests[{i}]"
+        if not isinstance(item, Mapping):
+            raise fields.StorageError(f"{where} must be an object")
+        try:
+            if (fields.stored_str(item, "resource") or "memory") != resource:
+                continue
+            key, at = fields.stored_str(item, "key"), fields.stored_rfc3339(item, "requestedAt")
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"{where}.{exc}") from None
+        if key is None or at is None:
+            raise fields.StorageError(f"{where} needs a key and a requestedAt")
+        known[key] = at
+    return known
+
+
 def report(findings: Sequence[Finding]) -> list[dict[str, Any]]:
     """The findings worth a line in status: anything not stable, most urgent first, bounded."""
     return [f.to_dict() for f in findings if f.verdict is not Verdict.STABLE][:_MAX_FINDINGS]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from homeostat.core import analysis as an
 from homeostat.core import fields
@@ -338,7 +338,7 @@ class RolloutState:
         if not isinstance(held, bool):
             raise fields.StorageError("held must be a boolean")
         return cls(
-            phase=_enum(Phase, raw, "phase") or Phase.INITIALIZING,
+            phase=fields.stored_enum(Phase, raw, "phase") or Phase.INITIALIZING,
             stable_revision=fields.stored_str(raw, "stableRevision"),
             revision=fields.stored_str(raw, "revision"),
             started_at=fields.stored_time(raw, "startedAt"),
@@ -346,35 +346,15 @@ class RolloutState:
             weight=fields.stored_int(raw, "weight"),
             achieved_weight=fields.stored_int(raw, "achievedWeight"),
             step_reached_at=fields.stored_time(raw, "stepReachedAt"),
-            pause_reason=_enum(PauseReason, raw, "pauseReason"),
+            pause_reason=fields.stored_enum(PauseReason, raw, "pauseReason"),
             held=held,
-            cause=_enum(Cause, raw, "cause"),
+            cause=fields.stored_enum(Cause, raw, "cause"),
             failure=failure,
             switched_at=fields.stored_time(raw, "switchedAt"),
             analysis=an.AnalysisState.from_storage(raw.get("analysis")),
-            applied_commands=_strings(raw, "appliedCommands"),
-            emitted=_strings(raw, "emitted"),
+            applied_commands=fields.stored_strings(raw, "appliedCommands"),
+            emitted=fields.stored_strings(raw, "emitted"),
         )
-
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-def _enum(kind: type[_E], raw: Mapping[str, Any], key: str) -> _E | None:
-    value = fields.stored_str(raw, key)
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise fields.StorageError(f"{key}: unknown value {value!r}") from None
-
-
-def _strings(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise fields.StorageError(f"{key} must be a list of strings")
-    return tuple(value)
 
 
 # --- observations ----------------------------------------------------------------------------

@@ -256,16 +256,37 @@ class ScalingState:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> ScalingState:
-        """The persisted state; an unreadable one starts afresh (as an HPA does on restart)."""
+        """The persisted state: absent or empty is a fresh start, anything unreadable a
+        ``StorageError`` (the rule in ``core/fields.py``). Starting afresh instead would forget
+        the stabilisation window and the rate-limit events, and could scale in at once."""
+        if not raw:
+            return cls()
         if not isinstance(raw, Mapping):
-            return cls()
-        try:
-            return cls(
-                tuple((float(t), int(r)) for t, r in raw.get("recommendations", ())),
-                tuple((float(t), int(c)) for t, c in raw.get("events", ())),
-            )
-        except (TypeError, ValueError):
-            return cls()
+            raise fields.StorageError("autoscaling.scaling must be an object")
+        return cls(_pairs(raw, "recommendations"), _pairs(raw, "events"))
+
+
+def _pairs(raw: Mapping[str, Any], key: str) -> tuple[tuple[float, int], ...]:
+    """``[[seconds, count], ...]``; counts are signed (an event of -2 scaled down by two)."""
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise fields.StorageError(f"autoscaling.scaling.{key} must be a list")
+    pairs = []
+    for i, item in enumerate(value):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}] must be a [seconds, count] pair")
+        at, count = item
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}][0] must be a number of seconds")
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, int | float)
+            or not math.isfinite(count)
+            or count != int(count)
+        ):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}][1] must be an integer")
+        pairs.append((float(at), int(count)))
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
