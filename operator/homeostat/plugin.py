@@ -31,6 +31,7 @@ from homeostat.adapters import approvals, kube
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
 from homeostat.core import delivery as dl
+from homeostat.core import fields
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
@@ -144,7 +145,7 @@ def cmd_decide(args: argparse.Namespace, ctx: Context) -> int:
         "user": user,
         "groups": list(groups),
         "verdict": verdict.value,
-        "at": appr.format_time(ctx.clock()),
+        "at": fields.rfc3339(ctx.clock()),
     }
     _submit(ctx, args.name, vote)
     print(

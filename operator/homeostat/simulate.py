@@ -30,8 +30,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from homeostat.core import fields, scaling
 from homeostat.core import forecast as fc
-from homeostat.core import scaling
 from homeostat.core.spec import Replicas
 
 PROG = "homeostat simulate"
@@ -136,14 +136,11 @@ def _timestamp(text: str, line: int) -> float:
         value = float(text)
     except ValueError:
         try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError:
+            return fields.parse_rfc3339(text, f"line {line}")
+        except fields.SpecError:
             raise InputError(
                 f"line {line}: timestamp {text!r} is neither ISO 8601 nor Unix seconds"
             ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.UTC)
-        return parsed.timestamp()
     if not math.isfinite(value):
         raise InputError(f"line {line}: timestamp {text!r} is not finite")
     return value

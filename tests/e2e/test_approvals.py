@@ -27,6 +27,7 @@ import pytest
 from cluster import local
 from conftest import REPO, VENV_BIN, Cluster, OperatorProcess, get_json, plugin, wait_for
 from homeostat.core import approval as ap
+from homeostat.core import fields
 from slack import server as fake
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +120,7 @@ def create(cluster: Cluster, namespace: str, *, expires_in: float = 3600, **chan
         "quorum": 1,
         "approvers": {"slack": [APPROVER], "users": [], "groups": []},
         "channel": "#ops",
-        "expiresAt": ap.format_time(time.time() + expires_in),
+        "expiresAt": fields.rfc3339(time.time() + expires_in),
     }
     spec.update(changes)
     target = ap.Target(spec["target"]["kind"], spec["target"]["namespace"], spec["target"]["name"])
@@ -673,7 +674,7 @@ def test_kubectl_votes_need_rbac_and_are_bound_to_the_caller(
     forged = {
         "status": {
             "votes": [
-                {"id": "f1", "user": "kwok-admin", "verdict": "approve", "at": ap.format_time(time.time())}
+                {"id": "f1", "user": "kwok-admin", "verdict": "approve", "at": fields.rfc3339(time.time())}
             ]
         }
     }

@@ -37,6 +37,7 @@ import chaos_report as report
 from conftest import Cluster, OperatorProcess, get_json, wait_for
 from homeostat.adapters import slack
 from homeostat.core import approval as ap
+from homeostat.core import fields
 from slack import server as fake
 
 pytestmark = pytest.mark.e2e
@@ -189,7 +190,7 @@ def _approval_spec(expires_in: float = 3600) -> dict[str, Any]:
         "quorum": 1,
         "approvers": {"slack": [APPROVER], "users": [], "groups": []},
         "channel": "#ops",
-        "expiresAt": ap.format_time(time.time() + expires_in),
+        "expiresAt": fields.rfc3339(time.time() + expires_in),
     }
 
 

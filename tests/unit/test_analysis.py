@@ -8,6 +8,7 @@ import math
 import pytest
 
 from homeostat.core import analysis as an
+from homeostat.core import fields
 
 RATE = an.MetricSpec("error-rate", "q", None, 0.05)
 LATENCY = an.MetricSpec("latency", "q", 0.0, 0.3)
@@ -152,5 +153,5 @@ def test_storage_accepts_ints_for_times_and_absent_keys() -> None:
     ],
 )
 def test_storage_rejects_garbage(raw: dict[str, object]) -> None:
-    with pytest.raises(an.StorageError):
+    with pytest.raises(fields.StorageError):
         an.AnalysisState.from_storage(raw)

@@ -218,3 +218,34 @@ def test_an_unconfined_drain_without_cluster_rights_says_how_to_fix_it(api: Fake
     with pytest.raises(ports.Unavailable, match=r"drainAllNamespaces.*--drain-scope=watched"):
         asyncio.run(healing(api, ()).drain(NODE))
     assert api.evicted == []
+
+
+def test_a_drain_judges_each_pod_s_scope_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pods a drain lists are put in scope once, and the evictions are chosen among those.
+    asked: list[str] = []
+    real = kube_healing.in_scope
+
+    def counted(namespace: str, patterns: Any) -> bool:
+        asked.append(namespace)
+        return real(namespace, patterns)
+
+    listed = {"team-a": [p for p in PODS if p["metadata"]["namespace"] == "team-a"]}
+    evicted: list[str] = []
+
+    async def call(
+        path: str, method: str, body: Any = None, content_type: str | None = None, **kw: Any
+    ) -> Any:
+        if path.endswith("/eviction"):
+            evicted.append(path.split("/")[-2])
+            return {}
+        if path.endswith("/pods"):
+            return {"items": listed[path.split("/")[-2]]}
+        return {}
+
+    monkeypatch.setattr(kube_healing, "in_scope", counted)
+    healing = object.__new__(kube_healing.KubernetesHealing)
+    healing.drain_namespaces = ("team-a",)
+    monkeypatch.setattr(healing, "_call", call)
+    drained = asyncio.run(healing.drain(NODE))
+    assert (evicted, drained.unmanaged) == (["web-1"], ("team-a/bare",))
+    assert sorted(asked) == sorted(p["metadata"]["namespace"] for p in listed["team-a"])

@@ -237,3 +237,16 @@ def test_the_evaluation_keeps_the_reconciles_status_and_conditions() -> None:
     status = runtime.reported["uid-web"]
     assert (status["phase"], status["replicas"]) == ("Ready", 2)
     assert status["conditions"][0] == earlier["conditions"][0]
+
+
+def test_a_stored_scaling_record_that_cannot_be_read_holds_and_says_so() -> None:
+    """The stored-state rule (core/fields.py): read as empty, the stabilisation window would be
+    forgotten and a scale-in could come at once; the evaluation holds instead."""
+    scaler = fakes.FakeScaler()
+    runtime = fakes.runtime_of(metrics=fakes.FakeMetrics(fakes.samples(1.0)), scaler=scaler)
+    body = _body(REACTIVE, status={"autoscaling": {"scaling": {"events": [["soon", 1]]}}})
+    _evaluate(runtime, body)
+    assert scaler.calls == []
+    condition = _condition(runtime.reported["uid-web"])
+    assert (condition["status"], condition["reason"]) == ("False", "InvalidStatus")
+    assert "status.autoscaling.scaling" in condition["message"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from homeostat.core import approval as appr
+from homeostat.core import fields
 from homeostat.core import policy as pol
 from homeostat.core import remediation as rem
 from homeostat.core import scaling as sc
@@ -141,7 +142,7 @@ def test_an_evaluation_status_records_the_decision_and_drops_an_absent_forecast(
     auto = status["autoscaling"]
     assert (auto["current"], auto["desired"], auto["reactive"], auto["mode"]) == (2, 4, 4, "Reactive")
     assert auto["metric"] == 41.123457 and auto["model"] is None
-    assert auto["lastEvaluated"] == sc.rfc3339(NOW)
+    assert auto["lastEvaluated"] == fields.rfc3339(NOW)
     assert status["forecast"] is None  # merge-patched as null: a stale forecast is removed
 
 
@@ -196,16 +197,7 @@ def test_nothing_left_removes_the_block_and_the_list_is_bounded() -> None:
     assert merged is not None and len(merged["requests"]) == tr.MAX_REQUESTS
 
 
-def test_known_requests_keep_their_time_or_count_from_now() -> None:
-    previous = {
-        "requests": [*PREVIOUS["requests"], {"key": "d3", "resource": "disk", "requestedAt": "garbage"}]
-    }
-
-    def parse(value: Any) -> float | None:
-        return NOW - 60 if value == "2023-11-14T22:13:20Z" else None
-
-    assert tr.known_requests(previous, tr.Resource.DISK, parse, NOW) == {"d1": NOW - 60, "d3": NOW}
-    assert tr.known_requests(previous, tr.Resource.MEMORY, parse, NOW) == {"m1": NOW - 60}
+def test_own_parts() -> None:
     assert tr.own_part(PREVIOUS, tr.Resource.MEMORY) == {
         "lastEvaluated": "t0",
         "reason": "Evaluated",

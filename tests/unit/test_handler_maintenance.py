@@ -287,3 +287,23 @@ def test_the_last_check_switched_off_removes_status_maintenance() -> None:
     runtime = fakes.runtime_of(workloads)
     _run(runtime, maintenance.check_restarts, _body({}, maintenance_status=only_restarts))
     assert workloads.patched[-1][1]["maintenance"] is None
+
+
+@pytest.mark.parametrize(("check", "resource", "metrics"), CHECKS)
+def test_recorded_requests_that_cannot_be_read_hold_the_check_and_say_so(
+    check: Check, resource: tr.Resource, metrics: fakes.FakeMetrics
+) -> None:
+    """The stored-state rule (core/fields.py): an unreadable request is never read as new (it
+    would be announced again with a fresh time); the check holds and its part says why."""
+    broken = {**REQUESTS[resource.value], "requestedAt": "yesterday"}
+    stored = {
+        **PREVIOUS,
+        "requests": [r if r is not REQUESTS[resource.value] else broken for r in REQUESTS.values()],
+    }
+    runtime = fakes.runtime_of(metrics=metrics)
+    events = _run(runtime, check, _body(maintenance_status=stored))
+    after = _maintenance(runtime)
+    mine = tr.own_part(after, resource)
+    assert mine["reason"] == "InvalidStatus" and "requestedAt" in mine["message"]
+    assert after["requests"] == stored["requests"]  # nothing dropped, nothing added
+    assert events == []

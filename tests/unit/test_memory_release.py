@@ -8,6 +8,7 @@ start-up burst.
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import subprocess
 import sys
@@ -48,3 +49,19 @@ def test_release_gives_freed_heap_pages_back() -> None:
     # The premise: freeing alone left the memory resident (about 150 MB of it).
     assert figures["freed"] > figures["filled"] - 50, figures
     assert figures["after"] < figures["freed"] - 100, figures
+
+
+def test_the_c_library_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # find_library runs `ldconfig -p` in a subprocess: once per process, not every 30 s.
+    lookups: list[str] = []
+    real = ctypes.util.find_library
+
+    def counted(name: str) -> str | None:
+        lookups.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", counted)
+    getattr(memory._malloc_trim, "cache_clear", lambda: None)()
+    for _ in range(3):
+        memory.release()
+    assert len(lookups) == 1

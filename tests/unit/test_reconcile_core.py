@@ -99,20 +99,6 @@ def test_effective_replicas_stay_in_bounds(replicas: dict[str, int], effective: 
     assert parsed(replicas=replicas).replicas.effective == effective
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5), ("1.5h", 5400)],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert specs.parse_duration(text, "f") == seconds
-
-
-@pytest.mark.parametrize("text", ["", "5", "m5", "5d", "-5s", "5s "])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(specs.SpecError):
-        specs.parse_duration(text, "spec.x")
-
-
 # --- children ----------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from homeostat.core import analysis as an
+from homeostat.core import fields
 from homeostat.core import rollout as ro
 from homeostat.core.spec import SpecError, Strategy
 
@@ -840,7 +841,7 @@ def test_storage_tolerates_cleared_fields() -> None:
     ],
 )
 def test_storage_rejects_what_it_cannot_read(raw: Any) -> None:
-    with pytest.raises(an.StorageError):
+    with pytest.raises(fields.StorageError):
         ro.RolloutState.from_storage(raw)
 
 

@@ -10,7 +10,6 @@ end as one write and one ``Conflict``, and the loser re-reads and is judged agai
 
 from __future__ import annotations
 
-import datetime
 import socket
 import time
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from homeostat import ports
 from homeostat.adapters import kube
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
+from homeostat.core import fields
 
 _INSTANCE = socket.gethostname()[:128]
 
@@ -90,7 +90,7 @@ class KubeApprovals:
             raise ports.Rejected(f"approval {namespace}/{name} no longer exists: {exc}") from None
 
     async def post_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = fields.rfc3339(time.time())
         namespace = involved["namespace"]
         event = {
             "apiVersion": "v1",
@@ -138,7 +138,7 @@ class KubeApprovals:
     async def record_outcome(
         self, ticket: ports.ApprovalTicket, result: appr.ActionResult, message: str
     ) -> None:
-        outcome = {"result": result.value, "message": message[:1024], "at": appr.format_time(time.time())}
+        outcome = {"result": result.value, "message": message[:1024], "at": fields.rfc3339(time.time())}
         await self.patch_status(ticket.namespace, ticket.name, {"outcome": outcome}, None)
 
     async def _manifest(self, namespace: str, name: str, request: appr.Request) -> dict[str, Any]:
@@ -206,8 +206,9 @@ def ticket(body: Mapping[str, Any], now: float) -> ports.ApprovalTicket:
     """The phase a caller must act on. A pending request past its expiry reads as Expired even
     before the operator has recorded it: the gate never says yes late."""
     meta = body["metadata"]
-    state = appr.State.from_storage(body.get("status"))
     try:
+        # An unreadable status holds like an invalid spec: the gate never reads it as Pending.
+        state = appr.State.from_storage(body.get("status"))
         state = appr.expire(appr.parse_request(body.get("spec") or {}), state, now)
     except ValueError as exc:
         return ports.ApprovalTicket(

@@ -46,6 +46,7 @@ from kubernetes.config import kube_config
 
 from homeostat import ports
 from homeostat.core import children as kids
+from homeostat.core import fields
 
 _PLURALS = {
     "Deployment": "deployments",
@@ -293,7 +294,7 @@ class Identity:
                 self.certificate, self.key = pair
                 self.generation += 1
         stamp = status.get("expirationTimestamp")
-        self.expires = _epoch(str(stamp)) if stamp else None
+        self.expires = fields.parse_rfc3339(str(stamp), "status.expirationTimestamp") if stamp else None
         self.fetched = time.time()
 
     async def refresh(self, *, force: bool = False) -> None:
@@ -311,10 +312,6 @@ class Identity:
         if self.stale():
             assert self.plugin is not None
             self._take(self.plugin.run_sync())
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _ssl_context(settings: Settings, identity: Identity) -> ssl.SSLContext:

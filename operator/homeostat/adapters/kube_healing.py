@@ -88,15 +88,13 @@ class KubernetesHealing:
                 path = f"/api/v1/namespaces/{namespace}/pods"
                 pods.extend(((await self._call(path, "GET", query=query)) or {}).get("items") or [])
         evicted = 0
-        scoped = [
-            p for p in pods if in_scope(str(p["metadata"].get("namespace") or ""), self.drain_namespaces)
-        ]
+        scoped = in_scope_pods(pods, self.drain_namespaces)
         unmanaged = tuple(
             f"{p['metadata'].get('namespace')}/{p['metadata'].get('name')}"
             for p in scoped
             if _running(p) and not _controller(p)
         )
-        for meta in evictions(pods, self.drain_namespaces):
+        for meta in evictions(scoped):  # already in scope: no patterns to judge again
             eviction = {
                 "apiVersion": "policy/v1",
                 "kind": "Eviction",
@@ -178,12 +176,15 @@ def evictions(pods: Iterable[Mapping[str, Any]], patterns: Iterable[str] = ()) -
     neither mirror nor DaemonSet pods, in the namespaces the patterns name (all when there are
     none). A pod no controller owns would be gone for good, so it stays (``kubectl drain``
     refuses it without --force)."""
+    return [pod["metadata"] for pod in in_scope_pods(pods, patterns) if _evictable(pod)]
+
+
+def in_scope_pods(pods: Iterable[Mapping[str, Any]], patterns: Iterable[str]) -> list[Mapping[str, Any]]:
+    """The pods in the namespaces the patterns name; all of them when there are no patterns."""
     patterns = tuple(patterns)
-    return [
-        pod["metadata"]
-        for pod in pods
-        if _evictable(pod) and in_scope(str(pod["metadata"].get("namespace") or ""), patterns)
-    ]
+    if not patterns:
+        return list(pods)
+    return [pod for pod in pods if in_scope(str(pod["metadata"].get("namespace") or ""), patterns)]
 
 
 def _running(pod: Mapping[str, Any]) -> bool:

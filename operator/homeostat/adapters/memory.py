@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 
@@ -24,6 +25,9 @@ logger = logging.getLogger("homeostat.memory")
 DEFAULT_INTERVAL = 30.0  # seconds; a trim costs milliseconds
 
 
+# Cached: find_library runs `ldconfig -p` in a subprocess, and the answer never changes
+# while the process lives.
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

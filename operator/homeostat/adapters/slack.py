@@ -35,6 +35,7 @@ import slack_sdk.web.async_slack_response
 
 from homeostat import ports
 from homeostat.core import approval as appr
+from homeostat.core import fields
 
 DEFAULT_API_URL = "https://slack.com/api/"
 TOKEN_FILE = "bot-token"
@@ -391,14 +392,14 @@ def _who(decision: appr.Decision) -> str:
 
 def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict[str, Any]]:
     """The request message: context, evidence, and Approve/Deny while it is pending."""
-    fields = [
+    facts = [
         ("Action", request.action),
         ("Target", str(request.target)),
         ("Service", f"{ref.namespace}/{request.service}" if request.service else ref.namespace),
         ("Risk", request.risk.value),
         ("Requested by", request.requester),
         ("Approvals needed", str(request.required)),
-        ("Expires", appr.format_time(request.expires_at)),
+        ("Expires", fields.rfc3339(request.expires_at)),
     ]
     result: list[dict[str, Any]] = [
         {
@@ -410,7 +411,7 @@ def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict
         },
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_escape(v)}"[:1900]} for k, v in fields],
+            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_escape(v)}"[:1900]} for k, v in facts],
         },
     ]
     if request.evidence:
@@ -431,7 +432,7 @@ def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict
         if state.decisions:
             line += " by " + ", ".join(_who(d) for d in state.decisions)
         if state.decided_at is not None:
-            line += f" at {appr.format_time(state.decided_at)}"
+            line += f" at {fields.rfc3339(state.decided_at)}"
         result.append({"type": "section", "text": {"type": "mrkdwn", "text": line[:_SECTION_LIMIT]}})
     result.append(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": _escape(f"Approval {ref} · homeostat")}]}

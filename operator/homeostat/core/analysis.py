@@ -15,9 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-class StorageError(ValueError):
-    """Persisted state the operator cannot read: corrupted, or written by a newer version."""
+from homeostat.core import fields
 
 
 class Verdict(enum.StrEnum):
@@ -150,7 +148,11 @@ class AnalysisState:
             "lastVerdict": None if self.last_verdict is None else self.last_verdict.value,
             "lastFailure": None
             if failure is None
-            else {"metric": failure.metric, "value": encode_float(failure.value), "message": failure.message},
+            else {
+                "metric": failure.metric,
+                "value": fields.encode_float(failure.value),
+                "message": failure.message,
+            },
         }
 
     @classmethod
@@ -158,28 +160,28 @@ class AnalysisState:
         if raw is None:
             return cls()
         if not isinstance(raw, Mapping):
-            raise StorageError("analysis must be an object")
+            raise fields.StorageError("analysis must be an object")
         failure_raw = raw.get("lastFailure")
         failure = None
         if failure_raw is not None:
             if not isinstance(failure_raw, Mapping):
-                raise StorageError("analysis.lastFailure must be an object")
+                raise fields.StorageError("analysis.lastFailure must be an object")
             failure = Failure(
-                stored_str(failure_raw, "metric") or "",
-                decode_float(failure_raw.get("value")),
-                stored_str(failure_raw, "message") or "",
+                fields.stored_str(failure_raw, "metric") or "",
+                fields.decode_float(failure_raw.get("value")),
+                fields.stored_str(failure_raw, "message") or "",
             )
-        verdict = stored_str(raw, "lastVerdict")
+        verdict = fields.stored_str(raw, "lastVerdict")
         try:
             last_verdict = None if verdict is None else Verdict(verdict)
         except ValueError:
-            raise StorageError(f"analysis.lastVerdict: unknown verdict {verdict!r}") from None
+            raise fields.StorageError(f"analysis.lastVerdict: unknown verdict {verdict!r}") from None
         return cls(
-            runs=stored_int(raw, "runs"),
-            failures=stored_int(raw, "failures"),
-            inconclusives=stored_int(raw, "inconclusives"),
-            consecutive_errors=stored_int(raw, "consecutiveErrors"),
-            last_run_at=stored_time(raw, "lastRunAt"),
+            runs=fields.stored_int(raw, "runs"),
+            failures=fields.stored_int(raw, "failures"),
+            inconclusives=fields.stored_int(raw, "inconclusives"),
+            consecutive_errors=fields.stored_int(raw, "consecutiveErrors"),
+            last_run_at=fields.stored_time(raw, "lastRunAt"),
             last_verdict=last_verdict,
             last_failure=failure,
         )
@@ -234,48 +236,3 @@ def record(
 def reset_inconclusive(state: AnalysisState) -> AnalysisState:
     """After a human resumes a held rollout, its no-data tolerance starts again."""
     return dataclasses.replace(state, inconclusives=0, consecutive_errors=0)
-
-
-# --- JSON helpers shared with the rollout state ----------------------------------------------
-# Status is JSON: infinities are spelled out, and numbers may come back as ints.
-
-
-def encode_float(value: float | None) -> float | str | None:
-    if value is None or math.isfinite(value):
-        return value
-    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-
-
-def decode_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-        return float(value.replace("Infinity", "inf"))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise StorageError(f"{value!r} is not a number")
-    return float(value)
-
-
-def stored_int(raw: Mapping[str, Any], key: str, default: int = 0) -> int:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
-        raise StorageError(f"{key} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def stored_time(raw: Mapping[str, Any], key: str) -> float | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StorageError(f"{key} must be a number of seconds, got {value!r}")
-    return float(value)
-
-
-def stored_str(raw: Mapping[str, Any], key: str) -> str | None:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, str):
-        raise StorageError(f"{key} must be a string, got {value!r}")
-    return value

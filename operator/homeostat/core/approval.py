@@ -23,13 +23,13 @@ Rules (ADR 0009):
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from homeostat.core import fields
 from homeostat.core.spec import SpecError
 
 GROUP = "homeostat.dev"
@@ -221,7 +221,7 @@ class Request:
                 "slackGroups": sorted(self.approvers.slack_groups),
             },
             "channel": self.channel,
-            "expiresAt": format_time(self.expires_at),
+            "expiresAt": fields.rfc3339(self.expires_at),
             **({"incident": self.incident} if self.incident else {}),
         }
 
@@ -238,7 +238,7 @@ class Decision:
             "user": self.identity.user,
             "channel": self.identity.channel.value,
             "verdict": self.verdict.value,
-            "at": format_time(self.at),
+            "at": fields.rfc3339(self.at),
         }
         if self.identity.groups:
             stored["groups"] = list(self.identity.groups)
@@ -247,11 +247,29 @@ class Decision:
         return stored
 
     @classmethod
-    def from_storage(cls, raw: Mapping[str, Any]) -> Decision:
-        identity = Identity(Channel(raw["channel"]), str(raw["user"]), tuple(raw.get("groups") or ()))
-        return cls(
-            identity, Verdict(raw["verdict"]), parse_time(raw["at"], "decisions.at"), raw.get("vote", "")
-        )
+    def from_storage(cls, raw: Any, where: str = "decisions[0]") -> Decision:
+        """One recorded decision; unreadable is a ``StorageError`` naming ``where``."""
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError(f"{where} must be an object")
+        try:
+            channel = _required(fields.stored_enum(Channel, raw, "channel"), "channel")
+            user = _required(fields.stored_str(raw, "user"), "user")
+            verdict = _required(fields.stored_enum(Verdict, raw, "verdict"), "verdict")
+            at = _required(fields.stored_rfc3339(raw, "at"), "at")
+            groups = fields.stored_strings(raw, "groups")
+            vote = fields.stored_str(raw, "vote") or ""
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"{where}.{exc}") from None
+        return cls(Identity(channel, user, groups), verdict, at, vote)
+
+
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None, key: str) -> _T:
+    if value is None:
+        raise fields.StorageError(f"{key} is missing")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,19 +285,35 @@ class State:
         return {
             "phase": self.phase.value,
             "decisions": [d.as_in_storage() for d in self.decisions],
-            "decidedAt": None if self.decided_at is None else format_time(self.decided_at),
+            "decidedAt": None if self.decided_at is None else fields.rfc3339(self.decided_at),
             "reason": self.reason,
         }
 
     @classmethod
     def from_storage(cls, raw: Mapping[str, Any] | None) -> State:
-        raw = raw or {}
-        decided = raw.get("decidedAt")
+        """An Approval's status: absent or empty is Pending, anything unreadable a
+        ``StorageError`` (the rule in ``core/fields.py``). Reading a broken status as Pending
+        would let a request that was Denied or Expired be approved after all."""
+        if not raw:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError("status must be an object")
+        decisions = raw.get("decisions") or []
+        if not isinstance(decisions, list):
+            raise fields.StorageError("status.decisions must be a list")
+        try:
+            phase = fields.stored_enum(Phase, raw, "phase") or Phase.PENDING
+            decided_at = fields.stored_rfc3339(raw, "decidedAt")
+            reason = fields.stored_str(raw, "reason") or State.reason
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"status.{exc}") from None
         return cls(
-            phase=Phase(raw.get("phase") or Phase.PENDING.value),
-            decisions=tuple(Decision.from_storage(d) for d in raw.get("decisions") or ()),
-            decided_at=None if decided is None else parse_time(decided, "decidedAt"),
-            reason=raw.get("reason") or State.reason,
+            phase=phase,
+            decisions=tuple(
+                Decision.from_storage(d, f"status.decisions[{i}]") for i, d in enumerate(decisions)
+            ),
+            decided_at=decided_at,
+            reason=reason,
         )
 
 
@@ -327,7 +361,7 @@ def expire(request: Request, state: State, now: float) -> State:
         phase=Phase.EXPIRED,
         decided_at=request.expires_at,
         reason=(
-            f"timed out at {format_time(request.expires_at)} with {approvals} of "
+            f"timed out at {fields.rfc3339(request.expires_at)} with {approvals} of "
             f"{request.required} approvals: denied"
         ),
     )
@@ -337,7 +371,9 @@ def decide(request: Request, state: State, identity: Identity, verdict: Verdict,
     """Apply one click or kubectl vote. Authorization happens here, on every decision."""
     state = expire(request, state, now)
     if state.phase is Phase.EXPIRED:
-        return _reject(state, Rejection.EXPIRED, f"this request expired at {format_time(request.expires_at)}")
+        return _reject(
+            state, Rejection.EXPIRED, f"this request expired at {fields.rfc3339(request.expires_at)}"
+        )
     if state.phase.terminal:
         who = ", ".join(str(d.identity) for d in state.decisions) or "nobody"
         text = f"this request was already {state.phase.value.lower()} by {who}"
@@ -391,7 +427,7 @@ def _reject(state: State, rejection: Rejection, message: str) -> Result:
 
 def parse_request(spec: Mapping[str, Any]) -> Request:
     """An Approval's spec as a ``Request``; the CRD validates the shape, this the meaning."""
-    target = _mapping(spec.get("target"), "spec.target")
+    target = fields.mapping(spec.get("target"), "spec.target")
     approvers = spec.get("approvers") or {}
     try:
         risk = Risk(spec.get("risk", Risk.HIGH.value))
@@ -402,15 +438,15 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
         raise SpecError("spec.quorum", f"must be a positive integer, got {quorum!r}")
     evidence = spec.get("evidence") or {}
     return Request(
-        action=_text(spec.get("action"), "spec.action"),
+        action=fields.text(spec.get("action"), "spec.action"),
         target=Target(
-            _text(target.get("kind"), "spec.target.kind"),
+            fields.text(target.get("kind"), "spec.target.kind"),
             str(target.get("namespace") or ""),
-            _text(target.get("name"), "spec.target.name"),
+            fields.text(target.get("name"), "spec.target.name"),
         ),
-        cause=_text(spec.get("cause"), "spec.cause"),
+        cause=fields.text(spec.get("cause"), "spec.cause"),
         service=str(spec.get("service") or ""),
-        requester=_text(spec.get("requester"), "spec.requester"),
+        requester=fields.text(spec.get("requester"), "spec.requester"),
         risk=risk,
         quorum=quorum,
         approvers=Approvers(
@@ -419,36 +455,8 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
             frozenset(approvers.get("groups") or ()),
             frozenset(approvers.get("slackGroups") or ()),
         ),
-        expires_at=parse_time(spec.get("expiresAt"), "spec.expiresAt"),
+        expires_at=fields.parse_rfc3339(spec.get("expiresAt"), "spec.expiresAt"),
         channel=str(spec.get("channel") or ""),
-        evidence={str(k): str(v) for k, v in _mapping(evidence, "spec.evidence").items()},
+        evidence={str(k): str(v) for k, v in fields.mapping(evidence, "spec.evidence").items()},
         incident=str(spec.get("incident") or ""),
     )
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(field, "must be an object")
-    return value
-
-
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SpecError(field, "must be a non-empty string")
-    return value
-
-
-def parse_time(value: Any, field: str) -> float:
-    if not isinstance(value, str):
-        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}")
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise SpecError(field, f"must be an RFC 3339 time, got {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
-
-
-def format_time(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

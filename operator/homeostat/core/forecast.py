@@ -145,7 +145,9 @@ class ModelState:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> ModelState | None:
-        """The persisted state, or None when it is missing or unreadable (the model is refitted)."""
+        """The persisted state, or None when it is missing or unreadable (the model is refitted).
+        A cache, the one exemption from the stored-state rule in ``core/fields.py``: refitting
+        repeats no action."""
         if not isinstance(raw, Mapping):
             return None
         try:

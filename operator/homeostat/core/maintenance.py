@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from homeostat.core import fields
 from homeostat.core import spec as specs
-from homeostat.core.spec import SpecError, parse_duration
+from homeostat.core.spec import SpecError
 
 FIELD = "spec.healing.predictiveMaintenance.memory"
 CAUSE = "PredictedExhaustion"
@@ -85,17 +86,9 @@ def memory_limit(template: Mapping[str, Any]) -> float | None:
 
 
 def positive_duration(raw: Mapping[str, Any], key: str, default: float, field: str = FIELD) -> float:
-    """``raw[key]`` as seconds, ``default`` when absent; anything but a positive duration string
-    is a ``SpecError`` naming ``field.key``."""
-    value = raw.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise SpecError(f"{field}.{key}", f"must be a duration string like 30m, got {value!r}")
-    seconds = parse_duration(value, f"{field}.{key}")
-    if seconds <= 0:
-        raise SpecError(f"{field}.{key}", "must be a positive duration")
-    return seconds
+    """``raw[key]`` as seconds, ``default`` when absent: every predictive-maintenance duration
+    is positive, and its messages have always shown a minutes example."""
+    return fields.duration(raw.get(key), f"{field}.{key}", default=default, positive=True, example="like 30m")
 
 
 def parse(healing: Mapping[str, Any] | None, template: Mapping[str, Any] | None) -> MemorySpec:
@@ -298,6 +291,32 @@ def requests(
         request = Request(f.pod, now, exhausted, describe(f))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
+
+
+def recorded(stored: Any, resource: str = "memory") -> dict[str, float]:
+    """The ``previous`` of ``requests`` (and of ``trends.requests``): one check's requests in
+    ``status.maintenance.requests`` by key, with when each was first made. Absent is none;
+    anything unreadable is a ``StorageError`` (the rule in ``core/fields.py``): read as new,
+    a request would be announced again with a fresh time."""
+    if stored is None:
+        return {}
+    if not isinstance(stored, list):
+        raise fields.StorageError("maintenance.requests must be a list")
+    known: dict[str, float] = {}
+    for i, item in enumerate(stored):
+        where = f"maintenance.requests[{i}]"
+        if not isinstance(item, Mapping):
+            raise fields.StorageError(f"{where} must be an object")
+        try:
+            if (fields.stored_str(item, "resource") or "memory") != resource:
+                continue
+            key, at = fields.stored_str(item, "key"), fields.stored_rfc3339(item, "requestedAt")
+        except fields.StorageError as exc:
+            raise fields.StorageError(f"{where}.{exc}") from None
+        if key is None or at is None:
+            raise fields.StorageError(f"{where} needs a key and a requestedAt")
+        known[key] = at
+    return known
 
 
 def report(findings: Sequence[Finding]) -> list[dict[str, Any]]:

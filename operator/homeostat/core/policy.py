@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from homeostat.core import approval as appr
+from homeostat.core import fields
 from homeostat.core import spec as specs
 
 DEFAULT_POLICY = "default"
@@ -57,13 +58,9 @@ class OnTimeout(enum.StrEnum):
     APPROVE = "Approve"
 
 
-class PolicyError(ValueError):
-    """A policy the operator cannot apply; ``field`` is the JSON path of the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class PolicyError(fields.FieldError):
+    """A policy the operator cannot apply. Not a ``SpecError``: a bad RemediationPolicy is
+    reported as the policy's fault (no healing action is taken), not as an invalid service."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,33 +119,13 @@ class Policy:
 # --- parsing -----------------------------------------------------------------------------------
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise PolicyError(field, "must be an object")
-    return value
+# Every policy duration is positive, and its messages have always shown a minutes example.
+_EXAMPLE = "such as 5m"
 
 
-def _int(value: Any, field: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyError(field, f"must be an integer, got {value!r}")
-    if not minimum <= value <= maximum:
-        raise PolicyError(field, f"must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _duration(value: Any, field: str, default: str) -> float:
-    raw = default if value is None else value
-    if not isinstance(raw, str):
-        raise PolicyError(field, f"must be a duration string such as 5m, got {raw!r}")
-    try:
-        seconds = specs.parse_duration(raw, field)
-    except specs.SpecError as exc:
-        raise PolicyError(field, exc.message) from None
-    if seconds <= 0:
-        raise PolicyError(field, "must be a positive duration")
-    return seconds
+def _required_duration(value: Any, field: str) -> float:
+    # An absent one is parsed as "", so the message is parse_duration's ("'' is not a duration").
+    return fields.duration("" if value is None else value, field, positive=True, example=_EXAMPLE)
 
 
 def _enum(kind: type[enum.StrEnum], value: Any, field: str, default: str | None = None) -> Any:
@@ -171,16 +148,16 @@ def _ids(value: Any, field: str) -> frozenset[str]:
 def _rule(action: Action, raw: Mapping[str, Any], field: str) -> ActionRule:
     risk = _enum(Risk, raw.get("risk"), f"{field}.risk")
     mode = _enum(Mode, raw.get("mode"), f"{field}.mode")
-    approvers_raw = _mapping(raw.get("approvers"), f"{field}.approvers")
-    slack = _mapping(approvers_raw.get("slack"), f"{field}.approvers.slack")
-    kube = _mapping(approvers_raw.get("kubernetes"), f"{field}.approvers.kubernetes")
+    approvers_raw = fields.mapping(raw.get("approvers"), f"{field}.approvers", optional=True)
+    slack = fields.mapping(approvers_raw.get("slack"), f"{field}.approvers.slack", optional=True)
+    kube = fields.mapping(approvers_raw.get("kubernetes"), f"{field}.approvers.kubernetes", optional=True)
     approvers = Approvers(
         slack_users=_ids(slack.get("users"), f"{field}.approvers.slack.users"),
         slack_groups=_ids(slack.get("groups"), f"{field}.approvers.slack.groups"),
         kube_users=_ids(kube.get("users"), f"{field}.approvers.kubernetes.users"),
         kube_groups=_ids(kube.get("groups"), f"{field}.approvers.kubernetes.groups"),
     )
-    quorum = _int(raw.get("quorum", 1), f"{field}.quorum", 1, 10)
+    quorum = fields.integer(raw.get("quorum", 1), f"{field}.quorum", 1, 10)
     on_timeout = _enum(OnTimeout, raw.get("onTimeout"), f"{field}.onTimeout", OnTimeout.DENY.value)
     if risk is Risk.CRITICAL and quorum < 2:
         raise PolicyError(
@@ -206,7 +183,9 @@ def _rule(action: Action, raw: Mapping[str, Any], field: str) -> ActionRule:
         mode=mode,
         approvers=approvers,
         quorum=quorum,
-        timeout_seconds=_duration(raw.get("timeout"), f"{field}.timeout", "1h"),
+        timeout_seconds=fields.duration(
+            raw.get("timeout"), f"{field}.timeout", default=3600.0, positive=True, example=_EXAMPLE
+        ),
         on_timeout=on_timeout,
     )
 
@@ -214,10 +193,10 @@ def _rule(action: Action, raw: Mapping[str, Any], field: str) -> ActionRule:
 def _limit(raw: Any, field: str) -> RateLimit | None:
     if raw is None:
         return None
-    body = _mapping(raw, field)
+    body = fields.mapping(raw, field, optional=True)
     return RateLimit(
-        max_actions=_int(body.get("maxActions"), f"{field}.maxActions", 0, 10000),
-        window_seconds=_duration(body.get("window"), f"{field}.window", ""),
+        max_actions=fields.integer(body.get("maxActions"), f"{field}.maxActions", 0, 10000),
+        window_seconds=_required_duration(body.get("window"), f"{field}.window"),
     )
 
 
@@ -226,14 +205,24 @@ _PERCENT = re.compile(r"^(100|[1-9]?[0-9])%$")
 
 def parse(name: str, raw_spec: Mapping[str, Any]) -> Policy:
     """A RemediationPolicy's ``spec`` as a ``Policy``, or ``PolicyError`` naming the field."""
-    spec = _mapping(raw_spec, "spec")
-    raw_actions = _mapping(spec.get("actions"), "spec.actions")
+    try:
+        return _parse(name, raw_spec)
+    except specs.SpecError as exc:
+        # The field parsers speak SpecError; a policy's callers expect PolicyError, same field.
+        raise PolicyError(exc.field, exc.message) from None
+
+
+def _parse(name: str, raw_spec: Mapping[str, Any]) -> Policy:
+    spec = fields.mapping(raw_spec, "spec", optional=True)
+    raw_actions = fields.mapping(spec.get("actions"), "spec.actions", optional=True)
     actions: dict[Action, ActionRule] = {}
     for key, body in raw_actions.items():
         action = _enum(Action, key, "spec.actions")
-        actions[action] = _rule(action, _mapping(body, f"spec.actions.{key}"), f"spec.actions.{key}")
-    limits = _mapping(spec.get("rateLimits"), "spec.rateLimits")
-    blast = _mapping(spec.get("blastRadius"), "spec.blastRadius")
+        actions[action] = _rule(
+            action, fields.mapping(body, f"spec.actions.{key}", optional=True), f"spec.actions.{key}"
+        )
+    limits = fields.mapping(spec.get("rateLimits"), "spec.rateLimits", optional=True)
+    blast = fields.mapping(spec.get("blastRadius"), "spec.blastRadius", optional=True)
     min_healthy = blast.get("minHealthyNodes", "51%")
     if isinstance(min_healthy, str):
         if not _PERCENT.match(min_healthy):
@@ -241,8 +230,8 @@ def parse(name: str, raw_spec: Mapping[str, Any]) -> Policy:
                 "spec.blastRadius.minHealthyNodes", f"{min_healthy!r} is not a percentage 0%-100%"
             )
     else:
-        min_healthy = _int(min_healthy, "spec.blastRadius.minHealthyNodes", 0, 100000)
-    breaker = _mapping(spec.get("circuitBreaker"), "spec.circuitBreaker")
+        min_healthy = fields.integer(min_healthy, "spec.blastRadius.minHealthyNodes", 0, 100000)
+    breaker = fields.mapping(spec.get("circuitBreaker"), "spec.circuitBreaker", optional=True)
     return Policy(
         name=name,
         actions=actions,
@@ -250,13 +239,23 @@ def parse(name: str, raw_spec: Mapping[str, Any]) -> Policy:
         per_namespace=_limit(limits.get("perNamespace"), "spec.rateLimits.perNamespace"),
         per_cluster=_limit(limits.get("perCluster"), "spec.rateLimits.perCluster"),
         min_healthy_nodes=min_healthy,
-        max_concurrent=_int(
+        max_concurrent=fields.integer(
             blast.get("maxConcurrentActions", 3), "spec.blastRadius.maxConcurrentActions", 1, 1000
         ),
-        cooldown_seconds=_duration(spec.get("cooldown"), "spec.cooldown", "5m"),
-        verify_seconds=_duration(spec.get("verifyWindow"), "spec.verifyWindow", "2m"),
-        circuit_failures=_int(breaker.get("failures", 3), "spec.circuitBreaker.failures", 1, 100),
-        circuit_window_seconds=_duration(breaker.get("window"), "spec.circuitBreaker.window", "30m"),
+        cooldown_seconds=fields.duration(
+            spec.get("cooldown"), "spec.cooldown", default=300.0, positive=True, example=_EXAMPLE
+        ),
+        verify_seconds=fields.duration(
+            spec.get("verifyWindow"), "spec.verifyWindow", default=120.0, positive=True, example=_EXAMPLE
+        ),
+        circuit_failures=fields.integer(breaker.get("failures", 3), "spec.circuitBreaker.failures", 1, 100),
+        circuit_window_seconds=fields.duration(
+            breaker.get("window"),
+            "spec.circuitBreaker.window",
+            default=1800.0,
+            positive=True,
+            example=_EXAMPLE,
+        ),
     )
 
 
@@ -562,7 +561,7 @@ def approval_timeout(rule: ActionRule, service_approvals: Mapping[str, Any] | No
     if not isinstance(raw, str):
         return rule.timeout_seconds
     try:
-        seconds = specs.parse_duration(raw, "spec.approvals.timeout")
+        seconds = fields.parse_duration(raw, "spec.approvals.timeout")
     except specs.SpecError:
         return rule.timeout_seconds
     return min(rule.timeout_seconds, seconds) if seconds > 0 else rule.timeout_seconds

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 from homeostat.core import children as kids
+from homeostat.core import fields
 from homeostat.core import policy as pol
 from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
@@ -106,7 +107,7 @@ def _dur(body: Mapping[str, Any], key: str, default: str, field: str) -> float:
     value = body.get(key, default)
     if not isinstance(value, str):
         raise specs.SpecError(field, f"must be a duration, got {value!r}")
-    return specs.parse_duration(value, field)
+    return fields.parse_duration(value, field)
 
 
 def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from collections.abc import Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from homeostat.core import analysis as an
-from homeostat.core.spec import SpecError, Strategy, parse_duration
+from homeostat.core import fields
+from homeostat.core.spec import SpecError, Strategy
 
 SCHEMA = 1
 SLO_METRIC = "slo-burn-rate"
@@ -98,61 +98,20 @@ class RolloutSpec:
         return dataclasses.replace(self.analysis, metrics=(*self.analysis.metrics, self.slo.metric()))
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(field, "must be an object")
-    return value
-
-
-def _int(value: Any, field: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(field, f"must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(field, f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(field, f"must be a number, got {value!r}")
-    return float(value)
-
-
-def _bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(field, f"must be true or false, got {value!r}")
-    return value
-
-
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SpecError(field, "must be a non-empty string")
-    return value
-
-
-def _duration(value: Any, field: str, *, positive: bool = False) -> float:
-    if not isinstance(value, str):
-        raise SpecError(field, f"must be a duration string like 30s, got {value!r}")
-    seconds = parse_duration(value, field)
-    if positive and seconds <= 0:
-        raise SpecError(field, "must be a positive duration")
-    return seconds
-
-
 def _parse_steps(raw: Any, field: str) -> tuple[CanaryStep, ...]:
-    canary = _mapping(raw, field)
+    canary = fields.mapping(raw, field)
     raw_steps = canary.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise SpecError(f"{field}.steps", "at least one step is required")
     steps: list[CanaryStep] = []
     for i, raw_step in enumerate(raw_steps):
-        item = _mapping(raw_step, f"{field}.steps[{i}]")
-        weight = _int(item.get("weight"), f"{field}.steps[{i}].weight", 1, 100)
+        item = fields.mapping(raw_step, f"{field}.steps[{i}]")
+        weight = fields.integer(item.get("weight"), f"{field}.steps[{i}].weight", 1, 100)
         if steps and weight <= steps[-1].weight:
             raise SpecError(f"{field}.steps[{i}].weight", "weights must be strictly increasing")
         pause = item.get("pause")
         steps.append(
-            CanaryStep(weight, None if pause is None else _duration(pause, f"{field}.steps[{i}].pause"))
+            CanaryStep(weight, None if pause is None else fields.duration(pause, f"{field}.steps[{i}].pause"))
         )
     return tuple(steps)
 
@@ -160,19 +119,21 @@ def _parse_steps(raw: Any, field: str) -> tuple[CanaryStep, ...]:
 def _parse_blue_green(raw: Any, field: str) -> BlueGreenSpec:
     if raw is None:
         return BlueGreenSpec()
-    item = _mapping(raw, field)
+    item = fields.mapping(raw, field)
     preview = item.get("previewReplicas")
     return BlueGreenSpec(
-        auto_promote=_bool(item.get("autoPromote", True), f"{field}.autoPromote"),
-        scale_down_delay=_duration(item.get("scaleDownDelay", "30s"), f"{field}.scaleDownDelay"),
-        preview_replicas=None if preview is None else _int(preview, f"{field}.previewReplicas", 1, 10000),
+        auto_promote=fields.boolean(item.get("autoPromote", True), f"{field}.autoPromote"),
+        scale_down_delay=fields.duration(item.get("scaleDownDelay", "30s"), f"{field}.scaleDownDelay"),
+        preview_replicas=None
+        if preview is None
+        else fields.integer(preview, f"{field}.previewReplicas", 1, 10000),
     )
 
 
 def _parse_traffic(raw: Any, field: str) -> TrafficRouting:
     if raw is None:
         return TrafficRouting()
-    item = _mapping(raw, field)
+    item = fields.mapping(raw, field)
     kind = item.get("type", Routing.SERVICE.value)
     try:
         routing = Routing(kind)
@@ -180,27 +141,27 @@ def _parse_traffic(raw: Any, field: str) -> TrafficRouting:
         raise SpecError(f"{field}.type", f"unknown traffic routing {kind!r}") from None
     if routing is Routing.SERVICE:
         return TrafficRouting()
-    gateway = _mapping(item.get("gatewayAPI"), f"{field}.gatewayAPI")
-    return TrafficRouting(routing, _text(gateway.get("httpRoute"), f"{field}.gatewayAPI.httpRoute"))
+    gateway = fields.mapping(item.get("gatewayAPI"), f"{field}.gatewayAPI")
+    return TrafficRouting(routing, fields.text(gateway.get("httpRoute"), f"{field}.gatewayAPI.httpRoute"))
 
 
 def _parse_analysis(raw: Any, field: str) -> an.AnalysisSpec:
     if raw is None:
         return an.AnalysisSpec()
-    item = _mapping(raw, field)
+    item = fields.mapping(raw, field)
     metrics: list[an.MetricSpec] = []
     raw_metrics = item.get("metrics") or []
     if not isinstance(raw_metrics, list):
         raise SpecError(f"{field}.metrics", "must be a list")
     for i, raw_metric in enumerate(raw_metrics):
         path = f"{field}.metrics[{i}]"
-        metric = _mapping(raw_metric, path)
+        metric = fields.mapping(raw_metric, path)
         low, high = metric.get("min"), metric.get("max")
         parsed = an.MetricSpec(
-            name=_text(metric.get("name"), f"{path}.name"),
-            query=_text(metric.get("query"), f"{path}.query"),
-            min=None if low is None else _number(low, f"{path}.min"),
-            max=None if high is None else _number(high, f"{path}.max"),
+            name=fields.text(metric.get("name"), f"{path}.name"),
+            query=fields.text(metric.get("query"), f"{path}.query"),
+            min=None if low is None else fields.number(low, f"{path}.min"),
+            max=None if high is None else fields.number(high, f"{path}.max"),
         )
         if parsed.min is not None and parsed.max is not None and parsed.min > parsed.max:
             raise SpecError(path, f"min ({parsed.min:g}) must not exceed max ({parsed.max:g})")
@@ -208,10 +169,12 @@ def _parse_analysis(raw: Any, field: str) -> an.AnalysisSpec:
             raise SpecError(f"{path}.name", f"metric {parsed.name!r} is listed twice")
         metrics.append(parsed)
     return an.AnalysisSpec(
-        interval=_duration(item.get("interval", "30s"), f"{field}.interval", positive=True),
-        failure_limit=_int(item.get("failureLimit", 2), f"{field}.failureLimit", 0, 1000),
-        inconclusive_limit=_int(item.get("inconclusiveLimit", 3), f"{field}.inconclusiveLimit", 0, 1000),
-        consecutive_error_limit=_int(
+        interval=fields.duration(item.get("interval", "30s"), f"{field}.interval", positive=True),
+        failure_limit=fields.integer(item.get("failureLimit", 2), f"{field}.failureLimit", 0, 1000),
+        inconclusive_limit=fields.integer(
+            item.get("inconclusiveLimit", 3), f"{field}.inconclusiveLimit", 0, 1000
+        ),
+        consecutive_error_limit=fields.integer(
             item.get("consecutiveErrorLimit", 4), f"{field}.consecutiveErrorLimit", 0, 1000
         ),
         metrics=tuple(metrics),
@@ -221,17 +184,17 @@ def _parse_analysis(raw: Any, field: str) -> an.AnalysisSpec:
 def _parse_slo(raw: Any, field: str) -> SloSpec | None:
     if raw is None:
         return None
-    item = _mapping(raw, field)
-    objective = _number(item.get("objective"), f"{field}.objective")
+    item = fields.mapping(raw, field)
+    objective = fields.number(item.get("objective"), f"{field}.objective")
     if not 0 < objective < 1:
         raise SpecError(f"{field}.objective", f"must lie strictly between 0 and 1, got {objective:g}")
-    burn = _number(item.get("maxBurnRate", 14.4), f"{field}.maxBurnRate")
+    burn = fields.number(item.get("maxBurnRate", 14.4), f"{field}.maxBurnRate")
     if burn <= 0:
         raise SpecError(f"{field}.maxBurnRate", "must be positive")
     return SloSpec(
-        error_ratio_query=_text(item.get("errorRatioQuery"), f"{field}.errorRatioQuery"),
+        error_ratio_query=fields.text(item.get("errorRatioQuery"), f"{field}.errorRatioQuery"),
         objective=objective,
-        window=_duration(item.get("window", "720h"), f"{field}.window", positive=True),
+        window=fields.duration(item.get("window", "720h"), f"{field}.window", positive=True),
         max_burn_rate=burn,
     )
 
@@ -239,7 +202,7 @@ def _parse_slo(raw: Any, field: str) -> SloSpec | None:
 def parse_rollout_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
     """Turn ``spec.rollout`` into a ``RolloutSpec`` or raise ``SpecError`` naming the field."""
     field = "spec.rollout"
-    item = _mapping({} if raw is None else raw, field)
+    item = fields.mapping({} if raw is None else raw, field)
     name = item.get("strategy", Strategy.ROLLING_UPDATE.value)
     try:
         strategy = Strategy(name)
@@ -252,7 +215,7 @@ def parse_rollout_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
         steps = _parse_steps(item["canary"], f"{field}.canary")
     spec = RolloutSpec(
         strategy=strategy,
-        paused=_bool(item.get("paused", False), f"{field}.paused"),
+        paused=fields.boolean(item.get("paused", False), f"{field}.paused"),
         steps=steps,
         blue_green=_parse_blue_green(item.get("blueGreen"), f"{field}.blueGreen"),
         traffic=_parse_traffic(item.get("trafficRouting"), f"{field}.trafficRouting"),
@@ -340,7 +303,7 @@ class RolloutState:
             if failure is None
             else {
                 "metric": failure.metric,
-                "value": an.encode_float(failure.value),
+                "value": fields.encode_float(failure.value),
                 "message": failure.message,
             },
             "switchedAt": self.switched_at,
@@ -355,63 +318,43 @@ class RolloutState:
         if not raw:
             return cls()
         if not isinstance(raw, Mapping):
-            raise an.StorageError("status.rollout must be an object")
+            raise fields.StorageError("status.rollout must be an object")
         schema = raw.get("schema")
         if schema != SCHEMA:
-            raise an.StorageError(
+            raise fields.StorageError(
                 f"status.rollout schema {schema!r} is not {SCHEMA}: written by another operator version"
             )
         failure_raw = raw.get("failure")
         failure = None
         if failure_raw is not None:
             if not isinstance(failure_raw, Mapping):
-                raise an.StorageError("failure must be an object")
+                raise fields.StorageError("failure must be an object")
             failure = an.Failure(
-                an.stored_str(failure_raw, "metric") or "",
-                an.decode_float(failure_raw.get("value")),
-                an.stored_str(failure_raw, "message") or "",
+                fields.stored_str(failure_raw, "metric") or "",
+                fields.decode_float(failure_raw.get("value")),
+                fields.stored_str(failure_raw, "message") or "",
             )
         held = raw.get("held", False)
         if not isinstance(held, bool):
-            raise an.StorageError("held must be a boolean")
+            raise fields.StorageError("held must be a boolean")
         return cls(
-            phase=_enum(Phase, raw, "phase") or Phase.INITIALIZING,
-            stable_revision=an.stored_str(raw, "stableRevision"),
-            revision=an.stored_str(raw, "revision"),
-            started_at=an.stored_time(raw, "startedAt"),
-            step=an.stored_int(raw, "step"),
-            weight=an.stored_int(raw, "weight"),
-            achieved_weight=an.stored_int(raw, "achievedWeight"),
-            step_reached_at=an.stored_time(raw, "stepReachedAt"),
-            pause_reason=_enum(PauseReason, raw, "pauseReason"),
+            phase=fields.stored_enum(Phase, raw, "phase") or Phase.INITIALIZING,
+            stable_revision=fields.stored_str(raw, "stableRevision"),
+            revision=fields.stored_str(raw, "revision"),
+            started_at=fields.stored_time(raw, "startedAt"),
+            step=fields.stored_int(raw, "step"),
+            weight=fields.stored_int(raw, "weight"),
+            achieved_weight=fields.stored_int(raw, "achievedWeight"),
+            step_reached_at=fields.stored_time(raw, "stepReachedAt"),
+            pause_reason=fields.stored_enum(PauseReason, raw, "pauseReason"),
             held=held,
-            cause=_enum(Cause, raw, "cause"),
+            cause=fields.stored_enum(Cause, raw, "cause"),
             failure=failure,
-            switched_at=an.stored_time(raw, "switchedAt"),
+            switched_at=fields.stored_time(raw, "switchedAt"),
             analysis=an.AnalysisState.from_storage(raw.get("analysis")),
-            applied_commands=_strings(raw, "appliedCommands"),
-            emitted=_strings(raw, "emitted"),
+            applied_commands=fields.stored_strings(raw, "appliedCommands"),
+            emitted=fields.stored_strings(raw, "emitted"),
         )
-
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-def _enum(kind: type[_E], raw: Mapping[str, Any], key: str) -> _E | None:
-    value = an.stored_str(raw, key)
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise an.StorageError(f"{key}: unknown value {value!r}") from None
-
-
-def _strings(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise an.StorageError(f"{key} must be a list of strings")
-    return tuple(value)
 
 
 # --- observations ----------------------------------------------------------------------------

@@ -17,14 +17,14 @@ frozen ``ScalingState`` that the caller persists and passes back.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from homeostat.core import fields
 from homeostat.core import forecast as fc
-from homeostat.core.spec import Replicas, SpecError, parse_duration
+from homeostat.core.spec import Replicas, SpecError
 
 FIELD = "spec.autoscaling"
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -129,35 +129,6 @@ class AutoscalingSpec:
 # --- parsing -----------------------------------------------------------------------------------
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(field, "must be an object")
-    return value
-
-
-def _number(value: Any, field: str, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(field, f"must be a number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise SpecError(field, f"must be {bounds}, got {value}")
-    return float(value)
-
-
-def _duration(raw: Mapping[str, Any], key: str, field: str, default: float, positive: bool = False) -> float:
-    value = raw.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise SpecError(field, f"must be a duration string like 30s, got {value!r}")
-    seconds = parse_duration(value, field)
-    if positive and seconds <= 0:
-        raise SpecError(field, "must be a positive duration")
-    return seconds
-
-
 def _enum(kind: type[_E], value: Any, field: str) -> _E:
     try:
         return kind(value)
@@ -167,9 +138,9 @@ def _enum(kind: type[_E], value: Any, field: str) -> _E:
 
 
 def _rules(raw: Any, field: str, default: ScalingRules) -> ScalingRules:
-    rules = _mapping(raw, field)
-    window = _duration(
-        rules, "stabilizationWindow", f"{field}.stabilizationWindow", default.stabilization_window
+    rules = fields.mapping(raw, field, optional=True)
+    window = fields.duration(
+        rules.get("stabilizationWindow"), f"{field}.stabilizationWindow", default=default.stabilization_window
     )
     select = _enum(SelectPolicy, rules.get("selectPolicy", "Max"), f"{field}.selectPolicy")
     raw_policies = rules.get("policies")
@@ -180,7 +151,7 @@ def _rules(raw: Any, field: str, default: ScalingRules) -> ScalingRules:
     policies = []
     for i, item in enumerate(raw_policies):
         where = f"{field}.policies[{i}]"
-        policy = _mapping(item, where)
+        policy = fields.mapping(item, where, optional=True)
         value = policy.get("value")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"{where}.value", f"must be an integer of at least 1, got {value!r}")
@@ -190,7 +161,7 @@ def _rules(raw: Any, field: str, default: ScalingRules) -> ScalingRules:
             RatePolicy(
                 _enum(PolicyType, policy.get("type"), f"{where}.type"),
                 value,
-                _duration(policy, "period", f"{where}.period", 0.0, positive=True),
+                fields.duration(policy.get("period"), f"{where}.period", default=0.0, positive=True),
             )
         )
     return ScalingRules(window, tuple(policies), select)
@@ -198,28 +169,28 @@ def _rules(raw: Any, field: str, default: ScalingRules) -> ScalingRules:
 
 def parse(raw: Mapping[str, Any] | None) -> AutoscalingSpec:
     """Turn ``spec.autoscaling`` into an ``AutoscalingSpec`` or raise ``SpecError``."""
-    auto = _mapping(raw, FIELD)
+    auto = fields.mapping(raw, FIELD, optional=True)
     mode = _enum(Mode, auto.get("mode", "Off"), f"{FIELD}.mode")
-    metric = _mapping(auto.get("metric"), f"{FIELD}.metric")
+    metric = fields.mapping(auto.get("metric"), f"{FIELD}.metric", optional=True)
     query, target = "", 1.0
     if mode is not Mode.OFF or metric:
         query = metric.get("query", "")
         if not isinstance(query, str) or not query:
             raise SpecError(f"{FIELD}.metric.query", f"is required when mode is {mode.value}")
-        target = _number(metric.get("targetPerReplica"), f"{FIELD}.metric.targetPerReplica", low=0.0)
+        target = fields.number(metric.get("targetPerReplica"), f"{FIELD}.metric.targetPerReplica", low=0.0)
         if target <= 0:
             raise SpecError(f"{FIELD}.metric.targetPerReplica", "must be greater than 0")
-    fraw = _mapping(auto.get("forecast"), f"{FIELD}.forecast")
+    fraw = fields.mapping(auto.get("forecast"), f"{FIELD}.forecast", optional=True)
     defaults = fc.ForecastConfig()
     seasonality = _enum(fc.Seasonality, fraw.get("seasonality", "Auto"), f"{FIELD}.forecast.seasonality")
-    step = _duration(fraw, "step", f"{FIELD}.forecast.step", defaults.step, positive=True)
+    step = fields.duration(fraw.get("step"), f"{FIELD}.forecast.step", default=defaults.step, positive=True)
     candidates = defaults.candidate_periods
     if fraw.get("period") is not None:
         # A load with a season other than a day or a week (a batch cycle, a shift pattern, a
         # compressed-time test) names it; Auto then checks that one candidate instead.
         if seasonality is not fc.Seasonality.AUTO:
             raise SpecError(f"{FIELD}.forecast.period", "may only be set when seasonality is Auto")
-        period = _duration(fraw, "period", f"{FIELD}.forecast.period", 0.0, positive=True)
+        period = fields.duration(fraw.get("period"), f"{FIELD}.forecast.period", default=0.0, positive=True)
         if period < 2 * step:
             raise SpecError(f"{FIELD}.forecast.period", f"must be at least two steps ({2 * step:g}s)")
         candidates = (period,)
@@ -227,10 +198,15 @@ def parse(raw: Mapping[str, Any] | None) -> AutoscalingSpec:
         method=_enum(fc.Method, fraw.get("method", "HoltWinters"), f"{FIELD}.forecast.method"),
         seasonality=seasonality,
         step=step,
-        history=_duration(fraw, "history", f"{FIELD}.forecast.history", defaults.history, positive=True),
-        quantile=_number(fraw.get("quantile", 0.9), f"{FIELD}.forecast.quantile", 0.5, 0.999),
-        refit_interval=_duration(
-            fraw, "refitInterval", f"{FIELD}.forecast.refitInterval", defaults.refit_interval, positive=True
+        history=fields.duration(
+            fraw.get("history"), f"{FIELD}.forecast.history", default=defaults.history, positive=True
+        ),
+        quantile=fields.number(fraw.get("quantile", 0.9), f"{FIELD}.forecast.quantile", 0.5, 0.999),
+        refit_interval=fields.duration(
+            fraw.get("refitInterval"),
+            f"{FIELD}.forecast.refitInterval",
+            default=defaults.refit_interval,
+            positive=True,
         ),
         candidate_periods=candidates,
         # Gaps are judged in bins, so the tolerated gap scales with the step (6 bins at 5m).
@@ -241,15 +217,15 @@ def parse(raw: Mapping[str, Any] | None) -> AutoscalingSpec:
     allow = auto.get("allowForecastScaleIn", False)
     if not isinstance(allow, bool):
         raise SpecError(f"{FIELD}.allowForecastScaleIn", "must be a boolean")
-    behavior = _mapping(auto.get("behavior"), f"{FIELD}.behavior")
+    behavior = fields.mapping(auto.get("behavior"), f"{FIELD}.behavior", optional=True)
     return AutoscalingSpec(
         mode=mode,
         query=query,
         target_per_replica=target,
         forecast=forecast,
-        startup_delay=_duration(auto, "startupDelay", f"{FIELD}.startupDelay", 60.0),
-        interval=_duration(auto, "interval", f"{FIELD}.interval", 30.0, positive=True),
-        tolerance=_number(auto.get("tolerance", 0.1), f"{FIELD}.tolerance", 0.0, 1.0),
+        startup_delay=fields.duration(auto.get("startupDelay"), f"{FIELD}.startupDelay", default=60.0),
+        interval=fields.duration(auto.get("interval"), f"{FIELD}.interval", default=30.0, positive=True),
+        tolerance=fields.number(auto.get("tolerance", 0.1), f"{FIELD}.tolerance", 0.0, 1.0),
         allow_forecast_scale_in=allow,
         behavior=Behavior(
             _rules(behavior.get("scaleUp"), f"{FIELD}.behavior.scaleUp", DEFAULT_SCALE_UP),
@@ -276,16 +252,37 @@ class ScalingState:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> ScalingState:
-        """The persisted state; an unreadable one starts afresh (as an HPA does on restart)."""
+        """The persisted state: absent or empty is a fresh start, anything unreadable a
+        ``StorageError`` (the rule in ``core/fields.py``). Starting afresh instead would forget
+        the stabilisation window and the rate-limit events, and could scale in at once."""
+        if not raw:
+            return cls()
         if not isinstance(raw, Mapping):
-            return cls()
-        try:
-            return cls(
-                tuple((float(t), int(r)) for t, r in raw.get("recommendations", ())),
-                tuple((float(t), int(c)) for t, c in raw.get("events", ())),
-            )
-        except (TypeError, ValueError):
-            return cls()
+            raise fields.StorageError("autoscaling.scaling must be an object")
+        return cls(_pairs(raw, "recommendations"), _pairs(raw, "events"))
+
+
+def _pairs(raw: Mapping[str, Any], key: str) -> tuple[tuple[float, int], ...]:
+    """``[[seconds, count], ...]``; counts are signed (an event of -2 scaled down by two)."""
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise fields.StorageError(f"autoscaling.scaling.{key} must be a list")
+    pairs = []
+    for i, item in enumerate(value):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}] must be a [seconds, count] pair")
+        at, count = item
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}][0] must be a number of seconds")
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, int | float)
+            or not math.isfinite(count)
+            or count != int(count)
+        ):
+            raise fields.StorageError(f"autoscaling.scaling.{key}[{i}][1] must be an integer")
+        pairs.append((float(at), int(count)))
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -586,44 +583,23 @@ def _summary(
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def render_query(query: str, *, namespace: str, service: str) -> str:
-    """The PromQL query with the ``{{namespace}}`` and ``{{service}}`` placeholders filled in.
-
-    Both are DNS labels (the API server validates them), so they need no quoting in PromQL.
-    """
-    return query.replace("{{namespace}}", namespace).replace("{{service}}", service)
-
-
-def rfc3339(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def duration_text(seconds: float) -> str:
-    """A duration in the Go form the API uses (``1m30s``, ``2h``, ``0s``)."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
-    return text or "0s"
-
-
 def summary_status(summary: ForecastSummary) -> dict[str, Any]:
     """``status.forecast`` in the CRD's shape; absent values are left out, not written as null."""
     status: dict[str, Any] = {
         "method": summary.method,
-        "horizon": duration_text(summary.horizon),
+        "horizon": fields.duration_text(summary.horizon),
         "mode": summary.mode.value,
     }
     if summary.predicted_peak is not None:
         status["predictedPeak"] = round(summary.predicted_peak, 6)
     if summary.predicted_peak_at is not None:
-        status["predictedPeakAt"] = rfc3339(summary.predicted_peak_at)
+        status["predictedPeakAt"] = fields.rfc3339(summary.predicted_peak_at)
     if summary.mase is not None:
         status["mase"] = round(summary.mase, 4)
     if summary.smape is not None:
         status["smape"] = round(summary.smape, 4)
     if summary.last_fit_time is not None:
-        status["lastFitTime"] = rfc3339(summary.last_fit_time)
+        status["lastFitTime"] = fields.rfc3339(summary.last_fit_time)
     if summary.fallback is not None:
         status["fallback"] = summary.fallback[:1024]
     return status
@@ -642,7 +618,7 @@ def evaluation_status(
     the rate-policy state and the fitted model) and ``status.forecast`` (None removes it)."""
     return {
         "autoscaling": {
-            "lastEvaluated": rfc3339(now),
+            "lastEvaluated": fields.rfc3339(now),
             "mode": decision.mode.value,
             "reason": decision.reason.value,
             "current": current,

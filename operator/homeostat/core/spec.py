@@ -15,6 +15,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from homeostat.core import fields
+
+# The spec's error is the field parsers' error; every module names it as spec.SpecError.
+SpecError = fields.SpecError
 JSON = dict[str, Any]
 
 _QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
@@ -34,17 +38,6 @@ _QUANTITY_SUFFIX = {
     "Pi": 2.0**50,
     "Ei": 2.0**60,
 }
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class SpecError(ValueError):
-    """A spec the operator cannot act on; ``field`` is the JSON path of the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class Strategy(enum.StrEnum):
@@ -90,19 +83,6 @@ class ServiceSpec:
     min_ready_seconds: int = 0
 
 
-def parse_duration(value: str, field: str) -> float:
-    """Seconds in a Go-style duration such as ``1h30m`` or ``500ms``."""
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or not value:
-        raise SpecError(field, f"{value!r} is not a duration like 30s, 5m or 1h30m")
-    return total
-
-
 def quantity(value: Any) -> float | None:
     """A Kubernetes quantity (``128Mi``, ``1G``, ``1e9``, ``500m``) in base units; None when
     unreadable. Memory limits, ceilings and working sets are compared in these units."""
@@ -116,24 +96,10 @@ def quantity(value: Any) -> float | None:
     return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2)] if match else None
 
 
-def _int(value: Any, field: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(field, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise SpecError(field, f"must be at least {minimum}, got {value}")
-    return value
-
-
 def _int_or_percent(value: Any, field: str) -> int | str:
     if isinstance(value, str) and re.fullmatch(r"[0-9]+%", value):
         return value
-    return _int(value, field)
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(field, "must be an object")
-    return value
+    return fields.integer(value, field)
 
 
 # A pod template a person writes is about a dozen levels deep (affinity terms are the deepest).
@@ -158,16 +124,16 @@ def nested_beyond(value: Any, limit: int, path: str) -> str | None:
 
 
 def _parse_template(raw: Any) -> Mapping[str, Any]:
-    template = _mapping(raw, "spec.template")
+    template = fields.mapping(raw, "spec.template")
     deep = nested_beyond(template, MAX_TEMPLATE_DEPTH, "spec.template")
     if deep is not None:
         raise SpecError(deep[:200], f"is nested more than {MAX_TEMPLATE_DEPTH} levels below spec.template")
-    pod = _mapping(template.get("spec"), "spec.template.spec")
+    pod = fields.mapping(template.get("spec"), "spec.template.spec")
     containers = pod.get("containers")
     if not isinstance(containers, list) or not containers:
         raise SpecError("spec.template.spec.containers", "at least one container is required")
     for i, raw_container in enumerate(containers):
-        container = _mapping(raw_container, f"spec.template.spec.containers[{i}]")
+        container = fields.mapping(raw_container, f"spec.template.spec.containers[{i}]")
         for key in ("name", "image"):
             if not isinstance(container.get(key), str) or not container[key]:
                 raise SpecError(f"spec.template.spec.containers[{i}].{key}", "is required")
@@ -204,11 +170,11 @@ def _parse_ports(raw: Any) -> tuple[Port, ...]:
         raise SpecError("spec.ports", "must be a list")
     ports = []
     for i, raw_item in enumerate(raw):
-        item = _mapping(raw_item, f"spec.ports[{i}]")
-        port = _int(item.get("port"), f"spec.ports[{i}].port", minimum=1)
+        item = fields.mapping(raw_item, f"spec.ports[{i}]")
+        port = fields.integer(item.get("port"), f"spec.ports[{i}].port", 1)
         target = item.get("targetPort", port)
         if not isinstance(target, str):
-            target = _int(target, f"spec.ports[{i}].targetPort", minimum=1)
+            target = fields.integer(target, f"spec.ports[{i}].targetPort", 1)
         name = item.get("name") or f"port-{port}"
         ports.append(Port(str(name), port, target, str(item.get("protocol", "TCP"))))
     if len({p.name for p in ports}) != len(ports):
@@ -219,21 +185,21 @@ def _parse_ports(raw: Any) -> tuple[Port, ...]:
 def parse_replicas(raw: Any) -> Replicas:
     if raw is None:
         return Replicas()
-    raw = _mapping(raw, "spec.replicas")
-    low = _int(raw.get("min", 1), "spec.replicas.min")
-    high = _int(raw.get("max", max(low, 10)), "spec.replicas.max", minimum=1)
+    raw = fields.mapping(raw, "spec.replicas")
+    low = fields.integer(raw.get("min", 1), "spec.replicas.min")
+    high = fields.integer(raw.get("max", max(low, 10)), "spec.replicas.max", 1)
     if low > high:
         raise SpecError("spec.replicas", f"min ({low}) must not exceed max ({high})")
     desired = raw.get("desired")
     if desired is not None:
-        desired = _int(desired, "spec.replicas.desired")
+        desired = fields.integer(desired, "spec.replicas.desired")
     return Replicas(low, high, desired)
 
 
 def _parse_budget(raw: Any) -> DisruptionBudget:
     if raw is None:
         return DisruptionBudget()
-    raw = _mapping(raw, "spec.disruptionBudget")
+    raw = fields.mapping(raw, "spec.disruptionBudget")
     max_u, min_a = raw.get("maxUnavailable"), raw.get("minAvailable")
     if (max_u is None) == (min_a is None):
         raise SpecError("spec.disruptionBudget", "set exactly one of maxUnavailable and minAvailable")
@@ -249,7 +215,7 @@ def _parse_budget(raw: Any) -> DisruptionBudget:
 def parse(raw: Mapping[str, Any]) -> ServiceSpec:
     """Turn a ReplicatedService ``spec`` into a ``ServiceSpec`` or raise ``SpecError``."""
     rollout = raw.get("rollout") or {}
-    strategy_name = _mapping(rollout, "spec.rollout").get("strategy", Strategy.ROLLING_UPDATE.value)
+    strategy_name = fields.mapping(rollout, "spec.rollout").get("strategy", Strategy.ROLLING_UPDATE.value)
     try:
         strategy = Strategy(strategy_name)
     except ValueError:
@@ -260,7 +226,7 @@ def parse(raw: Mapping[str, Any]) -> ServiceSpec:
         replicas=parse_replicas(raw.get("replicas")),
         disruption_budget=_parse_budget(raw.get("disruptionBudget")),
         strategy=strategy,
-        min_ready_seconds=_int(raw.get("minReadySeconds", 0), "spec.minReadySeconds"),
+        min_ready_seconds=fields.integer(raw.get("minReadySeconds", 0), "spec.minReadySeconds"),
     )
 
 

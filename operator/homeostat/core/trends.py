@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from homeostat.core import fields
 from homeostat.core import maintenance as mt
 from homeostat.core.spec import SpecError
 
@@ -123,13 +124,6 @@ RISK_DEFAULTS = TrendSpec(Resource.RISK, limit=0.8, interval=60.0)
 RISK_FIELD = "spec.healing.predictiveMaintenance"
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float, field: str) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(f"{field}.{key}", f"must be a number, got {value!r}")
-    return float(value)
-
-
 def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
     block = (healing or {}).get("predictiveMaintenance")
     if not isinstance(block, Mapping) or block.get("enabled", True) is False:
@@ -147,7 +141,7 @@ def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
     if not isinstance(query, str) or not query:
         raise SpecError(f"{field}.query", "must be a non-empty PromQL query")
     limit_key = "limit" if defaults.resource is Resource.RESTARTS else "threshold"
-    limit = _number(raw, limit_key, defaults.limit, field)
+    limit = fields.number(raw.get(limit_key, defaults.limit), f"{field}.{limit_key}")
     if defaults.resource is Resource.RESTARTS and (limit < 1 or limit != int(limit)):
         raise SpecError(f"{field}.limit", "must be a whole number of restarts, at least 1")
     if defaults.resource is Resource.DISK and not 0 < limit <= 1:
@@ -193,7 +187,7 @@ def parse_risk(healing: Mapping[str, Any] | None) -> TrendSpec:
     query = block["query"]
     if not isinstance(query, str) or not query.strip():
         raise SpecError(f"{RISK_FIELD}.query", "must be a non-empty PromQL query")
-    threshold = _number(block, "threshold", RISK_DEFAULTS.limit, RISK_FIELD)
+    threshold = fields.number(block.get("threshold", RISK_DEFAULTS.limit), f"{RISK_FIELD}.threshold")
     if not 0 <= threshold <= 1:
         raise SpecError(f"{RISK_FIELD}.threshold", "must be a risk between 0 and 1")
     return dataclasses.replace(
@@ -570,16 +564,3 @@ def own_part(previous: Mapping[str, Any], resource: Resource) -> dict[str, Any]:
     if resource is Resource.MEMORY:
         return {k: previous[k] for k in MEMORY_KEYS if previous.get(k) is not None}
     return dict(previous.get(resource.value) or {})
-
-
-def known_requests(
-    previous: Mapping[str, Any], resource: Resource, parse_time: Callable[[Any], float | None], now: float
-) -> dict[str, float]:
-    """One check's recorded requests by key, with when each was first made (``now`` where the
-    stored time does not parse: the request is kept, its lead time counted from now)."""
-    known: dict[str, float] = {}
-    for r in previous.get("requests") or []:
-        if _owns(r, resource) and "key" in r:
-            when = parse_time(r.get("requestedAt"))
-            known[r["key"]] = now if when is None else when
-    return known

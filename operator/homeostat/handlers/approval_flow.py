@@ -21,6 +21,7 @@ from typing import Any
 from homeostat import ports
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
+from homeostat.core import fields
 from homeostat.handlers import runtime as rt
 
 MAX_BACKOFF = 60.0
@@ -338,13 +339,13 @@ async def _post_once(
     posting and recording, or Slack failing after accepting it) can be found first."""
     since = stored.get("postingSince")
     if since:
-        found = await messenger.find(ref, request, appr.parse_time(since, "status.slack.postingSince"))
+        found = await messenger.find(ref, request, fields.parse_rfc3339(since, "status.slack.postingSince"))
         if found is not None:
             audit("slack-found", ref, channel=found.channel, ts=found.ts)
             return found
     else:
         # Recorded before posting, or no post happens: it tells a restarted operator to look first.
-        marker = {"postingSince": appr.format_time(runtime.clock())}
+        marker = {"postingSince": fields.rfc3339(runtime.clock())}
         await runtime.store.patch_status(ref.namespace, ref.name, {"slack": marker}, None)
     return await messenger.post(ref, request, state)
 

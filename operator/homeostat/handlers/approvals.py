@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from homeostat.core import approval as appr
+from homeostat.core import fields
 from homeostat.handlers import approval_flow as flow
 from homeostat.handlers import runtime as rt
 
@@ -73,7 +74,7 @@ async def approval_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, *
                 requester=request.requester,
                 risk=request.risk.value,
                 quorum=request.required,
-                expiresAt=appr.format_time(request.expires_at),
+                expiresAt=fields.rfc3339(request.expires_at),
             )
             flow.service_event(
                 runtime,
@@ -134,7 +135,7 @@ async def _clock(runtime: rt.Runtime) -> None:
             ref = appr.Ref(*key)
             phase = (body.get("status") or {}).get("phase") or appr.Phase.PENDING.value
             try:
-                expires = appr.parse_time((body.get("spec") or {}).get("expiresAt"), "spec.expiresAt")
+                expires = fields.parse_rfc3339((body.get("spec") or {}).get("expiresAt"), "spec.expiresAt")
             except ValueError:
                 continue
             if phase == appr.Phase.PENDING.value and now >= expires and key not in runtime.approvals.expiring:

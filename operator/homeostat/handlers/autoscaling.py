@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeostat import ports
+from homeostat.core import fields
 from homeostat.core import forecast as fc
 from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
@@ -104,7 +105,14 @@ async def autoscale(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mappi
     now = runtime.clock()
     current = service.replicas.desired if service.replicas.desired is not None else service.replicas.effective
     saved = status.get("autoscaling") or {}
-    previous_state = sc.ScalingState.from_dict(saved.get("scaling"))
+    try:
+        previous_state = sc.ScalingState.from_dict(saved.get("scaling"))
+    except fields.StorageError as exc:
+        # The record the rate policies and stabilisation window read: read as empty, a scale-in
+        # could come at once. Hold, and say how to get out (core/fields.py, the stored-state rule).
+        message = f"status.autoscaling.scaling cannot be read ({exc}); fix or clear it. Holding {current}"
+        await runtime.write_status(body, {}, [_condition("False", "InvalidStatus", message, generation)])
+        return
     decision, new_state, model, metric, why = await _evaluate(
         runtime, body, auto, service, current=current, saved=saved, state=previous_state, now=now
     )
@@ -150,7 +158,7 @@ async def _evaluate(
 ) -> tuple[sc.Decision, sc.ScalingState, fc.ModelState | None, float | None, str]:
     """Read the metric (and, for a forecast, its history), then let the core decide."""
     meta = body["metadata"]
-    query = sc.render_query(auto.query, namespace=meta["namespace"], service=meta["name"])
+    query = fields.render_query(auto.query, namespace=meta["namespace"], service=meta["name"])
     metric, why = await _metric(runtime.metrics, query)
     model = fc.ModelState.from_dict(saved.get("model"))
     forecast: fc.Forecast | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Mapping
@@ -33,9 +32,9 @@ import kopf
 from homeostat import ports
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
+from homeostat.core import fields
 from homeostat.core import policy as pol
 from homeostat.core import remediation as rem
-from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
 from homeostat.handlers import runtime as rt
 
@@ -359,7 +358,7 @@ async def _probe(
     problems: dict[str, str] = {}
     for objective in objectives:
         value: float | None = None
-        query = sc.render_query(objective.query, namespace=namespace, service=name)
+        query = fields.render_query(objective.query, namespace=namespace, service=name)
         try:
             value, why = rt.one_value(await runtime.metrics.instant(query))
         except ports.Unavailable as exc:
@@ -383,7 +382,7 @@ async def _probe(
 
 
 def _last(action: str, target: str, cause: str, outcome: str, now: float) -> dict[str, Any]:
-    when = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = fields.rfc3339(now)
     return {"action": action, "target": target, "cause": cause, "outcome": outcome, "time": when}
 
 

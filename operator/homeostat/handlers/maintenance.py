@@ -11,14 +11,13 @@ healing loop acts on.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from homeostat import ports
+from homeostat.core import fields
 from homeostat.core import maintenance as mt
-from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
 from homeostat.core import trends as tr
 from homeostat.handlers import runtime as rt
@@ -61,15 +60,6 @@ def _basis(resource: tr.Resource) -> Callable[[Mapping[str, Any]], bool]:
     return basis
 
 
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 async def _write(
     runtime: rt.Runtime,
     body: Mapping[str, Any],
@@ -86,9 +76,19 @@ async def _write(
         await runtime.write_status(body, {"maintenance": merged})
 
 
-def _known(runtime: rt.Runtime, body: Mapping[str, Any], resource: tr.Resource) -> dict[str, float]:
+async def _known(
+    runtime: rt.Runtime, body: Mapping[str, Any], resource: tr.Resource
+) -> dict[str, float] | None:
+    """The check's recorded requests with when each was made; None after saying in its part of
+    the status that they cannot be read (the check then holds: read as new, a request would be
+    announced again with a fresh time)."""
     previous = runtime.status_of(body).get("maintenance") or {}
-    return tr.known_requests(previous, resource, _parse_time, runtime.clock())
+    try:
+        return mt.recorded(previous.get("requests"), resource.value)
+    except fields.StorageError as exc:
+        message = f"status.{exc} — fix or clear status.maintenance; nothing is requested meanwhile"
+        await _write(runtime, body, resource, {"reason": "InvalidStatus", "message": message[:1024]})
+        return None
 
 
 def _own_part(runtime: rt.Runtime, body: Mapping[str, Any], resource: tr.Resource) -> dict[str, Any]:
@@ -118,16 +118,18 @@ async def check_memory(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Ma
     if per_pod is None:
         return
     findings = await runtime.pool.compute(mt.assess_all, sorted(per_pod.items()), spec, now=now)
-    known = _known(runtime, body, memory)
+    known = await _known(runtime, body, memory)
+    if known is None:
+        return
     wanted, new = mt.requests(findings, known, now=now)
     maintenance = {
-        "lastEvaluated": sc.rfc3339(now),
+        "lastEvaluated": fields.rfc3339(now),
         "reason": "Evaluated",
         "message": f"{len(findings)} pod(s) checked, {len(wanted)} predicted to run out within the lead time",
         "pods": len(findings),
         "findings": mt.report(findings),
     }
-    await _write(runtime, body, memory, maintenance, [r.to_dict(sc.rfc3339) for r in wanted])
+    await _write(runtime, body, memory, maintenance, [r.to_dict(fields.rfc3339) for r in wanted])
     for request in new:
         await _tell(runtime, body, request.message, "pod predicted to run out of memory", request.key)
 
@@ -170,7 +172,7 @@ async def _trend_history(
     Prometheus is unavailable: losing it does not make a leak or a filling disk go away."""
     meta = body["metadata"]
     previous = _own_part(runtime, body, resource)
-    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    query = fields.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
     try:
         series = await runtime.metrics.range(query, now - spec.window, now, spec.step)
     except ports.Unavailable as exc:
@@ -223,19 +225,21 @@ async def _check_trend(
         hosting = _hosting_nodes(indexes, body)
         per_subject = {node: points for node, points in per_subject.items() if node in hosting}
     findings = await runtime.pool.compute(tr.assess_all, sorted(per_subject.items()), spec, now=now)
-    known = _known(runtime, body, resource)
+    known = await _known(runtime, body, resource)
+    if known is None:
+        return
     wanted, new = tr.requests(findings, known, spec, now=now)
     what = "pod(s)" if resource is tr.Resource.RESTARTS else "node(s) hosting its pods"
     limit = "restart limit" if resource is tr.Resource.RESTARTS else "disk threshold"
     part = {
-        "lastEvaluated": sc.rfc3339(now),
+        "lastEvaluated": fields.rfc3339(now),
         "reason": "Evaluated",
         "message": f"{len(findings)} {what} checked, {len(wanted)} predicted to reach the {limit} "
         "within the lead time",
         "checked": len(findings),
         "findings": tr.report(findings),
     }
-    await _write(runtime, body, resource, part, [r.to_dict(sc.rfc3339) for r in wanted])
+    await _write(runtime, body, resource, part, [r.to_dict(fields.rfc3339) for r in wanted])
     for request in new:
         if resource is tr.Resource.RESTARTS:
             title = "pod predicted to reach its restart limit"
@@ -258,7 +262,7 @@ async def check_risk(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mapp
         return
     now = runtime.clock()
     previous = _own_part(runtime, body, resource)
-    query = sc.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
+    query = fields.render_query(spec.query, namespace=meta["namespace"], service=meta["name"])
     hosting = _hosting_nodes(indexes, body)
     try:
         samples = await runtime.metrics.instant(query) if hosting else ()
@@ -266,24 +270,26 @@ async def check_risk(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mapp
         message = f"failure risk unknown, no node acted on: {exc}"[:1024]
         if previous.get("reason") != "MetricUnavailable":
             log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
-        blind = {"lastEvaluated": sc.rfc3339(now), "reason": "MetricUnavailable", "message": message}
+        blind = {"lastEvaluated": fields.rfc3339(now), "reason": "MetricUnavailable", "message": message}
         await _write(runtime, body, resource, blind, [])
         return
     pairs = [(s.labels.get("node", ""), s.value) for s in samples]
     readings = tr.assess_risk(pairs, hosting, spec)
-    known = _known(runtime, body, resource)
+    known = await _known(runtime, body, resource)
+    if known is None:
+        return
     wanted, new = tr.risk_requests(readings, known, spec, query, now=now)
     reason, message = tr.risk_summary(readings, spec)
     if reason != "Evaluated" and previous.get("reason") != reason:
         log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
     part = {
-        "lastEvaluated": sc.rfc3339(now),
+        "lastEvaluated": fields.rfc3339(now),
         "reason": reason,
         "message": message,
         "checked": len(readings),
         "findings": [r.to_dict() for r in readings][:20],
     }
-    await _write(runtime, body, resource, part, [r.to_dict(sc.rfc3339) for r in wanted])
+    await _write(runtime, body, resource, part, [r.to_dict(fields.rfc3339) for r in wanted])
     for request in new:
         title = f"node failure risk at or above {spec.limit:g} ({request.action})"
         await _tell(runtime, body, request.message, title, request.key)

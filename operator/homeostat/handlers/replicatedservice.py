@@ -22,11 +22,10 @@ from homeostat import ports
 from homeostat.core import analysis as an
 from homeostat.core import children as kids
 from homeostat.core import delivery as dl
+from homeostat.core import fields, validation
 from homeostat.core import reconcile as rec
 from homeostat.core import rollout as ro
-from homeostat.core import scaling as sc
 from homeostat.core import spec as specs
-from homeostat.core import validation
 from homeostat.handlers import runtime as rt
 
 RSVC = rt.RSVC
@@ -216,7 +215,7 @@ def _report(
     """The core's report of this reconcile, and the whole status it leaves."""
     delivery, rolling = planned.delivery, planned.rolling
     deployment_ref = kids.ChildRef("apps/v1", "Deployment", owner.namespace, owner.name)
-    now = sc.rfc3339(runtime.clock())
+    now = fields.rfc3339(runtime.clock())
     degraded_by = delivery.degraded_by if delivery is not None else rolling.degraded_by if rolling else None
     result = rec.report(
         owner=owner,
@@ -348,7 +347,7 @@ async def _plan_delivery(
     rollout_spec = ro.parse_rollout_spec((body.get("spec") or {}).get("rollout"))
     try:
         state = ro.RolloutState.from_storage(previous.get("rollout"))
-    except an.StorageError as exc:
+    except fields.StorageError as exc:
         raise specs.SpecError("status.rollout", f"cannot be read ({exc}); fix or clear it") from None
     command = dl.parse_command((body.get("metadata") or {}).get("annotations"))
     world = await _world(owner, rollout_spec, runtime, indexes)

@@ -34,11 +34,11 @@ from homeostat import ports
 from homeostat.core import approval as appr
 from homeostat.core import children as kids
 from homeostat.core import delivery as dl
+from homeostat.core import fields
 from homeostat.core import policy as pol
 from homeostat.core import reconcile as rec
 from homeostat.core import remediation as rem
 from homeostat.core import rollout as ro
-from homeostat.core import scaling as sc
 
 MEMO_KEY = "runtime"
 RSVC = (kids.GROUP, kids.VERSION, "replicatedservices")
@@ -327,7 +327,7 @@ class Runtime:
             previous = self.status_of(body)
             status = {**previous, **changes}
             if conditions:
-                now = sc.rfc3339(self.clock())
+                now = fields.rfc3339(self.clock())
                 status["conditions"] = rec.merge_conditions(previous.get("conditions") or [], conditions, now)
             patch = {k: replacing(previous.get(k), v) for k, v in status.items() if previous.get(k) != v}
             if not patch:
