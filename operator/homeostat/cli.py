@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         api = kube.load_client(args.kubeconfig, for_kopf=True)
         version = kube.preflight(api)
-    except kube.ConfigError as exc:
+    except kube.KubeConfigError as exc:
         print(f"homeostat: error: {exc}", file=sys.stderr)
         return 1
     kopf.configure(
@@ -214,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
                 args.slack_api_url or slack.DEFAULT_API_URL, args.slack_channel or "", args.secrets_dir
             )
         )
-    except slack.ConfigError as exc:
+    except slack.SlackConfigError as exc:
         print(f"homeostat: error: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("homeostat").info("approvals and notifications: %s", chat.description)
@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
         gate=approvals_api,
         store=approvals_api,
         messenger=chat.messenger,
-        settings=handler_runtime.Settings(
+        settings=handler_runtime.RuntimeSettings(
             resync_seconds=args.resync_interval, http_bind=args.http_bind, http_port=args.http_port or None
         ),
         pool=handler_runtime.ProcessPool(args.forecast_workers),

@@ -41,7 +41,7 @@ class PluginError(Exception):
 
 
 @dataclasses.dataclass
-class Context:
+class PluginContext:
     """What every subcommand needs: the API, the namespace in scope, and where to print."""
 
     approvals: Any  # adapters.approvals.KubeApprovals (sync methods)
@@ -62,7 +62,7 @@ def add_approvals(sub: Any) -> None:
     cmd.set_defaults(run=cmd_approvals)
 
 
-def cmd_approvals(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_approvals(args: argparse.Namespace, ctx: PluginContext) -> int:
     items = ctx.approvals.list_sync(None if args.all_namespaces else ctx.namespace)
     rows = [_row(item, ctx.clock(), args.all_namespaces) for item in items]
     header = ["NAME", "PHASE", "ACTION", "TARGET", "SERVICE", "RISK", "APPROVALS", "EXPIRES", "REASON"]
@@ -79,7 +79,7 @@ def cmd_approvals(args: argparse.Namespace, ctx: Context) -> int:
 def _row(item: Mapping[str, Any], now: float, with_namespace: bool) -> list[str]:
     meta, spec = item["metadata"], item.get("spec") or {}
     state = appr.State.from_storage(item.get("status"))
-    approvals = sum(1 for d in state.decisions if d.verdict is appr.Verdict.APPROVE)
+    approvals = sum(1 for d in state.decisions if d.verdict is appr.Vote.APPROVE)
     try:
         request = appr.parse_request(spec)
         required, expires = str(request.required), _relative(request.expires_at - now)
@@ -95,7 +95,7 @@ def _row(item: Mapping[str, Any], now: float, with_namespace: bool) -> list[str]
         str(spec.get("service", "")),
         str(spec.get("risk", "")),
         f"{approvals}/{required}",
-        expires if state.phase is appr.Phase.PENDING else "-",
+        expires if state.phase is appr.ApprovalPhase.PENDING else "-",
         state.reason[:60],
     ]
     return [meta["namespace"], *row] if with_namespace else row
@@ -118,7 +118,7 @@ def _table(rows: Sequence[Sequence[str]], out: Any) -> None:
 
 
 def add_decisions(sub: Any) -> None:
-    for verb, verdict in (("approve", appr.Verdict.APPROVE), ("deny", appr.Verdict.DENY)):
+    for verb, verdict in (("approve", appr.Vote.APPROVE), ("deny", appr.Vote.DENY)):
         cmd = sub.add_parser(
             verb,
             help=f"{verb} an approval request (as yourself, checked by the operator)",
@@ -134,8 +134,8 @@ def add_decisions(sub: Any) -> None:
         cmd.set_defaults(run=cmd_decide, verdict=verdict)
 
 
-def cmd_decide(args: argparse.Namespace, ctx: Context) -> int:
-    verdict: appr.Verdict = args.verdict
+def cmd_decide(args: argparse.Namespace, ctx: PluginContext) -> int:
+    verdict: appr.Vote = args.verdict
     user, groups = ctx.approvals.whoami()
     if not user:
         raise PluginError("the API server did not tell who you are (SelfSubjectReview returned no user)")
@@ -169,14 +169,14 @@ def cmd_decide(args: argparse.Namespace, ctx: Context) -> int:
         ctx.sleep(0.5)
 
 
-def _submit(ctx: Context, name: str, vote: Mapping[str, Any]) -> None:
+def _submit(ctx: PluginContext, name: str, vote: Mapping[str, Any]) -> None:
     for _ in range(8):
         body = ctx.approvals.get_sync(ctx.namespace, name)
         if body is None:
             raise PluginError(f"no approval {name!r} in namespace {ctx.namespace}")
         status = body.get("status") or {}
-        phase = status.get("phase") or appr.Phase.PENDING.value
-        if phase != appr.Phase.PENDING.value:
+        phase = status.get("phase") or appr.ApprovalPhase.PENDING.value
+        if phase != appr.ApprovalPhase.PENDING.value:
             raise PluginError(f"{name} is already {phase.lower()}: {status.get('reason', '')}")
         votes = [*(status.get("votes") or ()), dict(vote)]
         try:
@@ -196,7 +196,7 @@ def _submit(ctx: Context, name: str, vote: Mapping[str, Any]) -> None:
     raise PluginError(f"{name} kept changing; try again")
 
 
-def _answer(ctx: Context, name: str, vote_id: str) -> tuple[int, str] | None:
+def _answer(ctx: PluginContext, name: str, vote_id: str) -> tuple[int, str] | None:
     body = ctx.approvals.get_sync(ctx.namespace, name)
     if body is None:
         raise PluginError(f"approval {name!r} was deleted")
@@ -236,11 +236,11 @@ def add_rollouts(sub: Any) -> None:
     status.set_defaults(run=cmd_status)
 
 
-def _service_ref(ctx: Context, name: str) -> kids.ChildRef:
+def _service_ref(ctx: PluginContext, name: str) -> kids.ChildRef:
     return kids.ChildRef(kids.API_VERSION, kids.KIND, ctx.namespace, name)
 
 
-def cmd_rollout(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_rollout(args: argparse.Namespace, ctx: PluginContext) -> int:
     kind = "promote-full" if getattr(args, "full", False) else _ROLLOUT_COMMANDS[args.verb][0]
     ref = _service_ref(ctx, args.name)
     if ctx.workloads.read_sync(ref) is None:
@@ -277,7 +277,7 @@ def cmd_rollout(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_NO_ANSWER
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: PluginContext) -> int:
     body = ctx.workloads.read_sync(_service_ref(ctx, args.name))
     if body is None:
         raise PluginError(f"no ReplicatedService {args.name!r} in namespace {ctx.namespace}")
@@ -345,10 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         api = kube.load_client(args.kubeconfig)
-    except kube.ConfigError as exc:
+    except kube.KubeConfigError as exc:
         sys.stderr.write(f"kubectl homeostat: error: {exc}\n")
         return EXIT_REFUSED
-    ctx = Context(
+    ctx = PluginContext(
         approvals.KubeApprovals(api),
         args.namespace or api.namespace,
         workloads=kube.KubernetesWorkloads(api),

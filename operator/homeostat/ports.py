@@ -133,7 +133,7 @@ class ApprovalTicket:
 
     namespace: str
     name: str
-    phase: appr.Phase
+    phase: appr.ApprovalPhase
     reason: str
 
 
@@ -147,7 +147,7 @@ class ApprovalGate(Protocol):
     approved).
     """
 
-    async def request(self, namespace: str, request: appr.Request) -> ApprovalTicket: ...
+    async def request(self, namespace: str, request: appr.ApprovalRequest) -> ApprovalTicket: ...
 
     async def find(
         self, namespace: str, action: str, target: appr.Target, cause: str, incident: str
@@ -207,7 +207,7 @@ class Click:
     """A verified button click: which approval, which button, who (a Slack user id)."""
 
     ref: appr.Ref
-    verdict: appr.Verdict
+    verdict: appr.Vote
     user: str
     response_url: str = ""
 
@@ -219,15 +219,15 @@ class ApprovalMessenger(Protocol):
     adapter's own retries); the request then simply stays pending.
     """
 
-    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> MessageRef: ...
+    async def post(self, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State) -> MessageRef: ...
 
-    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> MessageRef | None:
+    async def find(self, ref: appr.Ref, request: appr.ApprovalRequest, since: float) -> MessageRef | None:
         """The request's message if one was posted since ``since`` (unix seconds): after a crash
         between posting and recording the message, this finds it instead of posting again."""
         ...
 
     async def update(
-        self, message: MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+        self, message: MessageRef, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State
     ) -> None: ...
 
     async def reply(self, response_url: str, text: str) -> None:
@@ -463,7 +463,7 @@ class NoApprovalGate(Unconfigured):
 
     REASON = "no approval gate is configured"
 
-    async def request(self, namespace: str, request: appr.Request) -> ApprovalTicket:
+    async def request(self, namespace: str, request: appr.ApprovalRequest) -> ApprovalTicket:
         raise Unavailable(self.REASON)
 
     async def find(
@@ -529,14 +529,14 @@ class NoMessenger(Unconfigured):
     channel = ""
     REASON = "Slack is not configured"
 
-    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> MessageRef:
+    async def post(self, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State) -> MessageRef:
         raise Rejected(self.REASON)
 
-    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> MessageRef | None:
+    async def find(self, ref: appr.Ref, request: appr.ApprovalRequest, since: float) -> MessageRef | None:
         return None
 
     async def update(
-        self, message: MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+        self, message: MessageRef, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State
     ) -> None:
         raise Rejected(self.REASON)
 

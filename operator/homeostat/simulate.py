@@ -56,7 +56,7 @@ class Trace:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class SimulationSettings:
     capacity: float
     startup_delay: float = 60.0
     interval: float = 30.0
@@ -192,9 +192,9 @@ def read_trace(text: str) -> Trace:
 
 
 def _autoscaling(
-    policy: str, utilization: float, settings: Settings, trace: Trace
+    policy: str, utilization: float, settings: SimulationSettings, trace: Trace
 ) -> scaling.AutoscalingSpec:
-    mode = scaling.Mode.REACTIVE if policy == "reactive" else scaling.Mode.PREDICTIVE
+    mode = scaling.ScalingMode.REACTIVE if policy == "reactive" else scaling.ScalingMode.PREDICTIVE
     return scaling.AutoscalingSpec(
         mode=mode,
         query="trace",
@@ -269,7 +269,7 @@ class _Forecaster:
         return self.result
 
 
-def simulate(trace: Trace, settings: Settings, policies: Sequence[str]) -> list[PolicyResult]:
+def simulate(trace: Trace, settings: SimulationSettings, policies: Sequence[str]) -> list[PolicyResult]:
     """Replay ``trace`` under each policy at each target utilisation, policies varying fastest.
 
     Times inside are relative to the first bin.
@@ -315,7 +315,7 @@ def simulate(trace: Trace, settings: Settings, policies: Sequence[str]) -> list[
                 current=len(run.active),
                 bounds=bounds,
                 metric=float(demand[index]),
-                forecast=forecast if run.spec.mode is scaling.Mode.PREDICTIVE else None,
+                forecast=forecast if run.spec.mode is scaling.ScalingMode.PREDICTIVE else None,
                 state=run.state,
                 now=now,
             )
@@ -323,7 +323,7 @@ def simulate(trace: Trace, settings: Settings, policies: Sequence[str]) -> list[
             if now >= settings.warmup:
                 run.decisions += 1
                 run.actions += int(decision.changed)
-                run.fallbacks += int(decision.mode is scaling.Mode.REACTIVE)
+                run.fallbacks += int(decision.mode is scaling.ScalingMode.REACTIVE)
                 run.timeline.append((now, len(run.active)))
 
     warm_bins = max(1, math.floor(settings.warmup / step))
@@ -347,7 +347,7 @@ def _apply(run: _Run, desired: int, now: float) -> None:
 
 
 def _score(
-    run: _Run, trace: Trace, settings: Settings, mase: float | None, smape: float | None
+    run: _Run, trace: Trace, settings: SimulationSettings, mase: float | None, smape: float | None
 ) -> PolicyResult:
     step, end, start = trace.step, trace.duration, settings.warmup
     demand = np.asarray(trace.values, dtype=np.float64)
@@ -461,7 +461,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="plot demand and capacity (needs matplotlib)")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace) -> SimulationSettings:
     if not args.capacity > 0 or not math.isfinite(args.capacity):
         raise InputError(f"--capacity must be positive, got {args.capacity:g}")
     for utilization in args.target_utilization:
@@ -479,7 +479,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise InputError(f"--quantile must be in [0.5, 0.999], got {args.quantile:g}")
     if args.history <= 0:
         raise InputError("--history must be positive")
-    return Settings(
+    return SimulationSettings(
         capacity=args.capacity,
         startup_delay=args.startup_delay,
         interval=args.interval,
@@ -553,7 +553,7 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _report(trace: Trace, settings: Settings, results: Sequence[PolicyResult]) -> dict[str, Any]:
+def _report(trace: Trace, settings: SimulationSettings, results: Sequence[PolicyResult]) -> dict[str, Any]:
     return {
         "trace": {
             "points": len(trace.values),
@@ -584,7 +584,7 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
-def _table(trace: Trace, settings: Settings, results: Sequence[PolicyResult]) -> str:
+def _table(trace: Trace, settings: SimulationSettings, results: Sequence[PolicyResult]) -> str:
     scored = trace.duration - settings.warmup
     lines = [
         f"{len(trace.values)} bins of {_human(trace.step)}; scored {_human(scored)} after a "
@@ -605,7 +605,7 @@ def _table(trace: Trace, settings: Settings, results: Sequence[PolicyResult]) ->
     return "\n".join(lines)
 
 
-def _plot(path: str, trace: Trace, settings: Settings, results: Sequence[PolicyResult]) -> None:
+def _plot(path: str, trace: Trace, settings: SimulationSettings, results: Sequence[PolicyResult]) -> None:
     # An optional dependency (checked before simulating), loaded by name as it ships no types.
     matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")

@@ -178,7 +178,7 @@ def replay(raw: np.ndarray, quick: bool) -> None:
     values = values[: int(days * DAY / 1800)]
     trace = simulate.Trace(start=0.0, step=1800.0, values=values)
     targets = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
-    settings = simulate.Settings(
+    settings = simulate.SimulationSettings(
         capacity=CAPACITY,
         startup_delay=STARTUP_DELAY,
         interval=60.0,

@@ -552,7 +552,7 @@ def test_gate_opens_one_request_per_incident(
 
     cluster.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / "web.yaml"))
     gate = approvals.KubeApprovals(kube.load_client(str(cluster.kubeconfig)))
-    request = ap.Request(
+    request = ap.ApprovalRequest(
         action="DrainNode",
         target=ap.Target("Node", "", "kwok-node-2"),
         cause="NotReady since 18:00",
@@ -571,7 +571,7 @@ def test_gate_opens_one_request_per_incident(
 
     tickets = asyncio.run(ask_concurrently())
     assert {t.name for t in tickets} == {ap.object_name(request.action, request.target, request.cause)}
-    assert {t.phase for t in tickets} == {ap.Phase.PENDING}
+    assert {t.phase for t in tickets} == {ap.ApprovalPhase.PENDING}
     (item,) = (get_json(cluster, "approvals", "-n", ns) or {})["items"]
     owners = item["metadata"].get("ownerReferences") or []
     assert [(o["kind"], o["name"]) for o in owners] == [("ReplicatedService", "web")]
@@ -581,7 +581,7 @@ def test_gate_opens_one_request_per_incident(
 
     assert click(operator, slack_server, ns, name, APPROVER)[0] == 200
     wait_for(
-        lambda: asyncio.run(gate.request(ns, request)).phase is ap.Phase.APPROVED,
+        lambda: asyncio.run(gate.request(ns, request)).phase is ap.ApprovalPhase.APPROVED,
         timeout=20,
         what="gate says approved",
     )
@@ -590,7 +590,7 @@ def test_gate_opens_one_request_per_incident(
     assert status(cluster, ns, name)["outcome"]["result"] == "Succeeded"
     # Another cause on the same target is another incident: a new request.
     other = asyncio.run(gate.request(ns, dataclasses.replace(request, cause="NotReady since 19:00")))
-    assert other.name != name and other.phase is ap.Phase.PENDING
+    assert other.name != name and other.phase is ap.ApprovalPhase.PENDING
 
 
 @pytest.fixture

@@ -199,15 +199,15 @@ class FakeGate:
     """``ports.ApprovalGate``: ``request`` answers ``phase`` (or raises ``error``); every request
     and recorded outcome is kept."""
 
-    phase: appr.Phase = appr.Phase.PENDING
+    phase: appr.ApprovalPhase = appr.ApprovalPhase.PENDING
     error: Exception | None = None
     name: str = "restartpod-web-1"
-    requests: list[tuple[str, appr.Request]] = dataclasses.field(default_factory=list)
+    requests: list[tuple[str, appr.ApprovalRequest]] = dataclasses.field(default_factory=list)
     outcomes: list[tuple[ports.ApprovalTicket, appr.ActionResult, str]] = dataclasses.field(
         default_factory=list
     )
 
-    async def request(self, namespace: str, request: appr.Request) -> ports.ApprovalTicket:
+    async def request(self, namespace: str, request: appr.ApprovalRequest) -> ports.ApprovalTicket:
         self.requests.append((namespace, request))
         if self.error is not None:
             raise self.error
@@ -376,7 +376,7 @@ def approval(
     status: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An Approval body about the ``web`` service, owned by it."""
-    request = appr.Request(
+    request = appr.ApprovalRequest(
         action="RestartPod",
         target=appr.Target("Pod", "prod", "web-1"),
         cause="PodFailed",
@@ -411,18 +411,20 @@ class FakeMessenger:
     click: ports.Click | None = None
     channel: str = ""
     posts: list[appr.Ref] = dataclasses.field(default_factory=list)
-    updates: list[tuple[appr.Ref, appr.Phase]] = dataclasses.field(default_factory=list)
+    updates: list[tuple[appr.Ref, appr.ApprovalPhase]] = dataclasses.field(default_factory=list)
     replies: list[str] = dataclasses.field(default_factory=list)
 
-    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> ports.MessageRef:
+    async def post(self, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State) -> ports.MessageRef:
         self.posts.append(ref)
         return ports.MessageRef("C1", "1.0")
 
-    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> ports.MessageRef | None:
+    async def find(
+        self, ref: appr.Ref, request: appr.ApprovalRequest, since: float
+    ) -> ports.MessageRef | None:
         return None
 
     async def update(
-        self, message: ports.MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+        self, message: ports.MessageRef, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State
     ) -> None:
         self.updates.append((ref, state.phase))
 

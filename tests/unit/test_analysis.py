@@ -18,79 +18,88 @@ LIMITS = an.AnalysisSpec(failure_limit=1, inconclusive_limit=2, consecutive_erro
 @pytest.mark.parametrize(
     ("metric", "value", "error", "verdict"),
     [
-        (RATE, 0.01, None, an.Verdict.PASS),
-        (RATE, 0.05, None, an.Verdict.PASS),  # bounds are inclusive
-        (RATE, 0.051, None, an.Verdict.FAIL),
-        (LATENCY, -0.1, None, an.Verdict.FAIL),
-        (LATENCY, 0.0, None, an.Verdict.PASS),
-        (RATE, None, None, an.Verdict.INCONCLUSIVE),  # no sample
-        (RATE, math.nan, None, an.Verdict.INCONCLUSIVE),  # 0/0 in PromQL
-        (RATE, math.inf, None, an.Verdict.FAIL),
-        (an.MetricSpec("any", "q"), math.inf, None, an.Verdict.PASS),  # no bounds, no failure
-        (RATE, None, "connection refused", an.Verdict.ERROR),
-        (RATE, 0.01, "partial response", an.Verdict.ERROR),  # an error wins over a value
+        (RATE, 0.01, None, an.AnalysisVerdict.PASS),
+        (RATE, 0.05, None, an.AnalysisVerdict.PASS),  # bounds are inclusive
+        (RATE, 0.051, None, an.AnalysisVerdict.FAIL),
+        (LATENCY, -0.1, None, an.AnalysisVerdict.FAIL),
+        (LATENCY, 0.0, None, an.AnalysisVerdict.PASS),
+        (RATE, None, None, an.AnalysisVerdict.INCONCLUSIVE),  # no sample
+        (RATE, math.nan, None, an.AnalysisVerdict.INCONCLUSIVE),  # 0/0 in PromQL
+        (RATE, math.inf, None, an.AnalysisVerdict.FAIL),
+        (an.MetricSpec("any", "q"), math.inf, None, an.AnalysisVerdict.PASS),  # no bounds, no failure
+        (RATE, None, "connection refused", an.AnalysisVerdict.ERROR),
+        (RATE, 0.01, "partial response", an.AnalysisVerdict.ERROR),  # an error wins over a value
     ],
 )
-def test_evaluate(metric: an.MetricSpec, value: float | None, error: str | None, verdict: an.Verdict) -> None:
+def test_evaluate(
+    metric: an.MetricSpec, value: float | None, error: str | None, verdict: an.AnalysisVerdict
+) -> None:
     assert an.evaluate(metric, an.Measurement(metric.name, value, error, 1.0)) is verdict
 
 
 def test_a_metric_nobody_measured_is_inconclusive_never_a_pass() -> None:
     spec = an.AnalysisSpec(metrics=(RATE, LATENCY))
     results = an.assess(spec, [an.Measurement("error-rate", 0.0, None, 5.0)], at=5.0)
-    assert [r.verdict for r in results] == [an.Verdict.PASS, an.Verdict.INCONCLUSIVE]
-    assert an.run_verdict(results) is an.Verdict.INCONCLUSIVE
+    assert [r.verdict for r in results] == [an.AnalysisVerdict.PASS, an.AnalysisVerdict.INCONCLUSIVE]
+    assert an.run_verdict(results) is an.AnalysisVerdict.INCONCLUSIVE
 
 
 def test_assess_ignores_unknown_metrics_and_keeps_the_latest_sample() -> None:
     samples = [an.Measurement("error-rate", 0.9, at=1.0), an.Measurement("error-rate", 0.0, at=2.0)]
     samples.append(an.Measurement("other", 9.0, at=2.0))
     (result,) = an.assess(an.AnalysisSpec(metrics=(RATE,)), samples, at=2.0)
-    assert result.verdict is an.Verdict.PASS
+    assert result.verdict is an.AnalysisVerdict.PASS
 
 
 @pytest.mark.parametrize(
     ("verdicts", "worst"),
     [
-        ([], an.Verdict.INCONCLUSIVE),
-        (["Pass", "Pass"], an.Verdict.PASS),
-        (["Pass", "Inconclusive"], an.Verdict.INCONCLUSIVE),
-        (["Inconclusive", "Error"], an.Verdict.ERROR),
-        (["Error", "Fail", "Pass"], an.Verdict.FAIL),
+        ([], an.AnalysisVerdict.INCONCLUSIVE),
+        (["Pass", "Pass"], an.AnalysisVerdict.PASS),
+        (["Pass", "Inconclusive"], an.AnalysisVerdict.INCONCLUSIVE),
+        (["Inconclusive", "Error"], an.AnalysisVerdict.ERROR),
+        (["Error", "Fail", "Pass"], an.AnalysisVerdict.FAIL),
     ],
 )
-def test_the_worst_verdict_decides_a_run(verdicts: list[str], worst: an.Verdict) -> None:
-    results = [an.Result(an.Measurement("m"), an.Verdict(v)) for v in verdicts]
+def test_the_worst_verdict_decides_a_run(verdicts: list[str], worst: an.AnalysisVerdict) -> None:
+    results = [an.MetricResult(an.Measurement("m"), an.AnalysisVerdict(v)) for v in verdicts]
     assert an.run_verdict(results) is worst
 
 
-def _run(verdict: an.Verdict, value: float | None = 0.5) -> tuple[an.Result, ...]:
-    error = "timeout" if verdict is an.Verdict.ERROR else None
-    return (an.Result(an.Measurement("error-rate", value, error), verdict),)
+def _run(verdict: an.AnalysisVerdict, value: float | None = 0.5) -> tuple[an.MetricResult, ...]:
+    error = "timeout" if verdict is an.AnalysisVerdict.ERROR else None
+    return (an.MetricResult(an.Measurement("error-rate", value, error), verdict),)
 
 
-P, F, N, E = an.Verdict.PASS, an.Verdict.FAIL, an.Verdict.INCONCLUSIVE, an.Verdict.ERROR  # N: no data
+P, F, N, E = (
+    an.AnalysisVerdict.PASS,
+    an.AnalysisVerdict.FAIL,
+    an.AnalysisVerdict.INCONCLUSIVE,
+    an.AnalysisVerdict.ERROR,
+)  # N: no data
 
 
 @pytest.mark.parametrize(
     ("runs", "outcome", "counters"),
     [
         # counters: (failures, inconclusives, consecutive errors)
-        ([P], an.Outcome.PASSING, (0, 0, 0)),
-        ([F], an.Outcome.PENDING, (1, 0, 0)),  # within failureLimit, but not a pass
-        ([F, P], an.Outcome.PASSING, (1, 0, 0)),
-        ([F, P, F], an.Outcome.FAILED, (2, 0, 0)),  # failures are counted, not consecutive
-        ([N, N], an.Outcome.PENDING, (0, 2, 0)),
-        ([N, P, N, N], an.Outcome.INCONCLUSIVE, (0, 3, 0)),
-        ([E, E], an.Outcome.PENDING, (0, 0, 2)),
-        ([E, E, E], an.Outcome.PENDING, (0, 1, 3)),  # beyond the error limit: counts as no data
-        ([E, E, P, E, E], an.Outcome.PENDING, (0, 0, 2)),  # a good run resets the error streak
-        ([E, E, E, E, E], an.Outcome.INCONCLUSIVE, (0, 3, 5)),
-        ([F, N, N, N, F], an.Outcome.FAILED, (2, 3, 0)),  # failure outranks inconclusive
+        ([P], an.AnalysisOutcome.PASSING, (0, 0, 0)),
+        ([F], an.AnalysisOutcome.PENDING, (1, 0, 0)),  # within failureLimit, but not a pass
+        ([F, P], an.AnalysisOutcome.PASSING, (1, 0, 0)),
+        ([F, P, F], an.AnalysisOutcome.FAILED, (2, 0, 0)),  # failures are counted, not consecutive
+        ([N, N], an.AnalysisOutcome.PENDING, (0, 2, 0)),
+        ([N, P, N, N], an.AnalysisOutcome.INCONCLUSIVE, (0, 3, 0)),
+        ([E, E], an.AnalysisOutcome.PENDING, (0, 0, 2)),
+        ([E, E, E], an.AnalysisOutcome.PENDING, (0, 1, 3)),  # beyond the error limit: counts as no data
+        ([E, E, P, E, E], an.AnalysisOutcome.PENDING, (0, 0, 2)),  # a good run resets the error streak
+        ([E, E, E, E, E], an.AnalysisOutcome.INCONCLUSIVE, (0, 3, 5)),
+        ([F, N, N, N, F], an.AnalysisOutcome.FAILED, (2, 3, 0)),  # failure outranks inconclusive
     ],
 )
-def test_record(runs: list[an.Verdict], outcome: an.Outcome, counters: tuple[int, int, int]) -> None:
-    state, result = an.AnalysisState(), an.Outcome.PENDING
+def test_record(
+    runs: list[an.AnalysisVerdict], outcome: an.AnalysisOutcome, counters: tuple[int, int, int]
+) -> None:
+    state, result = an.AnalysisState(), an.AnalysisOutcome.PENDING
     for i, verdict in enumerate(runs):
         state, result = an.record(state, LIMITS, _run(verdict), now=30.0 * i)
     assert result is outcome
@@ -123,9 +132,9 @@ def test_due(last_run_at: float | None, now: float, expected: bool) -> None:
     "state",
     [
         an.AnalysisState(),
-        an.AnalysisState(3, 1, 1, 0, 1234.5, an.Verdict.PASS, an.Failure("m", 0.2, "m = 0.2")),
-        an.AnalysisState(1, 1, 0, 0, 1.0, an.Verdict.FAIL, an.Failure("m", math.inf, "m = inf")),
-        an.AnalysisState(1, 0, 0, 1, 1.0, an.Verdict.ERROR, an.Failure("m", None, "m: query failed")),
+        an.AnalysisState(3, 1, 1, 0, 1234.5, an.AnalysisVerdict.PASS, an.Failure("m", 0.2, "m = 0.2")),
+        an.AnalysisState(1, 1, 0, 0, 1.0, an.AnalysisVerdict.FAIL, an.Failure("m", math.inf, "m = inf")),
+        an.AnalysisState(1, 0, 0, 1, 1.0, an.AnalysisVerdict.ERROR, an.Failure("m", None, "m: query failed")),
     ],
 )
 def test_storage_round_trip(state: an.AnalysisState) -> None:

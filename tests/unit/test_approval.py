@@ -16,8 +16,13 @@ from homeostat.core.spec import SpecError
 NOW = 1_800_000_000.0
 EXPIRES = NOW + 3600
 SLACK, KUBECTL = ap.Channel.SLACK, ap.Channel.KUBECTL
-APPROVE, DENY = ap.Verdict.APPROVE, ap.Verdict.DENY
-P, A, D, E = ap.Phase.PENDING, ap.Phase.APPROVED, ap.Phase.DENIED, ap.Phase.EXPIRED
+APPROVE, DENY = ap.Vote.APPROVE, ap.Vote.DENY
+P, A, D, E = (
+    ap.ApprovalPhase.PENDING,
+    ap.ApprovalPhase.APPROVED,
+    ap.ApprovalPhase.DENIED,
+    ap.ApprovalPhase.EXPIRED,
+)
 R = ap.Rejection
 
 APPROVERS = ap.Approvers(
@@ -29,8 +34,8 @@ APPROVERS = ap.Approvers(
 ONLY_GROUPS = ap.Approvers(slack_groups=frozenset({"SOPS", "SDBA"}))
 
 
-def request(**changes: object) -> ap.Request:
-    base = ap.Request(
+def request(**changes: object) -> ap.ApprovalRequest:
+    base = ap.ApprovalRequest(
         action="DrainNode",
         target=ap.Target("Node", "", "kwok-node-1"),
         cause="node NotReady for 5m",
@@ -55,12 +60,12 @@ def kube(user: str, *groups: str) -> ap.Identity:
 
 
 def approved_by(*users: str) -> ap.State:
-    decisions = tuple(ap.Decision(slack(u), APPROVE, NOW) for u in users)
+    decisions = tuple(ap.RecordedDecision(slack(u), APPROVE, NOW) for u in users)
     return ap.State(P, decisions, None, "partial")
 
 
-DECIDED = ap.State(A, (ap.Decision(slack("U1"), APPROVE, NOW),), NOW, "approved by slack:U1")
-DENIED = ap.State(D, (ap.Decision(slack("U2"), DENY, NOW),), NOW, "denied by slack:U2")
+DECIDED = ap.State(A, (ap.RecordedDecision(slack("U1"), APPROVE, NOW),), NOW, "approved by slack:U1")
+DENIED = ap.State(D, (ap.RecordedDecision(slack("U2"), DENY, NOW),), NOW, "denied by slack:U2")
 EXPIRED = ap.State(E, (), EXPIRES, "timed out")
 
 # id, request changes, state before, identity, verdict, seconds after NOW, phase after, rejection
@@ -141,7 +146,7 @@ CASES = [
     (
         "quorum 2: two members of one group",
         {"quorum": 2},
-        ap.State(P, (ap.Decision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
+        ap.State(P, (ap.RecordedDecision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
         slack("U8", "SOPS"),
         APPROVE,
         0,
@@ -151,7 +156,7 @@ CASES = [
     (
         "quorum 2: a group member twice",
         {"quorum": 2},
-        ap.State(P, (ap.Decision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
+        ap.State(P, (ap.RecordedDecision(slack("U7", "SOPS"), APPROVE, NOW),), None, "1 of 2"),
         slack("U7", "SOPS"),
         APPROVE,
         0,
@@ -256,17 +261,17 @@ CASES = [
 def test_decide(case: tuple[object, ...]) -> None:
     _, changes, before, identity, verdict, after, phase, rejection = case
     assert isinstance(changes, dict) and isinstance(before, ap.State) and isinstance(after, int)
-    assert isinstance(identity, ap.Identity) and isinstance(verdict, ap.Verdict)
+    assert isinstance(identity, ap.Identity) and isinstance(verdict, ap.Vote)
     req = request(**changes)
     result = ap.decide(req, before, identity, verdict, NOW + after)
     assert result.state.phase is phase, result.message
     assert result.rejection is rejection, result.message
     if rejection is None:
-        assert result.outcome is ap.Outcome.ACCEPTED
-        assert result.state.decisions[-1] == ap.Decision(identity, verdict, NOW + after)
+        assert result.outcome is ap.DecisionOutcome.ACCEPTED
+        assert result.state.decisions[-1] == ap.RecordedDecision(identity, verdict, NOW + after)
         assert len(result.state.decisions) == len(before.decisions) + 1
     else:
-        assert result.outcome is ap.Outcome.REJECTED
+        assert result.outcome is ap.DecisionOutcome.REJECTED
         assert result.message
         # Refused: nothing recorded, except that a due expiry is.
         assert result.state.decisions == before.decisions
@@ -296,7 +301,7 @@ EXPIRE_CASES = [
 @pytest.mark.parametrize(
     ("before", "offset", "phase"), [c[1:] for c in EXPIRE_CASES], ids=[c[0] for c in EXPIRE_CASES]
 )
-def test_expire(before: ap.State, offset: float, phase: ap.Phase) -> None:
+def test_expire(before: ap.State, offset: float, phase: ap.ApprovalPhase) -> None:
     state = ap.expire(request(quorum=2), before, EXPIRES + offset)
     assert state.phase is phase
     if phase is E and before.phase is P:
@@ -311,9 +316,9 @@ def test_storage_round_trip() -> None:
     state = ap.State(
         A,
         (
-            ap.Decision(kube("carol", "sre", "dev"), APPROVE, NOW, vote="v1"),
-            ap.Decision(slack("U1"), APPROVE, NOW + 1),
-            ap.Decision(slack("U7", "SOPS"), APPROVE, NOW + 2),
+            ap.RecordedDecision(kube("carol", "sre", "dev"), APPROVE, NOW, vote="v1"),
+            ap.RecordedDecision(slack("U1"), APPROVE, NOW + 1),
+            ap.RecordedDecision(slack("U7", "SOPS"), APPROVE, NOW + 2),
         ),
         NOW + 1,
         "approved",

@@ -29,7 +29,7 @@ def test_relative_expiry(seconds: float, text: str) -> None:
 
 def test_listing_row_reads_state_and_expiry() -> None:
     now = 1_800_000_000.0
-    request = ap.Request(
+    request = ap.ApprovalRequest(
         action="DrainNode",
         target=ap.Target("Node", "", "n1"),
         cause="c",
@@ -40,7 +40,7 @@ def test_listing_row_reads_state_and_expiry() -> None:
         approvers=ap.Approvers(slack=frozenset({"U1", "U2"})),
         expires_at=now + 600,
     )
-    one = ap.decide(request, ap.State(), ap.Identity(ap.Channel.SLACK, "U1"), ap.Verdict.APPROVE, now).state
+    one = ap.decide(request, ap.State(), ap.Identity(ap.Channel.SLACK, "U1"), ap.Vote.APPROVE, now).state
     item = {
         "metadata": {"name": "x", "namespace": "ns"},
         "spec": request.as_spec(),

@@ -49,7 +49,7 @@ APPROVERS = ap.Approvers(
 )
 ALLOWED = {U1, U2, OPS, ALICE, CAROL}
 
-BASE = ap.Request(
+BASE = ap.ApprovalRequest(
     action="DrainNode",
     target=ap.Target("Node", "", "kwok-node-1"),
     cause="NotReady",
@@ -66,8 +66,8 @@ REQUESTS = {
     "critical-quorum-1": dataclasses.replace(BASE, risk=ap.Risk.CRITICAL),
     "no-approvers": dataclasses.replace(BASE, approvers=ap.Approvers()),
 }
-EVENTS: tuple[tuple[str, ap.Identity | None, ap.Verdict | None], ...] = (
-    *((f"{v.value}:{i}", i, v) for i in IDENTITIES for v in ap.Verdict),
+EVENTS: tuple[tuple[str, ap.Identity | None, ap.Vote | None], ...] = (
+    *((f"{v.value}:{i}", i, v) for i in IDENTITIES for v in ap.Vote),
     ("time", None, None),
     ("expire", None, None),
 )
@@ -98,7 +98,9 @@ def key(node: Node) -> str:
     return json.dumps([node.state.as_in_storage(), now, node.ever_expired], sort_keys=True)
 
 
-def step(request: ap.Request, node: Node, event: tuple[str, ap.Identity | None, ap.Verdict | None]) -> Node:
+def step(
+    request: ap.ApprovalRequest, node: Node, event: tuple[str, ap.Identity | None, ap.Vote | None]
+) -> Node:
     name, identity, verdict = event
     before = node.state
     path = (*node.path, name)
@@ -111,25 +113,29 @@ def step(request: ap.Request, node: Node, event: tuple[str, ap.Identity | None, 
         assert identity is not None and verdict is not None
         result = ap.decide(request, before, identity, verdict, node.now)
         after, outcome = result.state, result
-    new = Node(after, node.now, node.ever_expired or after.phase is ap.Phase.EXPIRED, path)
+    new = Node(after, node.now, node.ever_expired or after.phase is ap.ApprovalPhase.EXPIRED, path)
 
     if before.phase.terminal:
         check(after == before, "inv_terminal_is_final", new, before, "->", after)
-    check(not (node.ever_expired and after.phase is ap.Phase.APPROVED), "inv_expired_never_approved", new)
-    if outcome is not None and outcome.outcome is ap.Outcome.REJECTED:
+    check(
+        not (node.ever_expired and after.phase is ap.ApprovalPhase.APPROVED),
+        "inv_expired_never_approved",
+        new,
+    )
+    if outcome is not None and outcome.outcome is ap.DecisionOutcome.REJECTED:
         check(outcome.rejection is not None and bool(outcome.message), "inv_rejection_changes_nothing", new)
         check(after.decisions == before.decisions, "inv_rejection_changes_nothing", new, after)
         if outcome.rejection is not ap.Rejection.EXPIRED:
             check(after == before, "inv_rejection_changes_nothing", new, after)
-    if outcome is not None and outcome.outcome is ap.Outcome.ACCEPTED:
+    if outcome is not None and outcome.outcome is ap.DecisionOutcome.ACCEPTED:
         check(len(after.decisions) == len(before.decisions) + 1, "inv_one_decision_per_click", new)
         check(node.now < request.expires_at, "inv_nothing_accepted_after_expiry", new)
         check(identity in ALLOWED and identity != REQUESTER, "inv_quorum", new, identity)
-        if verdict is ap.Verdict.DENY:
-            check(after.phase is ap.Phase.DENIED, "inv_deny_decides", new, after)
-    if after.phase is ap.Phase.APPROVED:
+        if verdict is ap.Vote.DENY:
+            check(after.phase is ap.ApprovalPhase.DENIED, "inv_deny_decides", new, after)
+    if after.phase is ap.ApprovalPhase.APPROVED:
         approvers = {
-            (d.identity.channel, d.identity.user) for d in after.decisions if d.verdict is ap.Verdict.APPROVE
+            (d.identity.channel, d.identity.user) for d in after.decisions if d.verdict is ap.Vote.APPROVE
         }
         deciders = [d.identity for d in after.decisions]
         check(all(i in ALLOWED for i in deciders), "inv_quorum", new, deciders)
@@ -141,18 +147,18 @@ def step(request: ap.Request, node: Node, event: tuple[str, ap.Identity | None, 
         check(
             all(d.at < request.expires_at for d in after.decisions), "inv_quorum", new, "decided after expiry"
         )
-        check(not any(d.verdict is ap.Verdict.DENY for d in after.decisions), "inv_deny_decides", new)
-    if after.phase is ap.Phase.EXPIRED:
+        check(not any(d.verdict is ap.Vote.DENY for d in after.decisions), "inv_deny_decides", new)
+    if after.phase is ap.ApprovalPhase.EXPIRED:
         check(after.decided_at == request.expires_at, "inv_expired_never_approved", new, after)
     check(ap.State.from_storage(after.as_in_storage()) == after, "inv_storage_round_trip", new, after)
     return new
 
 
-def explore(request: ap.Request) -> tuple[int, int, set[ap.Phase]]:
+def explore(request: ap.ApprovalRequest) -> tuple[int, int, set[ap.ApprovalPhase]]:
     start = Node(ap.State(), NOW)
     seen = {key(start)}
     frontier: deque[tuple[Node, int]] = deque([(start, 0)])
-    phases: set[ap.Phase] = set()
+    phases: set[ap.ApprovalPhase] = set()
     transitions = 0
     while frontier:
         node, depth = frontier.popleft()
@@ -175,9 +181,9 @@ def test_model(shape: str) -> None:
     print(f"\napproval model {shape}: {states} distinct states, {transitions} transitions, depth {DEPTH}")
     if shape == "no-approvers":
         # Fail closed: nothing but the timeout can ever decide.
-        assert phases == {ap.Phase.PENDING, ap.Phase.EXPIRED}
+        assert phases == {ap.ApprovalPhase.PENDING, ap.ApprovalPhase.EXPIRED}
     else:
-        assert phases == set(ap.Phase)
+        assert phases == set(ap.ApprovalPhase)
     assert states >= (4 if shape == "no-approvers" else 20)
 
 
@@ -185,8 +191,8 @@ def test_the_checker_catches_a_broken_core(monkeypatch: pytest.MonkeyPatch) -> N
     """A core that forgets the requester rule must be caught, or the search proves nothing."""
 
     def lenient(
-        request: ap.Request, state: ap.State, identity: ap.Identity, verdict: ap.Verdict, now: float
-    ) -> ap.Result:
+        request: ap.ApprovalRequest, state: ap.State, identity: ap.Identity, verdict: ap.Vote, now: float
+    ) -> ap.DecisionResult:
         lax = dataclasses.replace(request, requester="nobody")
         return original(lax, state, identity, verdict, now)
 

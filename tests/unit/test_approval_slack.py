@@ -23,7 +23,7 @@ from slack import server as fake
 TOKEN = "xoxb-unit-SECRET-token"
 SIGNING = "unit-signing-SECRET"
 REF = ap.Ref("team-a", "drainnode-0123456789abcdef")
-REQUEST = ap.Request(
+REQUEST = ap.ApprovalRequest(
     action="DrainNode",
     target=ap.Target("Node", "", "kwok-node-1"),
     cause="node NotReady for 5m <script>",
@@ -85,7 +85,7 @@ def test_update_after_a_decision_removes_the_buttons(server: fake.FakeSlack) -> 
     adapter = client(server)
     ref = asyncio.run(adapter.post(REF, REQUEST, ap.State()))
     decided = ap.decide(
-        REQUEST, ap.State(), ap.Identity(ap.Channel.SLACK, "U1"), ap.Verdict.APPROVE, 1.9e9
+        REQUEST, ap.State(), ap.Identity(ap.Channel.SLACK, "U1"), ap.Vote.APPROVE, 1.9e9
     ).state
     asyncio.run(adapter.update(ref, REF, REQUEST, decided))
     message = server.messages[ref.ts]
@@ -208,7 +208,7 @@ def test_parse_click() -> None:
     click = slack.parse_click(
         fake.click_body("team-a", "drainnode-1", "U1", "deny", response_url="http://h/hooks/1")
     )
-    assert click == ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Verdict.DENY, "U1", "http://h/hooks/1")
+    assert click == ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Vote.DENY, "U1", "http://h/hooks/1")
     assert slack.parse_click(b"payload=not-json") is None
     assert slack.parse_click(b"") is None
     assert slack.parse_click(fake.click_body("team-a", "a/b", "U1")) is None
@@ -231,11 +231,11 @@ def test_reply_goes_only_to_slack_or_the_configured_origin(server: fake.FakeSlac
 
 
 def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
-    with pytest.raises(slack.ConfigError, match="bot-token"):
+    with pytest.raises(slack.SlackConfigError, match="bot-token"):
         slack.load(str(tmp_path), None, None)
     (tmp_path / "bot-token").write_text(TOKEN + "\n")
     (tmp_path / "signing-secret").write_text("")
-    with pytest.raises(slack.ConfigError, match="empty") as info:
+    with pytest.raises(slack.SlackConfigError, match="empty") as info:
         slack.load(str(tmp_path), None, None)
     assert TOKEN not in str(info.value)
     (tmp_path / "signing-secret").write_text(SIGNING)
@@ -246,7 +246,7 @@ def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
 
 def test_factory_falls_back_to_nop(tmp_path: Path) -> None:
     off = notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", None))
-    assert isinstance(off.notifier, notifiers.NopNotifier) and not ports.configured(off.messenger)
+    assert isinstance(off.notifier, notifiers.DroppingNotifier) and not ports.configured(off.messenger)
     assert not ports.configured(
         notifiers.from_config(notifiers.SlackConfig(slack.DEFAULT_API_URL, "", str(tmp_path))).messenger
     )

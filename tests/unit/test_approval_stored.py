@@ -51,7 +51,7 @@ class Store:
 
 
 def _approval() -> dict[str, Any]:
-    request = ap.Request(
+    request = ap.ApprovalRequest(
         action="DrainNode",
         target=ap.Target("Node", "", "n1"),
         cause="NodePressure",
@@ -70,7 +70,7 @@ def _approval() -> dict[str, Any]:
 
 
 def _runtime(store: Any, **kwargs: Any) -> rt.Runtime:
-    settings = rt.Settings(http_port=None)
+    settings = rt.RuntimeSettings(http_port=None)
     return rt.Runtime(
         workloads=None, credentials=None, store=store, events=store, settings=settings, **kwargs
     )  # type: ignore[arg-type]
@@ -87,7 +87,7 @@ def test_a_click_is_told_only_when_the_answer_shows_it_stored(
 ) -> None:
     store = Store(_approval(), keeps=keeps)
     runtime = _runtime(store, clock=lambda: NOW)
-    click = ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Verdict.APPROVE, "U1", "")
+    click = ports.Click(ap.Ref("team-a", "drainnode-1"), ap.Vote.APPROVE, "U1", "")
     with caplog.at_level(logging.INFO):
         asyncio.run(_settled(runtime, approval_flow.apply_click(runtime, click)))
     granted = [reason for reason, _ in store.events if reason == "ApprovalGranted"]

@@ -101,7 +101,7 @@ def applied(plan: dl.Plan) -> dict[str, dict[str, Any]]:
     return {f"{a.ref.kind}/{a.ref.name}": dict(a.manifest) for a in plan.applies}
 
 
-PROMOTED = ro.RolloutState(phase=ro.Phase.PROMOTED, stable_revision=REV_OLD, revision=REV_OLD)
+PROMOTED = ro.RolloutState(phase=ro.RolloutPhase.PROMOTED, stable_revision=REV_OLD, revision=REV_OLD)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_first_deployment_creates_stable_service_budget_and_keeps_the_template()
     }
     assert made["Deployment/web"]["spec"]["replicas"] == 4
     assert made[f"ControllerRevision/web-{REV_OLD}"]["data"]["template"] == OLD
-    assert plan.state.phase is ro.Phase.INITIALIZING
+    assert plan.state.phase is ro.RolloutPhase.INITIALIZING
 
 
 def test_steady_state_plans_nothing() -> None:
@@ -290,14 +290,14 @@ def test_new_template_starts_a_canary_next_to_the_kept_stable_template() -> None
     assert f"ControllerRevision/web-{REV_NEW}" in made
     # Stable keeps its own template and its full size until canary pods are ready.
     assert "Deployment/web" not in made
-    assert plan.state.phase is ro.Phase.PROGRESSING
+    assert plan.state.phase is ro.RolloutPhase.PROGRESSING
     assert plan.status["canary"] == {"weight": 0, "step": 0, "phase": "Progressing"}
 
 
 def test_stable_is_rebuilt_from_the_kept_template_after_it_was_deleted() -> None:
     world = dataclass_replace(stable_world(), stable=None)
     state = ro.RolloutState(
-        phase=ro.Phase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=25
+        phase=ro.RolloutPhase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=25
     )
     plan = run(service_spec(NEW), CANARY, world, state=state, now=T0 + 1)
     stable = applied(plan)["Deployment/web"]
@@ -308,7 +308,7 @@ def test_stable_is_rebuilt_from_the_kept_template_after_it_was_deleted() -> None
 def test_a_revision_whose_template_is_lost_is_reported_not_guessed() -> None:
     world = dataclass_replace(stable_world(keep=False), stable=None)
     state = ro.RolloutState(
-        phase=ro.Phase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=25
+        phase=ro.RolloutPhase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=25
     )
     plan = run(service_spec(NEW), CANARY, world, state=state, now=T0 + 1)
     assert "Deployment/web" not in applied(plan)
@@ -327,7 +327,7 @@ def test_abort_command_brings_traffic_home_and_deletes_the_canary() -> None:
     canary = stored(kids.deployment(OWNER, spec, "canary", template=NEW, replicas=1))
     world = dataclass_replace(world, canary=canary)
     state = ro.RolloutState(
-        phase=ro.Phase.PROGRESSING,
+        phase=ro.RolloutPhase.PROGRESSING,
         stable_revision=REV_OLD,
         revision=REV_NEW,
         started_at=T0,
@@ -336,7 +336,7 @@ def test_abort_command_brings_traffic_home_and_deletes_the_canary() -> None:
     )
     plan = run(spec, CANARY, world, state=state, now=T0 + 2, command=ro.Command("c1", ro.CommandKind.ABORT))
     assert plan.deletes == (kids.ChildRef("apps/v1", "Deployment", "shop", "web-canary"),)
-    assert plan.state.phase is ro.Phase.ABORTED
+    assert plan.state.phase is ro.RolloutPhase.ABORTED
     assert [e.reason for e in plan.events] == ["RollingBack", "CommandApplied", "Aborted"]
 
 
@@ -368,7 +368,7 @@ def test_gateway_weights_patch_only_our_backends() -> None:
     canary = stored(kids.deployment(OWNER, spec, "canary", template=NEW, replicas=1))
     world = dataclass_replace(world, canary=canary, route=_route(100, 0))
     state = ro.RolloutState(
-        phase=ro.Phase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=20
+        phase=ro.RolloutPhase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=20
     )
     plan = run(spec, GATEWAY, world, state=state, now=T0 + 1)
     assert plan.route == dl.RoutePatch(
@@ -387,7 +387,7 @@ def test_a_route_without_our_backends_is_a_problem() -> None:
     canary = stored(kids.deployment(OWNER, spec, "canary", template=NEW, replicas=1))
     world = dataclass_replace(stable_world(replicas=5), canary=canary, route={"spec": {"rules": [{}]}})
     state = ro.RolloutState(
-        phase=ro.Phase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=20
+        phase=ro.RolloutPhase.PROGRESSING, stable_revision=REV_OLD, revision=REV_NEW, started_at=T0, weight=20
     )
     plan = run(spec, GATEWAY, world, state=state, now=T0 + 1)
     assert plan.route is None
@@ -409,8 +409,8 @@ def test_old_revisions_are_pruned_but_the_ones_in_use_are_kept() -> None:
 
 
 def test_rolled_back_service_reports_degraded_phase() -> None:
-    state = ro.RolloutState(phase=ro.Phase.ROLLED_BACK, stable_revision=REV_OLD, revision=REV_NEW)
-    assert dl.status_phase(state) == rec.Phase.DEGRADED.value
+    state = ro.RolloutState(phase=ro.RolloutPhase.ROLLED_BACK, stable_revision=REV_OLD, revision=REV_NEW)
+    assert dl.status_phase(state) == rec.ServicePhase.DEGRADED.value
     assert dl.status_phase(PROMOTED) is None
 
 
@@ -496,14 +496,14 @@ def test_the_hold_lasts_until_the_template_changes_and_the_abort_is_not_reapplie
 
 
 def test_ready_names_the_revision_that_serves_not_the_rolled_back_one() -> None:
-    state = ro.RolloutState(phase=ro.Phase.ROLLED_BACK, stable_revision=REV_OLD, revision=REV_NEW)
+    state = ro.RolloutState(phase=ro.RolloutPhase.ROLLED_BACK, stable_revision=REV_OLD, revision=REV_NEW)
     plan = run(service_spec(NEW), CANARY, stable_world(), state=state)
     report = rec.report(
         owner=OWNER,
         generation=2,
         spec=service_spec(NEW),
         applies=(),
-        outcome=rec.Outcome(),
+        outcome=rec.ApplyOutcome(),
         deployment=None,
         previous={},
         now="2026-01-01T00:00:00Z",

@@ -190,13 +190,15 @@ def test_slack_is_posted_once_and_updated_after_a_decision() -> None:
 
     fakes.run(scenario())
     assert messenger.posts == [REF]
-    assert messenger.updates == [(REF, appr.Phase.DENIED)]
+    assert messenger.updates == [(REF, appr.ApprovalPhase.DENIED)]
     assert store.status(NAME)["slack"]["ts"] == "1.0"
 
 
 def test_a_slack_outage_backs_off_and_never_decides() -> None:
     class Down(fakes.FakeMessenger):
-        async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> ports.MessageRef:
+        async def post(
+            self, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State
+        ) -> ports.MessageRef:
             raise ports.Unavailable("slack 503")
 
     body = fakes.approval(NAME, status=appr.State().as_in_storage())

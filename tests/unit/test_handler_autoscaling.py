@@ -193,7 +193,10 @@ def test_mode_off_clears_what_an_earlier_mode_left() -> None:
     assert "phase" not in patch  # the reconcile's keys are not written
     status = runtime.reported["uid-web"]
     assert [c["type"] for c in status["conditions"]] == ["Ready", "Autoscaling"]
-    assert (_condition(status)["status"], _condition(status)["reason"]) == ("False", sc.Reason.OFF.value)
+    assert (_condition(status)["status"], _condition(status)["reason"]) == (
+        "False",
+        sc.ScalingReason.OFF.value,
+    )
     assert scaler.calls == [] and metrics.instant_queries == []
 
 

@@ -79,15 +79,15 @@ def test_replicas_that_do_not_parse_build_no_view() -> None:
 
 RULE = pol.ActionRule(
     pol.Action.DRAIN_NODE,
-    pol.Risk.HIGH,
-    pol.Mode.APPROVE,
-    approvers=pol.Approvers(
-        slack_users=frozenset({"U1", "U2"}), slack_groups=frozenset({"S1"}), kube_users=frozenset({"alice"})
+    appr.Risk.HIGH,
+    pol.ActionMode.APPROVE,
+    approvers=appr.Approvers(
+        slack=frozenset({"U1", "U2"}), slack_groups=frozenset({"S1"}), users=frozenset({"alice"})
     ),
     quorum=2,
     timeout_seconds=3600,
 )
-DRAIN = pol.Request(pol.Action.DRAIN_NODE, "Node/n1", "Node/n1", "prod", "web", "NodePressure")
+DRAIN = pol.ActionRequest(pol.Action.DRAIN_NODE, "Node/n1", "Node/n1", "prod", "web", "NodePressure")
 
 REQUESTS = [
     # (spec.approvals, expected slack users, expected slack groups, expected expiry, channel)
@@ -135,7 +135,9 @@ def test_approval_targets(text: str, target: appr.Target) -> None:
 
 
 def test_an_evaluation_status_records_the_decision_and_drops_an_absent_forecast() -> None:
-    decision = sc.Decision(desired=4, current=2, mode=sc.Mode.REACTIVE, reason=sc.Reason.REACTIVE, reactive=4)
+    decision = sc.ScalingDecision(
+        desired=4, current=2, mode=sc.ScalingMode.REACTIVE, reason=sc.ScalingReason.REACTIVE, reactive=4
+    )
     status = sc.evaluation_status(
         decision, sc.ScalingState(), current=2, metric=41.1234567, model=None, now=NOW
     )

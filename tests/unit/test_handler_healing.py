@@ -170,7 +170,7 @@ class OrderedHealing(fakes.FakeHealing):
 def test_an_approved_action_runs_through_healing_actions_and_its_outcome_is_recorded() -> None:
     box: list[rt.Runtime] = []
     actions = OrderedHealing(box, approvals={("prod", GATE_NAME): APPROVED_BY_ALICE})
-    gate = fakes.FakeGate(phase=appr.Phase.APPROVED, name=GATE_NAME)
+    gate = fakes.FakeGate(phase=appr.ApprovalPhase.APPROVED, name=GATE_NAME)
     runtime = fakes.runtime_of(healing_actions=actions, gate=gate)
     box.append(runtime)
     idx = _indexes(_body(), {"default": APPROVE_RESTART})
@@ -207,7 +207,7 @@ def test_an_approval_without_recorded_deciders_runs_nothing() -> None:
     # The gate says Approved, but the Approval's status names nobody: the policy's own check of
     # the quorum holds the action back.
     actions = fakes.FakeHealing(approvals={("prod", GATE_NAME): {"status": {"phase": "Approved"}}})
-    gate = fakes.FakeGate(phase=appr.Phase.APPROVED, name=GATE_NAME)
+    gate = fakes.FakeGate(phase=appr.ApprovalPhase.APPROVED, name=GATE_NAME)
     runtime = fakes.runtime_of(healing_actions=actions, gate=gate)
     _passes(runtime, _indexes(_body(), {"default": APPROVE_RESTART}), 3)
     assert actions.calls == [] and gate.outcomes == []
@@ -218,7 +218,7 @@ def test_an_approved_action_that_fails_is_reported_and_recorded_as_failed() -> N
     actions = fakes.FakeHealing(
         error=ports.Unavailable("pods is forbidden"), approvals={("prod", GATE_NAME): APPROVED_BY_ALICE}
     )
-    gate = fakes.FakeGate(phase=appr.Phase.APPROVED, name=GATE_NAME)
+    gate = fakes.FakeGate(phase=appr.ApprovalPhase.APPROVED, name=GATE_NAME)
     runtime = fakes.runtime_of(healing_actions=actions, gate=gate)
     events = _passes(runtime, _indexes(_body(), {"default": APPROVE_RESTART}), 2)
 
@@ -231,7 +231,7 @@ def test_an_approved_action_that_fails_is_reported_and_recorded_as_failed() -> N
 
 def test_a_denied_approval_escalates_to_a_human_and_runs_nothing() -> None:
     actions, notifier = fakes.FakeHealing(), fakes.FakeNotifier()
-    gate = fakes.FakeGate(phase=appr.Phase.DENIED, name=GATE_NAME)
+    gate = fakes.FakeGate(phase=appr.ApprovalPhase.DENIED, name=GATE_NAME)
     runtime = fakes.runtime_of(healing_actions=actions, gate=gate, notifier=notifier)
     events = _passes(runtime, _indexes(_body(), {"default": APPROVE_RESTART}), 3)
 
@@ -283,7 +283,7 @@ def test_an_approval_that_cannot_be_read_does_not_undo_what_the_pass_already_did
     )
     actions = ApprovalUnreadable()
     runtime = fakes.runtime_of(
-        healing_actions=actions, gate=fakes.FakeGate(phase=appr.Phase.APPROVED, name=GATE_NAME)
+        healing_actions=actions, gate=fakes.FakeGate(phase=appr.ApprovalPhase.APPROVED, name=GATE_NAME)
     )
     body = _body(healing={"crashLoop": {"enabled": True}, "oom": {"enabled": True}})
     idx = _indexes(body, {"default": policy})

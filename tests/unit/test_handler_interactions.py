@@ -20,7 +20,7 @@ REF = appr.Ref("prod", NAME)
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def _click(user: str = "U1", verdict: appr.Verdict = appr.Verdict.APPROVE, name: str = NAME) -> ports.Click:
+def _click(user: str = "U1", verdict: appr.Vote = appr.Vote.APPROVE, name: str = NAME) -> ports.Click:
     return ports.Click(appr.Ref("prod", name), verdict, user, response_url="https://hooks.example/r")
 
 

@@ -141,14 +141,14 @@ def test_an_exec_plugin_supplies_the_token(tmp_path: Path) -> None:
 def test_unusable_kubeconfigs_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "config"
     path.write_text(text)
-    with pytest.raises(kube.ConfigError) as caught:
+    with pytest.raises(kube.KubeConfigError) as caught:
         kube.load_client(str(path))
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_a_missing_kubeconfig_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(kube.ConfigError, match="nowhere"):
+    with pytest.raises(kube.KubeConfigError, match="nowhere"):
         kube.load_client(str(tmp_path / "nowhere"))
 
 
@@ -200,7 +200,7 @@ def server() -> Iterator[str]:
 
 def test_both_paths_send_the_token_and_json(server: str) -> None:
     Canned.answers = {("POST", "/api/v1/namespaces/a/events"): (201, {"ok": True})}
-    client = kube.Client(server, kube.Identity(token="tkn"))
+    client = kube.Client(server, kube.ClientIdentity(token="tkn"))
     assert client.call_sync("/api/v1/namespaces/a/events", "POST", body={"x": 1}) == {"ok": True}
     assert asyncio.run(client.call("/api/v1/namespaces/a/events", "POST", body={"x": 2})) == {"ok": True}
     for seen, value in zip(Canned.seen, (1, 2), strict=True):
@@ -251,7 +251,7 @@ def test_preflight_reports_the_version_or_one_line(server: str) -> None:
     Canned.answers = {("GET", "/version"): (200, {"gitVersion": "v1.34.4"})}
     assert kube.preflight(kube.Client(server)) == "v1.34.4"
     Canned.answers = {("GET", "/version"): (401, {"message": "Unauthorized"})}
-    with pytest.raises(kube.ConfigError, match="refused us: 401 Unauthorized"):
+    with pytest.raises(kube.KubeConfigError, match="refused us: 401 Unauthorized"):
         kube.preflight(kube.Client(server))
 
 
@@ -267,7 +267,7 @@ def _slow_plugin(tmp_path: Path, *, fail: bool = False) -> kube.Client:
         " {'token': 'slow', 'expirationTimestamp': '2999-01-01T00:00:00Z'}}))\n"
     )
     plugin = kube.Plugin(sys.executable, (str(script),))
-    return kube.Client("http://127.0.0.1:9", kube.Identity(plugin=plugin))
+    return kube.Client("http://127.0.0.1:9", kube.ClientIdentity(plugin=plugin))
 
 
 def test_a_credential_plugin_runs_off_the_event_loop_and_once_for_concurrent_calls(

@@ -265,7 +265,9 @@ def test_a_ca_with_insecure_skip_tls_verify_is_refused(tmp_path: Path, pki: Path
         "certificate-authority-data": b64(pki / "ca.crt"),
         "insecure-skip-tls-verify": True,
     }
-    with pytest.raises(kube.ConfigError, match="both a certificate authority and insecure-skip-tls-verify"):
+    with pytest.raises(
+        kube.KubeConfigError, match="both a certificate authority and insecure-skip-tls-verify"
+    ):
         kube.load_client(kubeconfig(tmp_path, cluster))
 
 
@@ -287,7 +289,7 @@ def test_tls_server_name(tmp_path: Path, pki: Path, named_server: str) -> None:
     refused(kube.load_client(kubeconfig(tmp_path, cluster)), "certificate verify failed")  # not 127.0.0.1's
     config = kubeconfig(tmp_path, {**cluster, "tls-server-name": "api.internal"})
     assert len(both(kube.load_client(config))) == 2
-    with pytest.raises(kube.ConfigError, match="tls-server-name is not supported by homeostat run"):
+    with pytest.raises(kube.KubeConfigError, match="tls-server-name is not supported by homeostat run"):
         kube.load_client(config, for_kopf=True)
 
 
@@ -317,7 +319,7 @@ def test_https_proxy_from_the_environment_is_used_by_both_clients(
 
 
 def test_a_socks_proxy_is_refused(tmp_path: Path, server: str) -> None:
-    with pytest.raises(kube.ConfigError, match="socks5:// is not supported"):
+    with pytest.raises(kube.KubeConfigError, match="socks5:// is not supported"):
         kube.load_client(kubeconfig(tmp_path, {"server": server, "proxy-url": "socks5://127.0.0.1:1080"}))
 
 
@@ -425,7 +427,7 @@ def test_a_failing_plugin_shows_its_stderr_and_never_its_arguments(tmp_path: Pat
             call()
         assert "run aws sso login" in str(caught.value) and "exit status 2" in str(caught.value)
         assert "hunter2" not in str(caught.value)
-    with pytest.raises(kube.ConfigError) as caught_preflight:
+    with pytest.raises(kube.KubeConfigError) as caught_preflight:
         kube.preflight(client)
     assert "run aws sso login" in str(caught_preflight.value) and "hunter2" not in str(caught_preflight.value)
 
@@ -511,7 +513,7 @@ def test_in_cluster_only_with_a_mounted_token_and_no_kubeconfig(
     monkeypatch.delenv("KUBECONFIG")
     (service_account / "token").unlink()  # a CI runner pod: the variable set, no token mounted
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(kube.ConfigError, match="no service-account token is mounted"):
+    with pytest.raises(kube.KubeConfigError, match="no service-account token is mounted"):
         kube.load_client(None)
     (tmp_path / "home" / ".kube").mkdir(parents=True)
     (tmp_path / "home" / ".kube" / "config").write_text(Path(config).read_text())
@@ -524,7 +526,7 @@ def test_impersonation_in_the_plugin_and_refused_for_kopf(tmp_path: Path, server
     answers = both(kube.load_client(config))
     assert [(a["user"], a["groups"]) for a in answers] == [("alice", ["devs", "oncall"])] * 2
     with pytest.raises(
-        kube.ConfigError, match=r"impersonation \(as/as-groups\) is not supported by homeostat run"
+        kube.KubeConfigError, match=r"impersonation \(as/as-groups\) is not supported by homeostat run"
     ):
         kube.load_client(config, for_kopf=True)
 
@@ -549,13 +551,13 @@ def test_impersonation_in_the_plugin_and_refused_for_kopf(tmp_path: Path, server
 def test_an_unsupported_setting_stops_with_one_line_naming_it(
     tmp_path: Path, user: dict[str, Any], cluster: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(kube.ConfigError, match=message) as caught:
+    with pytest.raises(kube.KubeConfigError, match=message) as caught:
         kube.load_client(kubeconfig(tmp_path, {"server": "https://127.0.0.1:6443", **cluster}, user))
     assert "\n" not in str(caught.value)
 
 
 def test_the_key_file_ssl_needs_is_deleted_once_loaded(pki: Path, clean_environment: Path) -> None:
-    identity = kube.Identity(
+    identity = kube.ClientIdentity(
         certificate=(pki / "alice.crt").read_bytes(), key=(pki / "alice.key").read_bytes()
     )
     opened: list[str] = []

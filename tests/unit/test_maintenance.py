@@ -35,49 +35,54 @@ FAST = ramp(10 * MI, 4 * MI)
 @pytest.mark.parametrize(
     ("case", "points", "verdict", "seconds"),
     [
-        ("no samples", [], mt.Verdict.INSUFFICIENT_DATA, None),
-        ("too few samples", series([100 * MI, 110 * MI, 120 * MI]), mt.Verdict.INSUFFICIENT_DATA, None),
-        ("constant", series([100 * MI] * 60), mt.Verdict.STABLE, None),
-        ("zero", series([0.0] * 60), mt.Verdict.STABLE, None),
-        ("falling", series(ramp(200 * MI, -1 * MI)), mt.Verdict.STABLE, None),
+        ("no samples", [], mt.MemoryVerdict.INSUFFICIENT_DATA, None),
+        ("too few samples", series([100 * MI, 110 * MI, 120 * MI]), mt.MemoryVerdict.INSUFFICIENT_DATA, None),
+        ("constant", series([100 * MI] * 60), mt.MemoryVerdict.STABLE, None),
+        ("zero", series([0.0] * 60), mt.MemoryVerdict.STABLE, None),
+        ("falling", series(ramp(200 * MI, -1 * MI)), mt.MemoryVerdict.STABLE, None),
         (
             "noise without a trend",
             series([100 * MI + (7 * i % 5) * MI for i in range(60)]),
-            mt.Verdict.STABLE,
+            mt.MemoryVerdict.STABLE,
             None,
         ),
-        ("fast leak", series(FAST), mt.Verdict.EXHAUSTION_PREDICTED, 150.0),
-        ("slow leak beyond the lead time", series(SLOW), mt.Verdict.GROWING, 97 * 60.0),
+        ("fast leak", series(FAST), mt.MemoryVerdict.EXHAUSTION_PREDICTED, 150.0),
+        ("slow leak beyond the lead time", series(SLOW), mt.MemoryVerdict.GROWING, 97 * 60.0),
         (
             "spikes do not move the trend",
             series([v * (3 if i % 17 == 5 else 1) for i, v in enumerate(FAST)]),
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             150.0,
         ),
         (
             "gaps are fine",
             [p for i, p in enumerate(series(FAST)) if not 10 <= i < 40],
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             150.0,
         ),
-        ("already over the limit", series(ramp(250 * MI, 1 * MI, 20)), mt.Verdict.EXHAUSTION_PREDICTED, 0.0),
-        ("stale: the pod is gone", series(FAST, end=NOW - 900), mt.Verdict.INSUFFICIENT_DATA, None),
+        (
+            "already over the limit",
+            series(ramp(250 * MI, 1 * MI, 20)),
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
+            0.0,
+        ),
+        ("stale: the pod is gone", series(FAST, end=NOW - 900), mt.MemoryVerdict.INSUFFICIENT_DATA, None),
         (
             "NaN and infinity are dropped",
             [*series(FAST), (NOW - 30, math.nan), (math.inf, 1.0), (NOW - 10, math.inf)],
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             150.0,
         ),
         (
             "future samples are ignored",
             [*series(FAST), (NOW + 600, 0.0)],
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             150.0,
         ),
     ],
 )
 def test_assess(
-    case: str, points: list[tuple[float, float]], verdict: mt.Verdict, seconds: float | None
+    case: str, points: list[tuple[float, float]], verdict: mt.MemoryVerdict, seconds: float | None
 ) -> None:
     finding = mt.assess("web-1", points, SPEC, now=NOW)
     assert finding.verdict is verdict, case
@@ -96,12 +101,12 @@ def test_a_restart_starts_a_new_segment() -> None:
     finding = mt.assess("web-1", series(before + after), SPEC, now=NOW)
     assert finding.restarts == 1 and finding.points == 30
     assert finding.slope == pytest.approx(0.5 * MI / 60, rel=1e-6)
-    assert finding.verdict is mt.Verdict.GROWING  # 221.5 MiB at 0.5 MiB/min is > 7 h away
+    assert finding.verdict is mt.MemoryVerdict.GROWING  # 221.5 MiB at 0.5 MiB/min is > 7 h away
 
 
 def test_without_a_limit_growth_is_reported_but_never_urgent() -> None:
     finding = mt.assess("web-1", series(FAST), dataclasses.replace(SPEC, limit=None), now=NOW)
-    assert finding.verdict is mt.Verdict.NO_LIMIT and finding.seconds_to_limit is None
+    assert finding.verdict is mt.MemoryVerdict.NO_LIMIT and finding.seconds_to_limit is None
     assert not finding.urgent
 
 

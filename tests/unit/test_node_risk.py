@@ -56,12 +56,14 @@ def test_assess_risk(
 @pytest.mark.parametrize(
     ("action", "requested"),
     [
-        (tr.NodeAction.CORDON, "CordonNode"),
-        (tr.NodeAction.DRAIN, "DrainNode"),
-        (tr.NodeAction.NOTIFY, "Notify"),
+        (tr.PredictedNodeAction.CORDON, "CordonNode"),
+        (tr.PredictedNodeAction.DRAIN, "DrainNode"),
+        (tr.PredictedNodeAction.NOTIFY, "Notify"),
     ],
 )
-def test_a_node_at_risk_gets_a_request_for_the_node_action(action: tr.NodeAction, requested: str) -> None:
+def test_a_node_at_risk_gets_a_request_for_the_node_action(
+    action: tr.PredictedNodeAction, requested: str
+) -> None:
     spec = dataclasses.replace(SPEC, node_action=action)
     readings = tr.assess_risk([("n1", 0.93), ("n2", 0.5)], {"n1", "n2"}, spec)
     (request,), (new,) = tr.risk_requests(readings, {}, spec, QUERY, now=NOW)
@@ -151,7 +153,7 @@ def test_readings_in_status() -> None:
                 query="q",
                 limit=0.5,
                 interval=5.0,
-                node_action=tr.NodeAction.DRAIN,
+                node_action=tr.PredictedNodeAction.DRAIN,
             ),
         ),
         (
@@ -199,14 +201,14 @@ POLICY = pol.parse(
 @pytest.mark.parametrize(
     ("action", "unschedulable", "expected"),
     [
-        (tr.NodeAction.CORDON, False, [("Execute", "CordonNode", "Node/n1")]),
-        (tr.NodeAction.CORDON, True, []),  # cordoned already: done
-        (tr.NodeAction.DRAIN, False, [("AskApproval", "DrainNode", "Node/n1")]),
-        (tr.NodeAction.NOTIFY, False, []),  # reported by the risk check only
+        (tr.PredictedNodeAction.CORDON, False, [("Execute", "CordonNode", "Node/n1")]),
+        (tr.PredictedNodeAction.CORDON, True, []),  # cordoned already: done
+        (tr.PredictedNodeAction.DRAIN, False, [("AskApproval", "DrainNode", "Node/n1")]),
+        (tr.PredictedNodeAction.NOTIFY, False, []),  # reported by the risk check only
     ],
 )
 def test_a_risk_request_is_acted_on_under_the_policy(
-    action: tr.NodeAction, unschedulable: bool, expected: list[tuple[str, str, str]]
+    action: tr.PredictedNodeAction, unschedulable: bool, expected: list[tuple[str, str, str]]
 ) -> None:
     spec = dataclasses.replace(SPEC, node_action=action)
     readings = tr.assess_risk([("n1", 0.93), ("n2", 0.1)], {"n1", "n2"}, spec)
@@ -227,7 +229,9 @@ def test_a_risk_request_is_acted_on_under_the_policy(
         },
         maintenance=rem.maintenance_requests(status),
     )
-    _, effects = rem.step(rem.HealingState(), rem.Context(view, POLICY, (), pol.ClusterView(3, 3), {}, NOW))
+    _, effects = rem.step(
+        rem.HealingState(), rem.PassContext(view, POLICY, (), pol.ClusterView(3, 3), {}, NOW)
+    )
     got = []
     for e in effects:
         if isinstance(e, rem.Execute):

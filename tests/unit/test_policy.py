@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from homeostat.core import approval as appr
 from homeostat.core import policy as pol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,15 +64,15 @@ HEALTHY = pol.ClusterView(nodes_total=5, nodes_ready=5)
 
 def request(
     action: pol.Action, target: str = "Pod/ns/p1", service: str = "web", namespace: str = "ns"
-) -> pol.Request:
+) -> pol.ActionRequest:
     subject = target if target.startswith("Node/") else f"ReplicatedService/{namespace}/{service}"
-    return pol.Request(action, target, subject, namespace, service, "Test")
+    return pol.ActionRequest(action, target, subject, namespace, service, "Test")
 
 
 def record(
     at: float,
     target: str = "Pod/ns/other",
-    outcome: pol.Outcome = pol.Outcome.SUCCEEDED,
+    outcome: pol.ActionOutcome = pol.ActionOutcome.SUCCEEDED,
     *,
     service: str = "web",
     namespace: str = "ns",
@@ -92,16 +93,32 @@ APPROVED = pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"kubectl:a
 
 DECIDE_CASES = [
     # (id, request, history, view, approval, verdict, reason)
-    ("auto low", request(A.RESTART_POD), [], HEALTHY, None, pol.Verdict.EXECUTE, pol.Reason.ALLOWED),
-    ("deny mode", request(A.ROLLBACK), [], HEALTHY, None, pol.Verdict.DENIED, pol.Reason.POLICY_DENIES),
+    (
+        "auto low",
+        request(A.RESTART_POD),
+        [],
+        HEALTHY,
+        None,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
+    ),
+    (
+        "deny mode",
+        request(A.ROLLBACK),
+        [],
+        HEALTHY,
+        None,
+        pol.PolicyVerdict.DENIED,
+        pol.PolicyReason.POLICY_DENIES,
+    ),
     (
         "high asks",
         request(A.DRAIN_NODE, "Node/n1"),
         [],
         HEALTHY,
         None,
-        pol.Verdict.NEEDS_APPROVAL,
-        pol.Reason.AWAITING_APPROVAL,
+        pol.PolicyVerdict.NEEDS_APPROVAL,
+        pol.PolicyReason.AWAITING_APPROVAL,
     ),
     (
         "pending stays",
@@ -109,8 +126,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.PENDING),
-        pol.Verdict.NEEDS_APPROVAL,
-        pol.Reason.AWAITING_APPROVAL,
+        pol.PolicyVerdict.NEEDS_APPROVAL,
+        pol.PolicyReason.AWAITING_APPROVAL,
     ),
     (
         "approved runs",
@@ -118,8 +135,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         APPROVED,
-        pol.Verdict.EXECUTE,
-        pol.Reason.APPROVED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.APPROVED,
     ),
     (
         "denied is final",
@@ -127,8 +144,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.DENIED),
-        pol.Verdict.DENIED,
-        pol.Reason.APPROVAL_DENIED,
+        pol.PolicyVerdict.DENIED,
+        pol.PolicyReason.APPROVAL_DENIED,
     ),
     (
         "expired denies by default",
@@ -136,8 +153,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.EXPIRED),
-        pol.Verdict.DENIED,
-        pol.Reason.APPROVAL_EXPIRED,
+        pol.PolicyVerdict.DENIED,
+        pol.PolicyReason.APPROVAL_EXPIRED,
     ),
     (
         "expired approves when the policy says so",
@@ -145,8 +162,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.EXPIRED),
-        pol.Verdict.EXECUTE,
-        pol.Reason.APPROVED_ON_TIMEOUT,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.APPROVED_ON_TIMEOUT,
     ),
     (
         "requester cannot approve",
@@ -154,8 +171,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"homeostat"}), "homeostat"),
-        pol.Verdict.NEEDS_APPROVAL,
-        pol.Reason.QUORUM_NOT_MET,
+        pol.PolicyVerdict.NEEDS_APPROVAL,
+        pol.PolicyReason.QUORUM_NOT_MET,
     ),
     (
         "critical needs two",
@@ -163,8 +180,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"slack:U1"}), "homeostat"),
-        pol.Verdict.NEEDS_APPROVAL,
-        pol.Reason.QUORUM_NOT_MET,
+        pol.PolicyVerdict.NEEDS_APPROVAL,
+        pol.PolicyReason.QUORUM_NOT_MET,
     ),
     (
         "critical with two",
@@ -172,8 +189,8 @@ DECIDE_CASES = [
         [],
         HEALTHY,
         pol.ApprovalState(pol.ApprovalVerdict.APPROVED, frozenset({"slack:U1", "slack:U2"}), "homeostat"),
-        pol.Verdict.EXECUTE,
-        pol.Reason.APPROVED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.APPROVED,
     ),
     (
         "cooldown",
@@ -181,8 +198,8 @@ DECIDE_CASES = [
         [record(NOW - 60, "Pod/ns/p1")],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.COOLDOWN,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.COOLDOWN,
     ),
     (
         "cooldown over",
@@ -190,8 +207,8 @@ DECIDE_CASES = [
         [record(NOW - 301, "Pod/ns/p1")],
         HEALTHY,
         None,
-        pol.Verdict.EXECUTE,
-        pol.Reason.ALLOWED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
     ),
     (
         "service limit",
@@ -199,8 +216,8 @@ DECIDE_CASES = [
         [record(NOW - 10), record(NOW - 20)],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.RATE_LIMIT,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.RATE_LIMIT,
     ),
     (
         "service limit window slides",
@@ -208,8 +225,8 @@ DECIDE_CASES = [
         [record(NOW - 10), record(NOW - 601)],
         HEALTHY,
         None,
-        pol.Verdict.EXECUTE,
-        pol.Reason.ALLOWED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
     ),
     (
         "namespace limit",
@@ -217,8 +234,8 @@ DECIDE_CASES = [
         [record(NOW - 10), record(NOW - 20, service="a"), record(NOW - 30, service="b")],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.RATE_LIMIT,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.RATE_LIMIT,
     ),
     (
         "cluster limit",
@@ -226,20 +243,20 @@ DECIDE_CASES = [
         [record(NOW - i, service=f"s{i}", namespace=f"n{i}") for i in range(1, 5)],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.RATE_LIMIT,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.RATE_LIMIT,
     ),
     (
         "concurrency",
         request(A.RESTART_POD),
         [
-            record(NOW - 700, service="a", namespace="x", outcome=pol.Outcome.IN_PROGRESS),
-            record(NOW - 700, service="b", namespace="y", outcome=pol.Outcome.IN_PROGRESS),
+            record(NOW - 700, service="a", namespace="x", outcome=pol.ActionOutcome.IN_PROGRESS),
+            record(NOW - 700, service="b", namespace="y", outcome=pol.ActionOutcome.IN_PROGRESS),
         ],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.CONCURRENCY,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.CONCURRENCY,
     ),
     (
         "blast radius: 3 of 5 is 60 %",
@@ -247,8 +264,8 @@ DECIDE_CASES = [
         [],
         pol.ClusterView(5, 3),
         None,
-        pol.Verdict.EXECUTE,
-        pol.Reason.ALLOWED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
     ),
     (
         "blast radius: 2 of 5 is too few",
@@ -256,8 +273,8 @@ DECIDE_CASES = [
         [],
         pol.ClusterView(5, 2),
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.BLAST_RADIUS,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.BLAST_RADIUS,
     ),
     (
         "blast radius spares pod actions",
@@ -265,38 +282,44 @@ DECIDE_CASES = [
         [],
         pol.ClusterView(5, 0),
         None,
-        pol.Verdict.EXECUTE,
-        pol.Reason.ALLOWED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
     ),
     (
         "circuit open",
         request(A.RESTART_POD, "Pod/ns/new"),
-        [record(NOW - 900, outcome=pol.Outcome.FAILED), record(NOW - 800, outcome=pol.Outcome.FAILED)],
+        [
+            record(NOW - 900, outcome=pol.ActionOutcome.FAILED),
+            record(NOW - 800, outcome=pol.ActionOutcome.FAILED),
+        ],
         HEALTHY,
         None,
-        pol.Verdict.THROTTLED,
-        pol.Reason.CIRCUIT_OPEN,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.CIRCUIT_OPEN,
     ),
     (
         "circuit closes when failures age out",
         request(A.RESTART_POD, "Pod/ns/new"),
-        [record(NOW - 1801, outcome=pol.Outcome.FAILED), record(NOW - 800, outcome=pol.Outcome.FAILED)],
+        [
+            record(NOW - 1801, outcome=pol.ActionOutcome.FAILED),
+            record(NOW - 800, outcome=pol.ActionOutcome.FAILED),
+        ],
         HEALTHY,
         None,
-        pol.Verdict.EXECUTE,
-        pol.Reason.ALLOWED,
+        pol.PolicyVerdict.EXECUTE,
+        pol.PolicyReason.ALLOWED,
     ),
     (
         "circuit open even when approved",
         request(A.DRAIN_NODE, "Node/n1"),
         [
-            record(NOW - 900, "Node/n1", pol.Outcome.FAILED, subject="Node/n1"),
-            record(NOW - 800, "Node/n1", pol.Outcome.FAILED, subject="Node/n1"),
+            record(NOW - 900, "Node/n1", pol.ActionOutcome.FAILED, subject="Node/n1"),
+            record(NOW - 800, "Node/n1", pol.ActionOutcome.FAILED, subject="Node/n1"),
         ],
         HEALTHY,
         APPROVED,
-        pol.Verdict.THROTTLED,
-        pol.Reason.CIRCUIT_OPEN,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.CIRCUIT_OPEN,
     ),
     (
         "approved but rate limited",
@@ -304,8 +327,8 @@ DECIDE_CASES = [
         [record(NOW - 10), record(NOW - 20)],
         HEALTHY,
         APPROVED,
-        pol.Verdict.THROTTLED,
-        pol.Reason.RATE_LIMIT,
+        pol.PolicyVerdict.THROTTLED,
+        pol.PolicyReason.RATE_LIMIT,
     ),
 ]
 
@@ -321,7 +344,7 @@ def test_decide(case: tuple[Any, ...]) -> None:
 def test_an_action_left_out_is_denied() -> None:
     policy = pol.parse("sparse", {"actions": {"RestartPod": {"risk": "low", "mode": "auto"}}})
     decision = pol.decide(policy, request(A.DRAIN_NODE, "Node/n1"), [], HEALTHY, NOW)
-    assert (decision.verdict, decision.reason) == (pol.Verdict.DENIED, pol.Reason.NOT_IN_POLICY)
+    assert (decision.verdict, decision.reason) == (pol.PolicyVerdict.DENIED, pol.PolicyReason.NOT_IN_POLICY)
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -382,14 +405,17 @@ def test_the_shipped_default_policy_parses_and_is_conservative() -> None:
     policy = pol.parse(doc["metadata"]["name"], doc["spec"])
     assert set(policy.actions) == set(pol.Action)
     for action in (A.RESTART_POD, A.ROLLBACK, A.RESCHEDULE_PODS):
-        assert (policy.actions[action].risk, policy.actions[action].mode) == (pol.Risk.LOW, pol.Mode.AUTO)
-    assert policy.actions[A.DRAIN_NODE].mode is pol.Mode.APPROVE
-    assert policy.actions[A.RAISE_MEMORY_LIMIT].mode is pol.Mode.APPROVE
+        assert (policy.actions[action].risk, policy.actions[action].mode) == (
+            appr.Risk.LOW,
+            pol.ActionMode.AUTO,
+        )
+    assert policy.actions[A.DRAIN_NODE].mode is pol.ActionMode.APPROVE
+    assert policy.actions[A.RAISE_MEMORY_LIMIT].mode is pol.ActionMode.APPROVE
     assert all(rule.on_timeout is pol.OnTimeout.DENY for rule in policy.actions.values())
 
 
 def test_records_round_trip_and_bad_ones_are_dropped() -> None:
-    original = record(NOW, outcome=pol.Outcome.FAILED)
+    original = record(NOW, outcome=pol.ActionOutcome.FAILED)
     assert pol.Record.from_storage(original.as_in_storage()) == original
     assert pol.Record.from_storage({"action": "Explode"}) is None
 
@@ -397,8 +423,8 @@ def test_records_round_trip_and_bad_ones_are_dropped() -> None:
 def test_min_healthy_as_a_count() -> None:
     policy = pol.parse("count", _with("blastRadius.minHealthyNodes", 4))
     cordon = request(A.CORDON_NODE, "Node/n1")
-    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 3), NOW).reason is pol.Reason.BLAST_RADIUS
-    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 4), NOW).verdict is pol.Verdict.EXECUTE
+    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 3), NOW).reason is pol.PolicyReason.BLAST_RADIUS
+    assert pol.decide(policy, cordon, [], pol.ClusterView(5, 4), NOW).verdict is pol.PolicyVerdict.EXECUTE
 
 
 def _schema_nodes(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -423,11 +449,11 @@ def test_every_policy_field_is_described_and_bounded() -> None:
     assert chart.read_text() == (ROOT / "crds" / "remediationpolicies.homeostat.dev.yaml").read_text()
 
 
-WIDE = pol.Approvers(
-    slack_users=frozenset({"U1", "U2"}),
+WIDE = appr.Approvers(
+    slack=frozenset({"U1", "U2"}),
     slack_groups=frozenset({"S1"}),
-    kube_users=frozenset({"alice", "bob"}),
-    kube_groups=frozenset({"ops", "sre"}),
+    users=frozenset({"alice", "bob"}),
+    groups=frozenset({"ops", "sre"}),
 )
 NARROW = [
     ("service lists nothing", None, WIDE),
@@ -435,19 +461,19 @@ NARROW = [
     (
         "slack users narrowed, groups dropped",
         {"approvers": {"slack": ["U2", "U9"]}},
-        dataclasses.replace(WIDE, slack_users=frozenset({"U2"}), slack_groups=frozenset()),
+        dataclasses.replace(WIDE, slack=frozenset({"U2"}), slack_groups=frozenset()),
     ),
     (
         "kubernetes narrowed, never widened",
         {"approvers": {"kubernetes": {"users": ["mallory"], "groups": ["sre"]}}},
-        dataclasses.replace(WIDE, kube_users=frozenset(), kube_groups=frozenset({"sre"})),
+        dataclasses.replace(WIDE, users=frozenset(), groups=frozenset({"sre"})),
     ),
 ]
 
 
 @pytest.mark.parametrize(("service", "expected"), [n[1:] for n in NARROW], ids=[n[0] for n in NARROW])
 def test_a_service_can_only_narrow_the_approvers(
-    service: dict[str, Any] | None, expected: pol.Approvers
+    service: dict[str, Any] | None, expected: appr.Approvers
 ) -> None:
     assert pol.narrowed(WIDE, service) == expected
 

@@ -262,7 +262,7 @@ def _report(
     spec: specs.ServiceSpec | specs.SpecError,
     deployment: dict[str, Any] | None,
     previous: dict[str, Any] | None = None,
-    outcome: rec.Outcome | None = None,
+    outcome: rec.ApplyOutcome | None = None,
     now: str = NOW,
 ) -> rec.Report:
     return rec.report(
@@ -270,7 +270,7 @@ def _report(
         generation=4,
         spec=spec,
         applies=(),
-        outcome=outcome or rec.Outcome(),
+        outcome=outcome or rec.ApplyOutcome(),
         deployment=deployment,
         previous=previous or {},
         now=now,
@@ -373,11 +373,13 @@ def test_rejected_child_is_invalid_spec_and_api_trouble_is_degraded() -> None:
     spec = parsed()
     ref = kids.ChildRef("apps/v1", "Deployment", "prod", "web")
     rejected = _report(
-        spec, None, outcome=rec.Outcome(rejected={ref: "spec.template.spec.containers[0].image: Required"})
+        spec,
+        None,
+        outcome=rec.ApplyOutcome(rejected={ref: "spec.template.spec.containers[0].image: Required"}),
     )
     assert rejected.status["phase"] == "InvalidSpec"
     assert "containers[0].image" in _conditions_message(rejected, "Degraded")
-    failing = _report(spec, None, outcome=rec.Outcome(errors={ref: "503: unavailable"}))
+    failing = _report(spec, None, outcome=rec.ApplyOutcome(errors={ref: "503: unavailable"}))
     assert failing.status["phase"] == "Degraded"
     assert _conditions(failing)["Degraded"] == ("True", "ApplyFailed")
 

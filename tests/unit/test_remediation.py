@@ -283,7 +283,7 @@ def run(
     at: float,
     approvals: dict[str, pol.ApprovalState] | None = None,
 ) -> tuple[rem.HealingState, tuple[rem.Effect, ...]]:
-    return rem.step(state, rem.Context(service, POLICY, (), CLUSTER, approvals or {}, at))
+    return rem.step(state, rem.PassContext(service, POLICY, (), CLUSTER, approvals or {}, at))
 
 
 def kinds(effects: tuple[rem.Effect, ...]) -> list[str]:
@@ -295,10 +295,10 @@ def test_restart_then_verified() -> None:
     (execute,) = effects
     assert isinstance(execute, rem.Execute)
     assert (execute.action, execute.pods) == (A.RESTART_POD, ("a",))
-    assert [r.outcome for r in state.history] == [pol.Outcome.IN_PROGRESS]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.IN_PROGRESS]
     state, effects = run(state, view(pod("b")), NOW + 5)
     assert kinds(effects) == ["Resolved"]
-    assert [r.outcome for r in state.history] == [pol.Outcome.SUCCEEDED]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.SUCCEEDED]
     assert state.incidents == ()
 
 
@@ -313,7 +313,7 @@ def test_a_symptom_that_stays_fails_verification_and_escalates() -> None:
     state, effects = run(state, failing, NOW + 61)
     assert kinds(effects) == ["Escalate"]
     assert effects[0].reason == "LadderExhausted"  # type: ignore[union-attr]
-    assert [r.outcome for r in state.history] == [pol.Outcome.FAILED]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.FAILED]
     state, effects = run(state, failing, NOW + 3600)
     assert effects == ()  # escalated: a human owns it now
 
@@ -368,7 +368,7 @@ def test_a_restarted_pod_whose_replacement_fails_counts_as_a_failure() -> None:
     state, _ = run(rem.HealingState(), view(pod("a", phase="Failed", exit_code=1)), NOW)
     # "a" is gone, but its replacement "b" failed too: the service did not recover.
     state, effects = run(state, view(pod("b", phase="Failed", exit_code=1)), NOW + 61)
-    assert [r.outcome for r in state.history if r.target.endswith("/a")] == [pol.Outcome.FAILED]
+    assert [r.outcome for r in state.history if r.target.endswith("/a")] == [pol.ActionOutcome.FAILED]
     resolved = [e for e in effects if isinstance(e, rem.Resolved)]
     assert [(e.target, e.succeeded) for e in resolved] == [(f"Pod/{NS}/a", False)]
 
@@ -456,7 +456,7 @@ def test_a_denied_drain_escalates_and_never_runs() -> None:
 def test_an_action_the_executor_could_not_do_moves_up_the_ladder() -> None:
     state, (execute,) = run(rem.HealingState(), view(pod("a", phase="Failed", exit_code=1)), NOW)
     state = rem.action_failed(state, execute.incident, "409 conflict", NOW)  # type: ignore[union-attr]
-    assert [r.outcome for r in state.history] == [pol.Outcome.FAILED]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.FAILED]
     _, effects = run(state, view(pod("a", phase="Failed", exit_code=1)), NOW + 1)
     assert kinds(effects) == ["Escalate"]
 
@@ -511,7 +511,7 @@ def test_a_drain_being_verified_survives_a_restart_that_times_the_pressure_again
     restarted = _restarted(pressured, NOW + 5)  # grace is 30 s: for this process, no finding yet
     state, (resumed,) = run(restored, restarted, NOW + 6)
     assert isinstance(resumed, rem.Execute) and resumed.resume and resumed.occurrence == execute.occurrence
-    assert [(i.phase, i.action) for i in state.incidents] == [(rem.Phase.VERIFYING, "DrainNode")]
+    assert [(i.phase, i.action) for i in state.incidents] == [(rem.IncidentPhase.VERIFYING, "DrainNode")]
     drained = _restarted(view(pod("b", node="n2"), nodes=(node("n1", pressure_for=60), node("n2"))), NOW + 5)
     state, effects = run(state, drained, NOW + 40)
     assert kinds(effects) == ["Resolved"] and [r.action for r in state.history] == [A.DRAIN_NODE]
@@ -537,13 +537,13 @@ def test_an_open_node_incident_goes_on_while_a_new_process_times_its_condition(
     """Kept while the condition holds, even if younger than the grace period (as a restarted
     process sees it); cleared once the condition or the pods are gone. Never a new incident."""
     policy = dataclasses.replace(POLICY, actions={})  # every action denied: the incidents stay open
-    state, _ = rem.step(rem.HealingState(), rem.Context(before, policy, (), CLUSTER, {}, NOW))
+    state, _ = rem.step(rem.HealingState(), rem.PassContext(before, policy, (), CLUSTER, {}, NOW))
     assert state.incidents
     later = _restarted(after, NOW + 5)
-    state, effects = rem.step(state, rem.Context(later, policy, (), CLUSTER, {}, NOW + 6))
+    state, effects = rem.step(state, rem.PassContext(later, policy, (), CLUSTER, {}, NOW + 6))
     assert bool(state.incidents) is kept, (state.incidents, effects)
     assert not [e for e in effects if isinstance(e, rem.Execute | rem.AskApproval)]
-    fresh, _ = rem.step(rem.HealingState(), rem.Context(later, policy, (), CLUSTER, {}, NOW + 6))
+    fresh, _ = rem.step(rem.HealingState(), rem.PassContext(later, policy, (), CLUSTER, {}, NOW + 6))
     assert fresh.incidents == ()  # the same sight opens no incident of its own
 
 

@@ -251,7 +251,7 @@ def simulate(events: Iterable[str]) -> tuple[Trace, list[str]]:
                 trace.refused.add(key)
                 trace.ever_refused += 1
         before = state
-        ctx = rem.Context(world.view(), POLICY, (), world.cluster(), dict(world.answers), world.now)
+        ctx = rem.PassContext(world.view(), POLICY, (), world.cluster(), dict(world.answers), world.now)
         state, effects = rem.step(state, ctx)
         for effect in effects:
             if isinstance(effect, rem.Execute):
@@ -279,7 +279,7 @@ def check(trace: Trace, state: rem.HealingState, done: list[str]) -> None:
     actions = [(at, e) for at, e, *_ in trace.executes if not e.resume]
     for at, effect, approval, cluster, before in trace.executes:
         rule = POLICY.actions[effect.action]
-        if rule.mode is pol.Mode.APPROVE:
+        if rule.mode is pol.ActionMode.APPROVE:
             assert approval is not None and approval.verdict is pol.ApprovalVerdict.APPROVED, (
                 f"inv_approval: {where}"
             )
@@ -290,14 +290,16 @@ def check(trace: Trace, state: rem.HealingState, done: list[str]) -> None:
             assert cluster.nodes_ready >= 2, f"inv_blast_radius: {where}"
         prior = [r for r in before.history if r.at < at]
         failures = [
-            r for r in prior if r.outcome is pol.Outcome.FAILED and at - r.at < POLICY.circuit_window_seconds
+            r
+            for r in prior
+            if r.outcome is pol.ActionOutcome.FAILED and at - r.at < POLICY.circuit_window_seconds
         ]
         incident = next((i for i in before.incidents if i.key == effect.incident), None)
         subject = incident.subject if incident else None
         assert len([r for r in failures if r.subject == subject]) < POLICY.circuit_failures, (
             f"inv_circuit: {where}"
         )
-        assert incident is None or incident.phase is not rem.Phase.ESCALATED, (
+        assert incident is None or incident.phase is not rem.IncidentPhase.ESCALATED, (
             f"inv_escalated_is_quiet: {where}"
         )
     assert not trace.after_no, f"inv_no_action_after_no: {where}"

@@ -70,7 +70,7 @@ def view(*readings: rem.SloReading, **extra: Any) -> rem.ServiceView:
 def run(
     state: rem.HealingState, service: rem.ServiceView, at: float
 ) -> tuple[rem.HealingState, tuple[rem.Effect, ...]]:
-    return rem.step(state, rem.Context(service, POLICY, (), CLUSTER, {}, at))
+    return rem.step(state, rem.PassContext(service, POLICY, (), CLUSTER, {}, at))
 
 
 def kinds(effects: tuple[rem.Effect, ...]) -> list[str]:
@@ -172,7 +172,7 @@ def test_a_stable_revision_is_scaled_up_and_verified() -> None:
     state, effects = run(state, view(rem.read_slo(LATENCY, 0.2, None, NOW + 20), replicas=4), NOW + 20)
     assert kinds(effects) == ["Resolved"]
     assert effects[0].succeeded  # type: ignore[union-attr]
-    assert [(r.action, r.outcome) for r in state.history] == [(A.SCALE_UP, pol.Outcome.SUCCEEDED)]
+    assert [(r.action, r.outcome) for r in state.history] == [(A.SCALE_UP, pol.ActionOutcome.SUCCEEDED)]
     assert state.incidents == ()
 
 
@@ -217,7 +217,7 @@ def test_a_breach_that_stays_climbs_the_ladder_then_escalates() -> None:
     state, effects = run(state, view(breached, healing=one, replicas=5), NOW + 122)
     assert kinds(effects) == ["Escalate"]
     assert effects[0].reason == "LadderExhausted"  # type: ignore[union-attr]
-    assert [r.outcome for r in state.history] == [pol.Outcome.FAILED, pol.Outcome.FAILED]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.FAILED, pol.ActionOutcome.FAILED]
 
 
 def test_a_new_revision_with_errors_is_rolled_back_then_verified() -> None:
@@ -229,7 +229,7 @@ def test_a_new_revision_with_errors_is_rolled_back_then_verified() -> None:
     healed = view(rem.read_slo(ERRORS, 0.0, None, NOW + 10), current_revision="r2", rolled_back="r2")
     state, effects = run(state, healed, NOW + 10)
     assert kinds(effects) == ["Resolved"] and effects[0].succeeded  # type: ignore[union-attr]
-    assert [(r.action, r.outcome) for r in state.history] == [(A.ROLLBACK, pol.Outcome.SUCCEEDED)]
+    assert [(r.action, r.outcome) for r in state.history] == [(A.ROLLBACK, pol.ActionOutcome.SUCCEEDED)]
 
 
 def test_prometheus_unknown_never_acts_and_never_verifies() -> None:
@@ -242,7 +242,7 @@ def test_prometheus_unknown_never_acts_and_never_verifies() -> None:
     blind = view(rem.read_slo(ERRORS, None, None, NOW + 200, "prometheus unreachable"))
     state, effects = run(state, blind, NOW + 200)
     assert effects == () and state.incidents == (incident,)
-    assert [r.outcome for r in state.history] == [pol.Outcome.IN_PROGRESS]
+    assert [r.outcome for r in state.history] == [pol.ActionOutcome.IN_PROGRESS]
     # The answer comes back under the bound: verified.
     state, effects = run(state, view(rem.read_slo(ERRORS, 0.0, None, NOW + 210)), NOW + 210)
     assert kinds(effects) == ["Resolved"] and effects[0].succeeded  # type: ignore[union-attr]

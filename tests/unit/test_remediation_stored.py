@@ -169,7 +169,7 @@ def test_a_drain_stored_by_the_old_version_is_resumed_not_run_again() -> None:
 def test_a_hold_stored_by_the_old_version_is_not_announced_again() -> None:
     """A Held effect is told once per reason and action: the stored ones, read back, count."""
     raw = stored(*POD, action="RestartPod", reason="RateLimit", message="m")
-    done = pol.Outcome.SUCCEEDED
+    done = pol.ActionOutcome.SUCCEEDED
     busy = [
         pol.Record(pol.Action.RESTART_POD, f"Pod/ns/p{i}", SERVICE, "ns", "web", t.NOW - 5, done)
         for i in (1, 2)
@@ -191,8 +191,18 @@ def test_an_incident_escalated_by_the_old_version_stays_quiet() -> None:
 
 TYPED = [
     ("nothing decided", {}, None, None),
-    ("held", {"action": "RestartPod", "reason": "RateLimit"}, pol.Action.RESTART_POD, pol.Reason.RATE_LIMIT),
-    ("approved", {"action": "DrainNode", "reason": "Approved"}, pol.Action.DRAIN_NODE, pol.Reason.APPROVED),
+    (
+        "held",
+        {"action": "RestartPod", "reason": "RateLimit"},
+        pol.Action.RESTART_POD,
+        pol.PolicyReason.RATE_LIMIT,
+    ),
+    (
+        "approved",
+        {"action": "DrainNode", "reason": "Approved"},
+        pol.Action.DRAIN_NODE,
+        pol.PolicyReason.APPROVED,
+    ),
     ("no remedy", {"reason": "LadderExhausted"}, None, rem.Reason.LADDER_EXHAUSTED),
     ("cannot act", {"action": "Rollback", "reason": "CannotAct"}, pol.Action.ROLLBACK, rem.Reason.CANNOT_ACT),
     (
@@ -222,7 +232,7 @@ def test_an_incident_with_an_action_this_version_does_not_know_is_unreadable() -
 
 def test_the_reasons_of_an_incident_and_of_the_policy_share_no_value() -> None:
     """A stored reason names its kind only by its value."""
-    assert not {r.value for r in rem.Reason} & {r.value for r in pol.Reason}
+    assert not {r.value for r in rem.Reason} & {r.value for r in pol.PolicyReason}
 
 
 # The strings the old version could write: "" for none, a policy action, a policy reason or one
@@ -237,7 +247,7 @@ OLD_ACTIONS = {
     "ScaleUp",
     "RaiseMemoryLimit",
 }
-OLD_REASONS = {"", "LadderExhausted", "CannotAct", "ActionFailed", *(r.value for r in pol.Reason)}
+OLD_REASONS = {"", "LadderExhausted", "CannotAct", "ActionFailed", *(r.value for r in pol.PolicyReason)}
 
 
 def test_every_state_the_model_reaches_is_stored_in_the_old_shape(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,7 +256,7 @@ def test_every_state_the_model_reaches_is_stored_in_the_old_shape(monkeypatch: p
     reached: list[rem.HealingState] = []
     real = rem.step
 
-    def spy(state: rem.HealingState, ctx: rem.Context) -> tuple[rem.HealingState, tuple[rem.Effect, ...]]:
+    def spy(state: rem.HealingState, ctx: rem.PassContext) -> tuple[rem.HealingState, tuple[rem.Effect, ...]]:
         after = real(state, ctx)
         reached.append(after[0])
         return after

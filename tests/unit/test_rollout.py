@@ -22,7 +22,7 @@ from homeostat.core import rollout as ro
 from homeostat.core.spec import SpecError, Strategy
 
 STABLE, CANARY = ro.Track.STABLE, ro.Track.CANARY
-Phase = ro.Phase
+Phase = ro.RolloutPhase
 
 METRICS = [{"name": "error-rate", "query": "rate(errors{revision='{{revision}}'}[1m])", "max": 0.05}]
 # What each kind of analysis answer looks like as a measurement of error-rate.
@@ -339,7 +339,7 @@ PROGRESSING = ro.RolloutState(
     step=1,
     weight=50,
     step_reached_at=950.0,
-    analysis=an.AnalysisState(runs=3, failures=2, last_run_at=980.0, last_verdict=an.Verdict.FAIL),
+    analysis=an.AnalysisState(runs=3, failures=2, last_run_at=980.0, last_verdict=an.AnalysisVerdict.FAIL),
 )
 AT_STEP_1 = {"stable": ro.TrackView("r0", 2, 2), "canary": ro.TrackView("r1", 2, 2)}
 FAILED_RUN = {
@@ -532,7 +532,7 @@ def test_missing_metrics_backend_never_promotes() -> None:
     beats += [("missing", {"phase": Phase.PAUSED, "pause_reason": ro.PauseReason.INCONCLUSIVE})]
     beats += [("time", {"phase": Phase.PAUSED, "step": 0})] * 3
     state, _, log = play(spec, beats)
-    assert state.analysis.last_verdict is an.Verdict.ERROR and state.analysis.consecutive_errors == 4
+    assert state.analysis.last_verdict is an.AnalysisVerdict.ERROR and state.analysis.consecutive_errors == 4
     assert "CanaryStepStarted" not in reasons(log)
 
 

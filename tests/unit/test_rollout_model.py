@@ -41,7 +41,7 @@ from homeostat.core import analysis as an
 from homeostat.core import rollout as ro
 from homeostat.core.spec import Strategy
 
-Phase = ro.Phase
+Phase = ro.RolloutPhase
 STABLE, CANARY = ro.Track.STABLE, ro.Track.CANARY
 
 AUTOMATIC = ("pass", "fail", "inconclusive", "error", "missing", "time", "stable-ready", "canary-ready")
@@ -250,7 +250,7 @@ def transition(node: Node, letter: str, spec: ro.RolloutSpec) -> Node:
     )
     if letter in AUTOMATIC and after.revision == before.revision and advanced:
         # inv_only_a_pass_advances: no data, errors and failures never move a rollout forward.
-        passed = after.analysis.last_verdict is an.Verdict.PASS
+        passed = after.analysis.last_verdict is an.AnalysisVerdict.PASS
         check(passed, "inv_only_a_pass_advances", child, after.analysis)
     if child.state.cause is ro.Cause.ANALYSIS_FAILED and child.state.revision is not None:
         child = dataclasses.replace(child, failed=child.failed | {child.state.revision})

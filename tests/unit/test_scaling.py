@@ -22,7 +22,7 @@ QUICK = sc.Behavior(  # no stabilisation and no rate limits unless a test adds t
 )
 
 
-def spec(mode: sc.Mode = sc.Mode.PREDICTIVE, **overrides: Any) -> sc.AutoscalingSpec:
+def spec(mode: sc.ScalingMode = sc.ScalingMode.PREDICTIVE, **overrides: Any) -> sc.AutoscalingSpec:
     values: dict[str, Any] = {
         "mode": mode,
         "query": "sum(rate(http_requests_total[1m]))",
@@ -61,7 +61,7 @@ def decide(
     state: sc.ScalingState | None = None,
     bounds: Replicas = BOUNDS,
     now: float = BIN + STEP - 60,  # late in the bin, so the horizon reaches the next one
-) -> tuple[sc.Decision, sc.ScalingState]:
+) -> tuple[sc.ScalingDecision, sc.ScalingState]:
     return sc.decide(
         auto,
         current=current,
@@ -99,11 +99,13 @@ def test_reactive_replicas(current: int, metric: float, tolerance: float, expect
     [(4, 430.0, 4), (4, 450.0, 5), (8, 200.0, 2), (3, 3000.0, 30)],
 )
 def test_reactive_mode_follows_the_metric_within_tolerance(current: int, metric: float, desired: int) -> None:
-    decision, _ = decide(spec(sc.Mode.REACTIVE), current=current, metric=metric, predicted=forecast(9999))
+    decision, _ = decide(
+        spec(sc.ScalingMode.REACTIVE), current=current, metric=metric, predicted=forecast(9999)
+    )
     assert (decision.desired, decision.reason, decision.mode) == (
         desired,
-        sc.Reason.REACTIVE,
-        sc.Mode.REACTIVE,
+        sc.ScalingReason.REACTIVE,
+        sc.ScalingMode.REACTIVE,
     )
     assert decision.predictive is None and decision.forecast is None  # Reactive ignores the forecast
 
@@ -112,7 +114,7 @@ def test_reactive_mode_follows_the_metric_within_tolerance(current: int, metric:
 
 
 def test_scale_down_waits_for_the_stabilisation_window() -> None:
-    auto = spec(sc.Mode.REACTIVE, behavior=sc.Behavior())  # HPA defaults: 300s down window
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=sc.Behavior())  # HPA defaults: 300s down window
     state = sc.ScalingState(recommendations=((NOW - 200, 8),))
     decision, state = decide(auto, current=8, metric=200.0, state=state, now=NOW)
     assert decision.desired == 8 and decision.limit is sc.Limit.SCALE_DOWN_STABILIZED
@@ -126,7 +128,7 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
 
 
 def test_stabilisation_takes_the_highest_recent_recommendation() -> None:
-    auto = spec(sc.Mode.REACTIVE, behavior=sc.Behavior())
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=sc.Behavior())
     state = sc.ScalingState(recommendations=((NOW - 250, 9), (NOW - 100, 6), (NOW - 50, 5)))
     decision, new_state = decide(auto, current=10, metric=300.0, state=state, now=NOW)
     assert decision.desired == 9
@@ -135,14 +137,14 @@ def test_stabilisation_takes_the_highest_recent_recommendation() -> None:
 
 def test_scale_up_window_takes_the_lowest_recent_recommendation() -> None:
     rules = sc.ScalingRules(120.0, QUICK.scale_up.policies)
-    auto = spec(sc.Mode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_up=rules))
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_up=rules))
     state = sc.ScalingState(recommendations=((NOW - 60, 6),))
     decision, _ = decide(auto, current=4, metric=1000.0, state=state, now=NOW)
     assert decision.desired == 6 and decision.limit is sc.Limit.SCALE_UP_STABILIZED
 
 
 def test_old_recommendations_and_events_are_pruned() -> None:
-    auto = spec(sc.Mode.REACTIVE, behavior=sc.Behavior())
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=sc.Behavior())
     state = sc.ScalingState(recommendations=((NOW - 1000, 9),), events=((NOW - 1000, 3),))
     _, new_state = decide(auto, current=4, metric=400.0, state=state, now=NOW)
     assert new_state.recommendations == ((NOW, 4),)
@@ -178,7 +180,7 @@ HALF = (sc.PolicyType.PERCENT, 50, 60.0)
 def test_scale_up_rate_policies(
     up: sc.ScalingRules, events: tuple[tuple[float, int], ...], expected: int, limit: sc.Limit | None
 ) -> None:
-    auto = spec(sc.Mode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_up=up))
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_up=up))
     state = sc.ScalingState(events=events)
     decision, new_state = decide(auto, current=10, metric=3000.0, state=state, now=NOW)
     assert (decision.desired, decision.limit) == (expected, limit)
@@ -209,7 +211,7 @@ def test_scale_up_rate_policies(
 def test_scale_down_rate_policies(
     down: sc.ScalingRules, events: tuple[tuple[float, int], ...], expected: int
 ) -> None:
-    auto = spec(sc.Mode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_down=down))
+    auto = spec(sc.ScalingMode.REACTIVE, behavior=dataclasses.replace(QUICK, scale_down=down))
     decision, _ = decide(auto, current=10, metric=200.0, state=sc.ScalingState(events=events), now=NOW)
     assert decision.desired == expected
     assert decision.limit is sc.Limit.SCALE_DOWN_LIMIT
@@ -218,16 +220,24 @@ def test_scale_down_rate_policies(
 @pytest.mark.parametrize(
     ("current", "metric", "bounds", "desired", "reason", "limit"),
     [
-        (5, 5000.0, Replicas(1, 10), 10, sc.Reason.REACTIVE, sc.Limit.TOO_MANY_REPLICAS),
-        (5, 0.0, Replicas(2, 10), 2, sc.Reason.REACTIVE, sc.Limit.TOO_FEW_REPLICAS),
-        (12, 400.0, Replicas(1, 10), 10, sc.Reason.OUT_OF_BOUNDS, None),
-        (1, 400.0, Replicas(3, 10), 3, sc.Reason.OUT_OF_BOUNDS, None),
+        (5, 5000.0, Replicas(1, 10), 10, sc.ScalingReason.REACTIVE, sc.Limit.TOO_MANY_REPLICAS),
+        (5, 0.0, Replicas(2, 10), 2, sc.ScalingReason.REACTIVE, sc.Limit.TOO_FEW_REPLICAS),
+        (12, 400.0, Replicas(1, 10), 10, sc.ScalingReason.OUT_OF_BOUNDS, None),
+        (1, 400.0, Replicas(3, 10), 3, sc.ScalingReason.OUT_OF_BOUNDS, None),
     ],
 )
 def test_bounds(
-    *, current: int, metric: float, bounds: Replicas, desired: int, reason: sc.Reason, limit: sc.Limit | None
+    *,
+    current: int,
+    metric: float,
+    bounds: Replicas,
+    desired: int,
+    reason: sc.ScalingReason,
+    limit: sc.Limit | None,
 ) -> None:
-    decision, _ = decide(spec(sc.Mode.REACTIVE), current=current, metric=metric, bounds=bounds, now=NOW)
+    decision, _ = decide(
+        spec(sc.ScalingMode.REACTIVE), current=current, metric=metric, bounds=bounds, now=NOW
+    )
     assert (decision.desired, decision.reason, decision.limit) == (desired, reason, limit)
 
 
@@ -238,23 +248,23 @@ def test_bounds(
     ("current", "metric", "upper", "allow", "desired", "reason"),
     [
         # The forecast sees 900 coming while load is 500: scale out ahead of it.
-        (5, 500.0, 900.0, False, 9, sc.Reason.PREDICTIVE),
-        (5, 500.0, 900.0, True, 9, sc.Reason.PREDICTIVE),
+        (5, 500.0, 900.0, False, 9, sc.ScalingReason.PREDICTIVE),
+        (5, 500.0, 900.0, True, 9, sc.ScalingReason.PREDICTIVE),
         # The forecast sees load falling: without allowForecastScaleIn it cannot remove pods.
-        (5, 500.0, 200.0, False, 5, sc.Reason.REACTIVE),
-        (5, 500.0, 200.0, True, 2, sc.Reason.PREDICTIVE),
+        (5, 500.0, 200.0, False, 5, sc.ScalingReason.REACTIVE),
+        (5, 500.0, 200.0, True, 2, sc.ScalingReason.PREDICTIVE),
         # Reactive already wants more than the forecast: reactive wins either way.
-        (5, 1200.0, 900.0, False, 12, sc.Reason.REACTIVE),
+        (5, 1200.0, 900.0, False, 12, sc.ScalingReason.REACTIVE),
         # An upper band of 901 needs a tenth replica.
-        (5, 500.0, 901.0, False, 10, sc.Reason.PREDICTIVE),
+        (5, 500.0, 901.0, False, 10, sc.ScalingReason.PREDICTIVE),
     ],
 )
 def test_predictive_adds_capacity_and_scales_in_only_when_allowed(
-    *, current: int, metric: float, upper: float, allow: bool, desired: int, reason: sc.Reason
+    *, current: int, metric: float, upper: float, allow: bool, desired: int, reason: sc.ScalingReason
 ) -> None:
     auto = spec(allow_forecast_scale_in=allow)
     decision, _ = decide(auto, current=current, metric=metric, predicted=forecast(upper))
-    assert (decision.desired, decision.reason, decision.mode) == (desired, reason, sc.Mode.PREDICTIVE)
+    assert (decision.desired, decision.reason, decision.mode) == (desired, reason, sc.ScalingMode.PREDICTIVE)
     assert decision.predictive == -(-upper // TARGET)
     assert decision.reactive == sc.reactive_replicas(current, metric, TARGET, 0.1)
 
@@ -271,26 +281,31 @@ def test_forecast_never_removes_capacity_over_a_falling_day() -> None:
 @pytest.mark.parametrize(
     ("predicted", "reason"),
     [
-        (None, sc.Reason.FORECAST_MISSING),
-        (fc.Forecast(fc.Method.NONE, step=STEP, fallback=fc.Fallback.NO_DATA), sc.Reason.FORECAST_MISSING),
+        (None, sc.ScalingReason.FORECAST_MISSING),
+        (
+            fc.Forecast(fc.Method.NONE, step=STEP, fallback=fc.Fallback.NO_DATA),
+            sc.ScalingReason.FORECAST_MISSING,
+        ),
         (
             forecast(900.0, method=fc.Method.NAIVE, fallback=fc.Fallback.TOO_SHORT, mase=None),
-            sc.Reason.HISTORY_TOO_SHORT,
+            sc.ScalingReason.HISTORY_TOO_SHORT,
         ),
         (
             forecast(900.0, method=fc.Method.NAIVE, fallback=fc.Fallback.CONSTANT),
-            sc.Reason.FORECAST_UNRELIABLE,
+            sc.ScalingReason.FORECAST_UNRELIABLE,
         ),
-        (forecast(900.0, mase=1.4), sc.Reason.FORECAST_UNRELIABLE),
-        (forecast(900.0, mase=None), sc.Reason.FORECAST_UNRELIABLE),
+        (forecast(900.0, mase=1.4), sc.ScalingReason.FORECAST_UNRELIABLE),
+        (forecast(900.0, mase=None), sc.ScalingReason.FORECAST_UNRELIABLE),
     ],
 )
-def test_unusable_forecasts_fall_back_to_reactive(predicted: fc.Forecast | None, reason: sc.Reason) -> None:
+def test_unusable_forecasts_fall_back_to_reactive(
+    predicted: fc.Forecast | None, reason: sc.ScalingReason
+) -> None:
     decision, _ = decide(spec(), current=5, metric=500.0, predicted=predicted)
-    assert (decision.desired, decision.reason, decision.mode) == (5, reason, sc.Mode.REACTIVE)
+    assert (decision.desired, decision.reason, decision.mode) == (5, reason, sc.ScalingMode.REACTIVE)
     assert decision.predictive is None
     assert decision.forecast is not None and decision.forecast.fallback is not None
-    assert decision.forecast.mode is sc.Mode.REACTIVE
+    assert decision.forecast.mode is sc.ScalingMode.REACTIVE
 
 
 @pytest.mark.parametrize(
@@ -310,7 +325,7 @@ def test_a_forecast_is_trusted_on_relative_or_absolute_accuracy(
 ) -> None:
     decision, _ = decide(spec(), current=5, metric=500.0, predicted=forecast(900.0, mase=mase, smape=smape))
     assert (decision.desired, decision.reason) == (
-        (9, sc.Reason.PREDICTIVE) if trusted else (5, sc.Reason.FORECAST_UNRELIABLE)
+        (9, sc.ScalingReason.PREDICTIVE) if trusted else (5, sc.ScalingReason.FORECAST_UNRELIABLE)
     )
 
 
@@ -323,7 +338,7 @@ def test_horizon_inside_the_observed_bin_adds_nothing() -> None:
     # Early in the bin the startup delay plus one interval does not reach the forecast bin.
     decision, _ = decide(spec(), current=5, metric=500.0, predicted=forecast(900.0), now=BIN + 10)
     assert decision.desired == 5 and decision.predictive is None
-    assert decision.mode is sc.Mode.PREDICTIVE and "within the observed data" in decision.message
+    assert decision.mode is sc.ScalingMode.PREDICTIVE and "within the observed data" in decision.message
 
 
 def test_forecast_summary_reports_the_peak() -> None:
@@ -332,7 +347,7 @@ def test_forecast_summary_reports_the_peak() -> None:
     assert summary == sc.ForecastSummary(
         method="HoltWinters",
         horizon=90.0,
-        mode=sc.Mode.PREDICTIVE,
+        mode=sc.ScalingMode.PREDICTIVE,
         predicted_peak=900.0,
         predicted_peak_at=BIN + STEP,
         mase=0.5,
@@ -344,8 +359,8 @@ def test_forecast_summary_reports_the_peak() -> None:
 # --- modes and holds ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", list(sc.Mode))
-def test_metric_unavailable_holds_replicas(mode: sc.Mode) -> None:
+@pytest.mark.parametrize("mode", list(sc.ScalingMode))
+def test_metric_unavailable_holds_replicas(mode: sc.ScalingMode) -> None:
     state = sc.ScalingState(recommendations=((NOW - 10, 7),))
     for metric in (None, float("nan"), -1.0):
         decision, new_state = decide(
@@ -353,25 +368,25 @@ def test_metric_unavailable_holds_replicas(mode: sc.Mode) -> None:
         )
         assert decision.desired == 7 and not decision.changed
         assert new_state == state
-        if mode is not sc.Mode.OFF:
-            assert decision.reason is sc.Reason.METRIC_UNAVAILABLE
+        if mode is not sc.ScalingMode.OFF:
+            assert decision.reason is sc.ScalingReason.METRIC_UNAVAILABLE
 
 
 def test_off_changes_nothing() -> None:
     state = sc.ScalingState(recommendations=((NOW - 10, 3),))
     decision, new_state = decide(
-        spec(sc.Mode.OFF), current=4, metric=5000.0, predicted=forecast(9000), state=state
+        spec(sc.ScalingMode.OFF), current=4, metric=5000.0, predicted=forecast(9000), state=state
     )
-    assert (decision.desired, decision.reason, decision.mode) == (4, sc.Reason.OFF, sc.Mode.OFF)
+    assert (decision.desired, decision.reason, decision.mode) == (4, sc.ScalingReason.OFF, sc.ScalingMode.OFF)
     assert new_state is state
 
 
 @pytest.mark.parametrize(
     "row",
     [
-        ("forecast above load", 5, 500.0, forecast(900.0), BOUNDS, 9, sc.Reason.PREVIEW),
-        ("load above forecast", 5, 1000.0, forecast(900.0), BOUNDS, 10, sc.Reason.PREVIEW),
-        ("load falls", 8, 100.0, forecast(100.0), BOUNDS, 1, sc.Reason.PREVIEW),
+        ("forecast above load", 5, 500.0, forecast(900.0), BOUNDS, 9, sc.ScalingReason.PREVIEW),
+        ("load above forecast", 5, 1000.0, forecast(900.0), BOUNDS, 10, sc.ScalingReason.PREVIEW),
+        ("load falls", 8, 100.0, forecast(100.0), BOUNDS, 1, sc.ScalingReason.PREVIEW),
         (
             "unreliable forecast",
             5,
@@ -379,30 +394,35 @@ def test_off_changes_nothing() -> None:
             forecast(900.0, mase=3.0),
             BOUNDS,
             10,
-            sc.Reason.FORECAST_UNRELIABLE,
+            sc.ScalingReason.FORECAST_UNRELIABLE,
         ),
-        ("no forecast", 5, 1000.0, None, BOUNDS, 10, sc.Reason.FORECAST_MISSING),
-        ("above max", 60, 500.0, forecast(900.0), BOUNDS, 50, sc.Reason.OUT_OF_BOUNDS),
-        ("capped by max", 5, 9000.0, forecast(900.0), Replicas(1, 7), 7, sc.Reason.PREVIEW),
+        ("no forecast", 5, 1000.0, None, BOUNDS, 10, sc.ScalingReason.FORECAST_MISSING),
+        ("above max", 60, 500.0, forecast(900.0), BOUNDS, 50, sc.ScalingReason.OUT_OF_BOUNDS),
+        ("capped by max", 5, 9000.0, forecast(900.0), Replicas(1, 7), 7, sc.ScalingReason.PREVIEW),
     ],
 )
 def test_preview_reports_what_predictive_would_apply_and_applies_nothing(
-    row: tuple[str, int, float, fc.Forecast | None, Replicas, int, sc.Reason],
+    row: tuple[str, int, float, fc.Forecast | None, Replicas, int, sc.ScalingReason],
 ) -> None:
     case, current, metric, predicted, bounds, preview, reason = row
     state = sc.ScalingState(events=((BIN + STEP - 65, 2),))  # 5 s before the decision
     decision, new_state = decide(
-        spec(sc.Mode.PREVIEW), current=current, metric=metric, predicted=predicted, state=state, bounds=bounds
+        spec(sc.ScalingMode.PREVIEW),
+        current=current,
+        metric=metric,
+        predicted=predicted,
+        state=state,
+        bounds=bounds,
     )
     assert decision.desired == current and not decision.changed, case
     assert decision.preview == preview, case
-    assert (decision.reason, decision.mode) == (reason, sc.Mode.PREVIEW), case
+    assert (decision.reason, decision.mode) == (reason, sc.ScalingMode.PREVIEW), case
     assert new_state.events == state.events, case  # nothing was scaled, so no scale event
     assert "nothing applied" in decision.message, case
-    if predicted is not None and reason is sc.Reason.PREVIEW:
+    if predicted is not None and reason is sc.ScalingReason.PREVIEW:
         # the same numbers Predictive would have applied
         acted, _ = decide(
-            spec(sc.Mode.PREDICTIVE),
+            spec(sc.ScalingMode.PREDICTIVE),
             current=current,
             metric=metric,
             predicted=predicted,
@@ -414,8 +434,14 @@ def test_preview_reports_what_predictive_would_apply_and_applies_nothing(
 
 
 def test_preview_holds_when_the_metric_is_missing() -> None:
-    decision, new_state = decide(spec(sc.Mode.PREVIEW), current=5, metric=None, predicted=forecast(900.0))
-    assert (decision.desired, decision.reason, decision.preview) == (5, sc.Reason.METRIC_UNAVAILABLE, None)
+    decision, new_state = decide(
+        spec(sc.ScalingMode.PREVIEW), current=5, metric=None, predicted=forecast(900.0)
+    )
+    assert (decision.desired, decision.reason, decision.preview) == (
+        5,
+        sc.ScalingReason.METRIC_UNAVAILABLE,
+        None,
+    )
     assert new_state == sc.ScalingState()
 
 
@@ -425,7 +451,7 @@ def test_preview_holds_when_the_metric_is_missing() -> None:
 def test_parse_defaults() -> None:
     assert sc.parse(None) == sc.AutoscalingSpec()
     auto = sc.parse({"mode": "Reactive", "metric": {"query": "q", "targetPerReplica": 50}})
-    assert auto.mode is sc.Mode.REACTIVE and auto.target_per_replica == 50.0
+    assert auto.mode is sc.ScalingMode.REACTIVE and auto.target_per_replica == 50.0
     assert auto.behavior == sc.Behavior()
     assert (auto.startup_delay, auto.interval, auto.tolerance, auto.horizon) == (60.0, 30.0, 0.1, 90.0)
     assert auto.forecast == fc.ForecastConfig()
@@ -586,10 +612,12 @@ def test_parse_step_and_custom_period(
 
 
 def test_summary_status_leaves_absent_values_out() -> None:
-    bare = sc.summary_status(sc.ForecastSummary("None", 90.0, sc.Mode.PREVIEW, fallback="ForecastMissing: x"))
+    bare = sc.summary_status(
+        sc.ForecastSummary("None", 90.0, sc.ScalingMode.PREVIEW, fallback="ForecastMissing: x")
+    )
     assert bare == {"method": "None", "horizon": "1m30s", "mode": "Preview", "fallback": "ForecastMissing: x"}
     full = sc.summary_status(
-        sc.ForecastSummary("HoltWinters", 90.0, sc.Mode.PREDICTIVE, 12.5, 60.0, 0.5, 3.0, 0.0)
+        sc.ForecastSummary("HoltWinters", 90.0, sc.ScalingMode.PREDICTIVE, 12.5, 60.0, 0.5, 3.0, 0.0)
     )
     assert full["predictedPeakAt"] == "1970-01-01T00:01:00Z" and full["lastFitTime"] == "1970-01-01T00:00:00Z"
     assert (full["predictedPeak"], full["mase"]) == (12.5, 0.5)

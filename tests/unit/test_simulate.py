@@ -140,7 +140,7 @@ def test_read_trace_accepts_unix_seconds_and_iso() -> None:
 
 def test_steady_demand_is_served_by_every_policy() -> None:
     trace = simulate.Trace(0.0, 600.0, (100.0,) * (6 * 24 * 3))
-    settings = simulate.Settings(capacity=10.0, warmup=86400.0, startup_delay=60.0, interval=60.0)
+    settings = simulate.SimulationSettings(capacity=10.0, warmup=86400.0, startup_delay=60.0, interval=60.0)
     results = simulate.simulate(trace, settings, simulate.POLICIES)
     for result in results:
         assert result.underprovisioned_time_fraction == 0.0 and result.unserved_demand_fraction == 0.0
@@ -159,7 +159,7 @@ def test_predictive_beats_reactive_at_similar_cost() -> None:
     """
     rows = seasonal_trace(days=6)
     trace = simulate.Trace(float(rows[0][0]), float(STEP), tuple(v for _, v in rows))
-    settings = simulate.Settings(
+    settings = simulate.SimulationSettings(
         capacity=10.0,
         startup_delay=600.0,
         interval=300.0,

@@ -91,7 +91,7 @@ def test_an_invalid_block_is_invalid_spec_on_degraded(path: str, value: Any, fie
         generation=3,
         spec=spec,
         applies=(),
-        outcome=rec.Outcome(),
+        outcome=rec.ApplyOutcome(),
         deployment=None,
         previous={},
         now="2026-12-07T00:00:00Z",

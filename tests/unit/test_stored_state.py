@@ -85,7 +85,7 @@ def test_unreadable_state_raises_naming_the_field(name: str, raw: Any, names: st
 
 def test_a_denied_approval_with_a_broken_decision_is_not_pending_again() -> None:
     # The case the rule exists for: read as fresh, this request could be approved after all.
-    denied = ap.State(ap.Phase.DENIED, (), 100.0, "denied by U1").as_in_storage()
+    denied = ap.State(ap.ApprovalPhase.DENIED, (), 100.0, "denied by U1").as_in_storage()
     denied["decisions"] = [{**DECISION, "verdict": "veto"}]
     with pytest.raises(fields.StorageError, match=r"status\.decisions\[0\]\.verdict"):
         ap.State.from_storage(denied)
@@ -96,7 +96,7 @@ def test_the_approval_gate_holds_on_an_unreadable_status() -> None:
     # why. The status is read first, so the reason names it and not the (also empty) spec.
     body = {"metadata": {"namespace": "ns", "name": "a1"}, "spec": {}, "status": {"phase": "Maybe"}}
     ticket = approval_adapter.ticket(body, 1_900_000_000.0)
-    assert ticket.phase is ap.Phase.DENIED and "status.phase" in ticket.reason
+    assert ticket.phase is ap.ApprovalPhase.DENIED and "status.phase" in ticket.reason
 
 
 def test_scaling_state_keeps_signed_events_and_integral_floats() -> None:
@@ -112,7 +112,7 @@ def test_recorded_requests_are_read_per_check() -> None:
     ]
     assert mt.recorded(stored) == {"web-1/PredictedExhaustion": 100.0}
     assert mt.recorded(stored, "restarts") == {"web-2/RestartTrend": 200.0}
-    request = mt.Request("web-1", 100.0, 400.0, "m")
+    request = mt.MemoryRequest("web-1", 100.0, 400.0, "m")
     assert mt.recorded([request.to_dict(fields.rfc3339)]) == {request.key: 100.0}
 
 

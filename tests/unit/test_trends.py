@@ -39,68 +39,73 @@ FAST = staircase(2, n=20)
 @pytest.mark.parametrize(
     ("case", "points", "verdict", "seconds"),
     [
-        ("no samples", [], mt.Verdict.INSUFFICIENT_DATA, None),
-        ("too few samples", series([0.0, 1.0, 2.0]), mt.Verdict.INSUFFICIENT_DATA, None),
-        ("constant", series([3.0] * 60), mt.Verdict.STABLE, None),
-        ("zero", series([0.0] * 60), mt.Verdict.STABLE, None),
-        ("one restart is no trend", series([0.0] * 30 + [1.0] * 30), mt.Verdict.STABLE, None),
-        ("slow restarts beyond the lead time", series(SLOW), mt.Verdict.GROWING, 2940.0),
-        ("fast restarts", series(FAST), mt.Verdict.EXHAUSTION_PREDICTED, 120.0),
+        ("no samples", [], mt.MemoryVerdict.INSUFFICIENT_DATA, None),
+        ("too few samples", series([0.0, 1.0, 2.0]), mt.MemoryVerdict.INSUFFICIENT_DATA, None),
+        ("constant", series([3.0] * 60), mt.MemoryVerdict.STABLE, None),
+        ("zero", series([0.0] * 60), mt.MemoryVerdict.STABLE, None),
+        ("one restart is no trend", series([0.0] * 30 + [1.0] * 30), mt.MemoryVerdict.STABLE, None),
+        ("slow restarts beyond the lead time", series(SLOW), mt.MemoryVerdict.GROWING, 2940.0),
+        ("fast restarts", series(FAST), mt.MemoryVerdict.EXHAUSTION_PREDICTED, 120.0),
         (
             "past the limit and still restarting",
             series(staircase(2, start=20)),
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             0.0,
         ),
-        ("past the limit but settled", series([12.0] * 60), mt.Verdict.STABLE, None),
+        ("past the limit but settled", series([12.0] * 60), mt.MemoryVerdict.STABLE, None),
         (
             "gaps are fine",
             [p for i, p in enumerate(series(FAST)) if not 5 <= i < 12],
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             120.0,
         ),
         (
             "a spike up is a glitch, not restarts",
             series([v + (50 if i == 30 else 0) for i, v in enumerate(SLOW)]),
-            mt.Verdict.GROWING,
+            mt.MemoryVerdict.GROWING,
             3000.0,
         ),
         (
             "a drop to zero for one sample is a glitch, not a reset",
             series([0.0 if i == 30 else v for i, v in enumerate(SLOW)]),
-            mt.Verdict.GROWING,
+            mt.MemoryVerdict.GROWING,
             3000.0,
         ),
         (
             "a reset starts afresh: only the new pod's restarts count",
             series([40.0 + i for i in range(40)] + [0.0] * 20),
-            mt.Verdict.STABLE,
+            mt.MemoryVerdict.STABLE,
             None,
         ),
         (
             "a reset, then restarts again",
             series([40.0 + i for i in range(30)] + staircase(2, n=30)),
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             None,
         ),
-        ("stale: the pod stopped reporting", series(FAST, end=NOW - 600), mt.Verdict.INSUFFICIENT_DATA, None),
+        (
+            "stale: the pod stopped reporting",
+            series(FAST, end=NOW - 600),
+            mt.MemoryVerdict.INSUFFICIENT_DATA,
+            None,
+        ),
         (
             "NaN samples are ignored",
             series([float("nan")] * 5 + FAST),
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             120.0,
         ),
     ],
 )
 def test_restart_trend(
-    case: str, points: list[tuple[float, float]], verdict: mt.Verdict, seconds: float | None
+    case: str, points: list[tuple[float, float]], verdict: mt.MemoryVerdict, seconds: float | None
 ) -> None:
     found = tr.assess("web-1", points, RESTARTS, now=NOW)
     assert found.verdict is verdict, case
     if seconds is not None:
         # A staircase has no exact slope: within two minutes of the straight-line answer.
         assert found.seconds_to_limit == pytest.approx(seconds, abs=120), case
-    if verdict is mt.Verdict.EXHAUSTION_PREDICTED:
+    if verdict is mt.MemoryVerdict.EXHAUSTION_PREDICTED:
         assert found.exhausted_at == pytest.approx(NOW + (found.seconds_to_limit or 0))
 
 
@@ -128,37 +133,37 @@ def ramp(start: float, per_minute: float, n: int = 60) -> list[float]:
 @pytest.mark.parametrize(
     ("case", "points", "verdict", "seconds"),
     [
-        ("no samples", [], mt.Verdict.INSUFFICIENT_DATA, None),
-        ("constant", series([0.5] * 60), mt.Verdict.STABLE, None),
-        ("empty disk", series([0.0] * 60), mt.Verdict.STABLE, None),
-        ("shrinking", series(ramp(0.8, -0.002)), mt.Verdict.STABLE, None),
+        ("no samples", [], mt.MemoryVerdict.INSUFFICIENT_DATA, None),
+        ("constant", series([0.5] * 60), mt.MemoryVerdict.STABLE, None),
+        ("empty disk", series([0.0] * 60), mt.MemoryVerdict.STABLE, None),
+        ("shrinking", series(ramp(0.8, -0.002)), mt.MemoryVerdict.STABLE, None),
         (
             "noise without a trend",
             series([0.5 + (7 * i % 5) * 0.002 for i in range(60)]),
-            mt.Verdict.STABLE,
+            mt.MemoryVerdict.STABLE,
             None,
         ),
         # 0.3 + 0.01 * 59 = 0.89 at the last sample, 0.9 a minute later.
-        ("filling fast", series(ramp(0.3, 0.01)), mt.Verdict.EXHAUSTION_PREDICTED, 60.0),
+        ("filling fast", series(ramp(0.3, 0.01)), mt.MemoryVerdict.EXHAUSTION_PREDICTED, 60.0),
         # 0.2 + 0.001 * 59 = 0.259: 0.641 to go at 0.001/min.
-        ("filling slowly", series(ramp(0.2, 0.001)), mt.Verdict.GROWING, 641 * 60.0),
+        ("filling slowly", series(ramp(0.2, 0.001)), mt.MemoryVerdict.GROWING, 641 * 60.0),
         (
             "spikes do not move the trend",
             series([v + (0.3 if i % 17 == 5 else 0) for i, v in enumerate(ramp(0.3, 0.01))]),
-            mt.Verdict.EXHAUSTION_PREDICTED,
+            mt.MemoryVerdict.EXHAUSTION_PREDICTED,
             60.0,
         ),
         (
             "a cleanup starts afresh",
             series(ramp(0.5, 0.01, 30) + [0.3] * 30),
-            mt.Verdict.STABLE,
+            mt.MemoryVerdict.STABLE,
             None,
         ),
-        ("full and still filling", series(ramp(0.5, 0.01)), mt.Verdict.EXHAUSTION_PREDICTED, 0.0),
+        ("full and still filling", series(ramp(0.5, 0.01)), mt.MemoryVerdict.EXHAUSTION_PREDICTED, 0.0),
     ],
 )
 def test_disk_trend(
-    case: str, points: list[tuple[float, float]], verdict: mt.Verdict, seconds: float | None
+    case: str, points: list[tuple[float, float]], verdict: mt.MemoryVerdict, seconds: float | None
 ) -> None:
     found = tr.assess("node-a", points, DISK, now=NOW)
     assert found.verdict is verdict, case
@@ -196,12 +201,12 @@ def test_requests_keep_the_first_request_time_and_announce_only_new_ones() -> No
 @pytest.mark.parametrize(
     ("action", "requested"),
     [
-        (tr.NodeAction.CORDON, "CordonNode"),
-        (tr.NodeAction.DRAIN, "DrainNode"),
-        (tr.NodeAction.NOTIFY, "Notify"),
+        (tr.PredictedNodeAction.CORDON, "CordonNode"),
+        (tr.PredictedNodeAction.DRAIN, "DrainNode"),
+        (tr.PredictedNodeAction.NOTIFY, "Notify"),
     ],
 )
-def test_disk_requests_ask_for_the_node_action(action: tr.NodeAction, requested: str) -> None:
+def test_disk_requests_ask_for_the_node_action(action: tr.PredictedNodeAction, requested: str) -> None:
     spec = dataclasses.replace(DISK, node_action=action)
     findings = tr.assess_all([("node-a", series(ramp(0.3, 0.01)))], spec, now=NOW)
     (request,), _ = tr.requests(findings, {}, spec, now=NOW)
@@ -246,8 +251,10 @@ def test_disk_requests_ask_for_the_node_action(action: tr.NodeAction, requested:
                     "disk": {"enabled": False, "threshold": 0.5},
                 }
             },
-            tr.TrendSpec(tr.Resource.RESTARTS, True, "q", 3, 300, 600, 5, node_action=tr.NodeAction.CORDON),
-            dataclasses.replace(tr.DISK_DEFAULTS, limit=0.5, node_action=tr.NodeAction.CORDON),
+            tr.TrendSpec(
+                tr.Resource.RESTARTS, True, "q", 3, 300, 600, 5, node_action=tr.PredictedNodeAction.CORDON
+            ),
+            dataclasses.replace(tr.DISK_DEFAULTS, limit=0.5, node_action=tr.PredictedNodeAction.CORDON),
         ),
     ],
 )
@@ -326,7 +333,9 @@ POLICY = pol.parse(
 def _step(view: rem.ServiceView) -> list[tuple[str, str, str, tuple[str, ...]]]:
     """What one pass of the healing loop does about predicted exhaustion: (effect, action,
     target, pods)."""
-    _, effects = rem.step(rem.HealingState(), rem.Context(view, POLICY, (), pol.ClusterView(3, 3), {}, NOW))
+    _, effects = rem.step(
+        rem.HealingState(), rem.PassContext(view, POLICY, (), pol.ClusterView(3, 3), {}, NOW)
+    )
     out = []
     for e in effects:
         if isinstance(e, rem.Execute):
@@ -361,10 +370,12 @@ def test_maintenance_requests_are_acted_on_under_the_policy(
 def test_a_cordoned_node_clears_the_incident() -> None:
     requests = [_disk_request("n1", "CordonNode")]
     state, effects = rem.step(
-        rem.HealingState(), rem.Context(_view(requests), POLICY, (), pol.ClusterView(3, 3), {}, NOW)
+        rem.HealingState(), rem.PassContext(_view(requests), POLICY, (), pol.ClusterView(3, 3), {}, NOW)
     )
     assert [type(e).__name__ for e in effects] == ["Execute"]
-    after = rem.Context(_view(requests, unschedulable=True), POLICY, (), pol.ClusterView(3, 3), {}, NOW + 5)
+    after = rem.PassContext(
+        _view(requests, unschedulable=True), POLICY, (), pol.ClusterView(3, 3), {}, NOW + 5
+    )
     state, effects = rem.step(state, after)
     assert [(type(e).__name__, getattr(e, "succeeded", None)) for e in effects] == [("Resolved", True)]
     assert state.incidents == ()

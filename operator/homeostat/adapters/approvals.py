@@ -114,7 +114,7 @@ class KubeApprovals:
 
     # --- ports.ApprovalGate --------------------------------------------------------------------
 
-    async def request(self, namespace: str, request: appr.Request) -> ports.ApprovalTicket:
+    async def request(self, namespace: str, request: appr.ApprovalRequest) -> ports.ApprovalTicket:
         name = appr.object_name(request.action, request.target, request.cause, request.incident)
         body = await self.get(namespace, name)
         if body is None:
@@ -141,7 +141,7 @@ class KubeApprovals:
         outcome = {"result": result.value, "message": message[:1024], "at": fields.rfc3339(time.time())}
         await self.patch_status(ticket.namespace, ticket.name, {"outcome": outcome}, None)
 
-    async def _manifest(self, namespace: str, name: str, request: appr.Request) -> dict[str, Any]:
+    async def _manifest(self, namespace: str, name: str, request: appr.ApprovalRequest) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "name": name,
             "namespace": namespace,
@@ -212,6 +212,6 @@ def ticket(body: Mapping[str, Any], now: float) -> ports.ApprovalTicket:
         state = appr.expire(appr.parse_request(body.get("spec") or {}), state, now)
     except ValueError as exc:
         return ports.ApprovalTicket(
-            meta["namespace"], meta["name"], appr.Phase.DENIED, f"invalid approval: {exc}"
+            meta["namespace"], meta["name"], appr.ApprovalPhase.DENIED, f"invalid approval: {exc}"
         )
     return ports.ApprovalTicket(meta["namespace"], meta["name"], state.phase, state.reason)

@@ -110,7 +110,7 @@ _UNSUPPORTED = {
 }
 
 
-class ConfigError(Exception):
+class KubeConfigError(Exception):
     """No usable credentials or no reachable API server; the message is one line for users."""
 
 
@@ -132,7 +132,7 @@ def _path(api_version: str, kind: str, namespace: str, name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class Settings:
+class ServerSettings:
     """Where the API server is and how to trust it; nothing secret."""
 
     server: str
@@ -169,12 +169,12 @@ class Plugin:
         info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
         return {**os.environ, **self.env, "KUBERNETES_EXEC_INFO": json.dumps(info)}
 
-    def _failed(self, detail: str) -> ConfigError:
-        return ConfigError(f"the credential plugin {self.command} failed: {detail}")
+    def _failed(self, detail: str) -> KubeConfigError:
+        return KubeConfigError(f"the credential plugin {self.command} failed: {detail}")
 
-    def _missing(self) -> ConfigError:
+    def _missing(self) -> KubeConfigError:
         hint = (self.install_hint or "").strip().splitlines()
-        return ConfigError(
+        return KubeConfigError(
             f"the credential plugin {self.command} was not found" + (f": {hint[0]}" if hint else "")
         )
 
@@ -235,7 +235,7 @@ class Plugin:
         return self._status(done.returncode, done.stdout, done.stderr)
 
 
-class Identity:
+class ClientIdentity:
     """Who we are to the API server: a token (static, from a file or from a plugin) and/or a
     client certificate (from the kubeconfig or from a plugin). Never printed."""
 
@@ -314,7 +314,7 @@ class Identity:
             self._take(self.plugin.run_sync())
 
 
-def _ssl_context(settings: Settings, identity: Identity) -> ssl.SSLContext:
+def _ssl_context(settings: ServerSettings, identity: ClientIdentity) -> ssl.SSLContext:
     context = (
         ssl.create_default_context(cadata=settings.ca_data)
         if settings.ca_data
@@ -339,7 +339,7 @@ def _load_key_pair(context: ssl.SSLContext, certificate: bytes, key: bytes) -> N
         try:
             context.load_cert_chain(path)
         except ssl.SSLError as exc:
-            raise ConfigError(f"the client certificate and key do not load: {_one_line(exc)}") from None
+            raise KubeConfigError(f"the client certificate and key do not load: {_one_line(exc)}") from None
 
 
 # --- calls ------------------------------------------------------------------------------------
@@ -353,9 +353,11 @@ class Client:
     ``ports.Unavailable`` when the server cannot be reached or credentials cannot be had.
     """
 
-    def __init__(self, settings: Settings | str, identity: Identity | None = None) -> None:
-        self.settings = settings if isinstance(settings, Settings) else Settings(_server(settings))
-        self.identity = identity or Identity()
+    def __init__(self, settings: ServerSettings | str, identity: ClientIdentity | None = None) -> None:
+        self.settings = (
+            settings if isinstance(settings, ServerSettings) else ServerSettings(_server(settings))
+        )
+        self.identity = identity or ClientIdentity()
         self._ssl: tuple[int, ssl.SSLContext] | None = None
         self._aio: tuple[asyncio.AbstractEventLoop, int, Any] | None = None
         self._retired: list[Any] = []
@@ -465,7 +467,7 @@ class Client:
             if self.identity.plugin is not None:
                 await self.identity.refresh(force=not fresh)
             token = self.identity.token()
-        except (ConfigError, ports.Unavailable) as exc:
+        except (KubeConfigError, ports.Unavailable) as exc:
             raise ports.Unavailable(str(exc)) from None
         expires: float | None = None
         if self.identity.token_file:
@@ -557,7 +559,7 @@ def _credential_errors() -> Iterator[None]:
     """A plugin that cannot give credentials makes the call unavailable, like a down server."""
     try:
         yield
-    except ConfigError as exc:
+    except KubeConfigError as exc:
         raise ports.Unavailable(str(exc)) from None
 
 
@@ -591,14 +593,14 @@ def _server(url: str) -> str:
     parts = urllib.parse.urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"the server {url!r} is not an http(s) URL")
+        raise KubeConfigError(f"the server {url!r} is not an http(s) URL")
     return urllib.parse.urlunsplit(parts._replace(scheme=scheme)).rstrip("/")
 
 
 def _proxy(url: str) -> str:
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
-        raise ConfigError(f"proxy-url {scheme}:// is not supported (http:// and https:// proxies are)")
+        raise KubeConfigError(f"proxy-url {scheme}:// is not supported (http:// and https:// proxies are)")
     return url
 
 
@@ -609,7 +611,7 @@ def _pem(entry: Mapping[str, Any], field: str, base: pathlib.Path) -> bytes | No
         try:
             return base64.b64decode(str(data), validate=True)
         except ValueError:
-            raise ConfigError(f"{field}-data is not base64") from None
+            raise KubeConfigError(f"{field}-data is not base64") from None
     path = entry.get(field)
     if path:
         return (base / os.path.expanduser(str(path))).read_bytes()
@@ -619,18 +621,18 @@ def _pem(entry: Mapping[str, Any], field: str, base: pathlib.Path) -> bytes | No
 def _refuse_unknown(kind: str, name: str, entry: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for key in entry:
         if key in _UNSUPPORTED:
-            raise ConfigError(f"{kind} {name}: {_UNSUPPORTED[key]}")
+            raise KubeConfigError(f"{kind} {name}: {_UNSUPPORTED[key]}")
         if key not in allowed:
-            raise ConfigError(f"{kind} {name}: the setting {key} is not supported")
+            raise KubeConfigError(f"{kind} {name}: the setting {key} is not supported")
 
 
 def _plugin(spec: Mapping[str, Any], base: pathlib.Path, cluster: Mapping[str, Any], user: str) -> Plugin:
     _refuse_unknown("exec plugin of user", user, spec, _EXEC_KEYS)
     if spec.get("interactiveMode") == "Always":
-        raise ConfigError(f"user {user}: the exec plugin needs a terminal (interactiveMode: Always)")
+        raise KubeConfigError(f"user {user}: the exec plugin needs a terminal (interactiveMode: Always)")
     command = str(spec.get("command") or "")
     if not command:
-        raise ConfigError(f"user {user}: the exec plugin has no command")
+        raise KubeConfigError(f"user {user}: the exec plugin has no command")
     if os.sep in command and not os.path.isabs(command):
         command = str((base / command).resolve())  # like kubectl: relative to the kubeconfig
     info = None
@@ -703,17 +705,17 @@ def _from_kubeconfig(kubeconfig: str | None) -> Client:
     ca = _pem(cluster, "certificate-authority", cbase)
     insecure = bool(cluster.get("insecure-skip-tls-verify"))
     if ca and insecure:
-        raise ConfigError(
+        raise KubeConfigError(
             f"cluster {cluster_name} sets both a certificate authority and insecure-skip-tls-verify "
             "(kubectl refuses this too)"
         )
     certificate, key = _pem(user, "client-certificate", ubase), _pem(user, "client-key", ubase)
     if bool(certificate) != bool(key):
-        raise ConfigError(
+        raise KubeConfigError(
             f"user {user_name} has a client certificate without its key, or a key without its certificate"
         )
     token_file = user.get("tokenFile")
-    settings = Settings(
+    settings = ServerSettings(
         _server(str(cluster["server"])),
         namespace=str(context[0].get("namespace") or "default"),
         ca_data=ca.decode() if ca else None,
@@ -723,7 +725,7 @@ def _from_kubeconfig(kubeconfig: str | None) -> Client:
         impersonate_user=str(user["as"]) if user.get("as") else None,
         impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
     )
-    identity = Identity(
+    identity = ClientIdentity(
         token=str(user["token"]) if user.get("token") else None,
         token_file=str((ubase / os.path.expanduser(str(token_file))).resolve()) if token_file else None,
         certificate=certificate,
@@ -741,12 +743,12 @@ def _in_cluster() -> Client:
         host = f"[{host}]"
     namespace_file = _SERVICE_ACCOUNT / "namespace"
     return Client(
-        Settings(
+        ServerSettings(
             f"https://{host}:{port}",
             namespace=namespace_file.read_text().strip() if namespace_file.exists() else "default",
             ca_data=(_SERVICE_ACCOUNT / "ca.crt").read_text(),
         ),
-        Identity(token_file=str(_SERVICE_ACCOUNT / "token")),
+        ClientIdentity(token_file=str(_SERVICE_ACCOUNT / "token")),
     )
 
 
@@ -767,8 +769,10 @@ def load_client(kubeconfig: str | None, *, for_kopf: bool = False) -> Client:
     or set a TLS server name, so those are refused rather than half applied."""
     try:
         client = _in_cluster() if in_cluster_available(kubeconfig) else _from_kubeconfig(kubeconfig)
-    except ConfigError as exc:
-        raise ConfigError(f"cannot use the Kubernetes credentials in {_where(kubeconfig)}: {exc}") from None
+    except KubeConfigError as exc:
+        raise KubeConfigError(
+            f"cannot use the Kubernetes credentials in {_where(kubeconfig)}: {exc}"
+        ) from None
     except (
         yaml.YAMLError,
         OSError,
@@ -785,15 +789,17 @@ def load_client(kubeconfig: str | None, *, for_kopf: bool = False) -> Client:
                 detail += f" (and no service-account token is mounted at {_SERVICE_ACCOUNT})"
         elif isinstance(exc, KeyError):
             detail = f"missing {detail}"
-        raise ConfigError(f"cannot load Kubernetes credentials from {_where(kubeconfig)}: {detail}") from None
+        raise KubeConfigError(
+            f"cannot load Kubernetes credentials from {_where(kubeconfig)}: {detail}"
+        ) from None
     if for_kopf:
         settings = client.settings
         if settings.impersonate_user or settings.impersonate_groups:
-            raise ConfigError(
+            raise KubeConfigError(
                 "impersonation (as/as-groups) is not supported by homeostat run: kopf cannot impersonate"
             )
         if settings.tls_server_name:
-            raise ConfigError(
+            raise KubeConfigError(
                 "tls-server-name is not supported by homeostat run: kopf's client cannot set it"
             )
     return client
@@ -809,14 +815,16 @@ def preflight(client: Client) -> str:
     """Check the API server answers and accepts our credentials; return its version."""
     try:
         client.identity.refresh_sync()
-    except ConfigError as exc:
-        raise ConfigError(f"cannot get credentials for {client.host}: {exc}") from None
+    except KubeConfigError as exc:
+        raise KubeConfigError(f"cannot get credentials for {client.host}: {exc}") from None
     try:
         version = client.call_sync("/version", "GET")
     except ApiError as exc:
-        raise ConfigError(f"the API server at {client.host} refused us: {exc.status} {exc.message}") from None
+        raise KubeConfigError(
+            f"the API server at {client.host} refused us: {exc.status} {exc.message}"
+        ) from None
     except ports.Unavailable as exc:
-        raise ConfigError(f"cannot reach the API server at {client.host}: {exc}") from None
+        raise KubeConfigError(f"cannot reach the API server at {client.host}: {exc}") from None
     return str((version or {}).get("gitVersion") or "unknown")
 
 

@@ -19,7 +19,7 @@ from homeostat.adapters import slack
 _log = logging.getLogger("homeostat.notifications")
 
 
-class NopNotifier(ports.NopNotifier):
+class DroppingNotifier(ports.NopNotifier):
     """``ports.Notifier`` that drops everything (Slack is not configured), at debug level."""
 
     async def notify(self, notification: ports.Notification) -> None:
@@ -58,6 +58,8 @@ class Chosen:
 def from_config(config: SlackConfig) -> Chosen:
     """Slack when configured, else no-ops. Raises ``slack.ConfigError`` for broken credentials."""
     if not config.configured:
-        return Chosen(NopNotifier(), ports.NoMessenger(), "Slack off (no bot-token in HOMEOSTAT_SECRETS_DIR)")
+        return Chosen(
+            DroppingNotifier(), ports.NoMessenger(), "Slack off (no bot-token in HOMEOSTAT_SECRETS_DIR)"
+        )
     client = slack.load(config.secrets_dir, config.api_url, config.channel)
     return Chosen(client, client, f"Slack at {config.api_url}")

@@ -61,7 +61,7 @@ _SDK_LOGGER = logging.getLogger("homeostat.adapters.slack.sdk")
 _SDK_LOGGER.setLevel(logging.WARNING)
 
 
-class ConfigError(Exception):
+class SlackConfigError(Exception):
     """The Slack credentials are missing or unreadable; the message never contains them."""
 
 
@@ -85,9 +85,11 @@ def read_secret(directory: Path, name: str) -> _Secret:
     try:
         value = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read Slack secret {path}: {exc.strerror or type(exc).__name__}") from None
+        raise SlackConfigError(
+            f"cannot read Slack secret {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
     if not value:
-        raise ConfigError(f"Slack secret {path} is empty")
+        raise SlackConfigError(f"Slack secret {path} is empty")
     return _Secret(value)
 
 
@@ -139,7 +141,7 @@ class SlackApprovals:
 
     # --- ports.ApprovalMessenger -------------------------------------------------------------
 
-    async def post(self, ref: appr.Ref, request: appr.Request, state: appr.State) -> ports.MessageRef:
+    async def post(self, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State) -> ports.MessageRef:
         channel = request.channel or self.channel
         if not channel:
             raise ports.Rejected("no Slack channel: set spec.channel or HOMEOSTAT_SLACK_CHANNEL")
@@ -153,7 +155,9 @@ class SlackApprovals:
         )
         return ports.MessageRef(str(response.get("channel") or channel), str(response["ts"]))
 
-    async def find(self, ref: appr.Ref, request: appr.Request, since: float) -> ports.MessageRef | None:
+    async def find(
+        self, ref: appr.Ref, request: appr.ApprovalRequest, since: float
+    ) -> ports.MessageRef | None:
         channel = request.channel or self.channel
         if not channel:
             return None
@@ -199,7 +203,7 @@ class SlackApprovals:
         return None
 
     async def update(
-        self, message: ports.MessageRef, ref: appr.Ref, request: appr.Request, state: appr.State
+        self, message: ports.MessageRef, ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State
     ) -> None:
         await self._call(
             "chat.update",
@@ -354,7 +358,7 @@ def _origin(url: str) -> str:
 def load(secrets_dir: str | None, api_url: str | None, channel: str | None) -> SlackApprovals:
     """Build the adapter from configuration; ``ConfigError`` (one line, no secret) if unusable."""
     if not secrets_dir:
-        raise ConfigError("HOMEOSTAT_SECRETS_DIR is not set")
+        raise SlackConfigError("HOMEOSTAT_SECRETS_DIR is not set")
     directory = Path(secrets_dir)
     token = read_secret(directory, TOKEN_FILE)
     signing = read_secret(directory, SIGNING_SECRET_FILE)
@@ -370,27 +374,27 @@ def _escape(text: str) -> str:
 
 
 _PHASE_LINE = {
-    appr.Phase.APPROVED: ":white_check_mark: *Approved*",
-    appr.Phase.DENIED: ":no_entry: *Denied*",
-    appr.Phase.EXPIRED: ":hourglass: *Expired* (denied by timeout)",
+    appr.ApprovalPhase.APPROVED: ":white_check_mark: *Approved*",
+    appr.ApprovalPhase.DENIED: ":no_entry: *Denied*",
+    appr.ApprovalPhase.EXPIRED: ":hourglass: *Expired* (denied by timeout)",
 }
 
 
-def summary(request: appr.Request, state: appr.State) -> str:
+def summary(request: appr.ApprovalRequest, state: appr.State) -> str:
     """The plain-text fallback (notifications, screen readers)."""
     head = f"{request.action} {request.target}"
-    if state.phase is appr.Phase.PENDING:
+    if state.phase is appr.ApprovalPhase.PENDING:
         return f"Approval needed: {head} ({request.risk.value} risk): {request.cause}"[:_SECTION_LIMIT]
     return f"{state.phase.value}: {head}: {state.reason}"[:_SECTION_LIMIT]
 
 
-def _who(decision: appr.Decision) -> str:
+def _who(decision: appr.RecordedDecision) -> str:
     if decision.identity.channel is appr.Channel.SLACK:
         return f"<@{_escape(decision.identity.user)}>"
     return f"`{_escape(decision.identity.user)}` (kubectl)"
 
 
-def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict[str, Any]]:
+def blocks(ref: appr.Ref, request: appr.ApprovalRequest, state: appr.State) -> list[dict[str, Any]]:
     """The request message: context, evidence, and Approve/Deny while it is pending."""
     facts = [
         ("Action", request.action),
@@ -419,8 +423,8 @@ def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict
         result.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Evidence*\n{lines}"[:_SECTION_LIMIT]}}
         )
-    approvals = [d for d in state.decisions if d.verdict is appr.Verdict.APPROVE]
-    if state.phase is appr.Phase.PENDING:
+    approvals = [d for d in state.decisions if d.verdict is appr.Vote.APPROVE]
+    if state.phase is appr.ApprovalPhase.PENDING:
         if approvals:
             who = ", ".join(_who(d) for d in approvals)
             result.append(
@@ -440,7 +444,7 @@ def blocks(ref: appr.Ref, request: appr.Request, state: appr.State) -> list[dict
     return result
 
 
-def _buttons(ref: appr.Ref, request: appr.Request) -> dict[str, Any]:
+def _buttons(ref: appr.Ref, request: appr.ApprovalRequest) -> dict[str, Any]:
     value = str(ref)  # namespace/name: the only thing a click carries back
     approve: dict[str, Any] = {
         "type": "button",
@@ -494,7 +498,7 @@ def parse_click(body: bytes) -> ports.Click | None:
     action = actions[0]
     if not isinstance(action, Mapping):
         return None
-    verdicts = {ACTION_APPROVE: appr.Verdict.APPROVE, ACTION_DENY: appr.Verdict.DENY}
+    verdicts = {ACTION_APPROVE: appr.Vote.APPROVE, ACTION_DENY: appr.Vote.DENY}
     verdict = verdicts.get(str(action.get("action_id")))
     value, user_id = action.get("value"), user.get("id")
     if verdict is None or not isinstance(value, str) or not isinstance(user_id, str) or not user_id:

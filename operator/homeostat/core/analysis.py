@@ -18,14 +18,14 @@ from typing import Any
 from homeostat.core import fields
 
 
-class Verdict(enum.StrEnum):
+class AnalysisVerdict(enum.StrEnum):
     PASS = "Pass"
     FAIL = "Fail"
     INCONCLUSIVE = "Inconclusive"
     ERROR = "Error"
 
 
-class Outcome(enum.StrEnum):
+class AnalysisOutcome(enum.StrEnum):
     """What the analysis so far says about the revision."""
 
     PENDING = "Pending"  # no limit exceeded, but the latest run was not a pass: hold
@@ -64,9 +64,9 @@ class Measurement:
 
 
 @dataclasses.dataclass(frozen=True)
-class Result:
+class MetricResult:
     measurement: Measurement
-    verdict: Verdict
+    verdict: AnalysisVerdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,37 +78,37 @@ class Failure:
     message: str
 
 
-def evaluate(metric: MetricSpec, measurement: Measurement) -> Verdict:
+def evaluate(metric: MetricSpec, measurement: Measurement) -> AnalysisVerdict:
     # An errored query carries no value, so the error is the more specific verdict.
     if measurement.error is not None:
-        return Verdict.ERROR
+        return AnalysisVerdict.ERROR
     value = measurement.value
     if value is None or math.isnan(value):
-        return Verdict.INCONCLUSIVE
+        return AnalysisVerdict.INCONCLUSIVE
     if metric.min is not None and value < metric.min:
-        return Verdict.FAIL
+        return AnalysisVerdict.FAIL
     if metric.max is not None and value > metric.max:
-        return Verdict.FAIL
-    return Verdict.PASS
+        return AnalysisVerdict.FAIL
+    return AnalysisVerdict.PASS
 
 
-def assess(spec: AnalysisSpec, measurements: Sequence[Measurement], at: float) -> tuple[Result, ...]:
+def assess(spec: AnalysisSpec, measurements: Sequence[Measurement], at: float) -> tuple[MetricResult, ...]:
     """A verdict for every configured metric; a metric nobody measured is inconclusive, not a pass."""
     latest = {m.metric: m for m in measurements}
     results = []
     for metric in spec.metrics:
         measurement = latest.get(metric.name) or Measurement(metric.name, at=at)
-        results.append(Result(measurement, evaluate(metric, measurement)))
+        results.append(MetricResult(measurement, evaluate(metric, measurement)))
     return tuple(results)
 
 
 # The worst verdict decides a run: one failing metric fails the revision whatever the others say.
-_SEVERITY = (Verdict.FAIL, Verdict.ERROR, Verdict.INCONCLUSIVE, Verdict.PASS)
+_SEVERITY = (AnalysisVerdict.FAIL, AnalysisVerdict.ERROR, AnalysisVerdict.INCONCLUSIVE, AnalysisVerdict.PASS)
 
 
-def run_verdict(results: Sequence[Result]) -> Verdict:
+def run_verdict(results: Sequence[MetricResult]) -> AnalysisVerdict:
     if not results:
-        return Verdict.INCONCLUSIVE  # no evidence is never a pass
+        return AnalysisVerdict.INCONCLUSIVE  # no evidence is never a pass
     return min((r.verdict for r in results), key=_SEVERITY.index)
 
 
@@ -134,7 +134,7 @@ class AnalysisState:
     inconclusives: int = 0
     consecutive_errors: int = 0
     last_run_at: float | None = None
-    last_verdict: Verdict | None = None
+    last_verdict: AnalysisVerdict | None = None
     last_failure: Failure | None = None
 
     def as_in_storage(self) -> dict[str, Any]:
@@ -173,7 +173,7 @@ class AnalysisState:
             )
         verdict = fields.stored_str(raw, "lastVerdict")
         try:
-            last_verdict = None if verdict is None else Verdict(verdict)
+            last_verdict = None if verdict is None else AnalysisVerdict(verdict)
         except ValueError:
             raise fields.StorageError(f"analysis.lastVerdict: unknown verdict {verdict!r}") from None
         return cls(
@@ -187,12 +187,12 @@ class AnalysisState:
         )
 
 
-def outcome(state: AnalysisState, spec: AnalysisSpec) -> Outcome:
+def outcome(state: AnalysisState, spec: AnalysisSpec) -> AnalysisOutcome:
     if state.failures > spec.failure_limit:
-        return Outcome.FAILED
+        return AnalysisOutcome.FAILED
     if state.inconclusives > spec.inconclusive_limit:
-        return Outcome.INCONCLUSIVE
-    return Outcome.PASSING if state.last_verdict is Verdict.PASS else Outcome.PENDING
+        return AnalysisOutcome.INCONCLUSIVE
+    return AnalysisOutcome.PASSING if state.last_verdict is AnalysisVerdict.PASS else AnalysisOutcome.PENDING
 
 
 def due(state: AnalysisState, spec: AnalysisSpec, now: float) -> bool:
@@ -200,22 +200,22 @@ def due(state: AnalysisState, spec: AnalysisSpec, now: float) -> bool:
 
 
 def record(
-    state: AnalysisState, spec: AnalysisSpec, results: Sequence[Result], now: float
-) -> tuple[AnalysisState, Outcome]:
+    state: AnalysisState, spec: AnalysisSpec, results: Sequence[MetricResult], now: float
+) -> tuple[AnalysisState, AnalysisOutcome]:
     """Count one analysis run taken at ``now``, and say what the analysis now concludes."""
     verdict = run_verdict(results)
     failures, inconclusives, errors = state.failures, state.inconclusives, 0
     last_failure = state.last_failure
-    if verdict is Verdict.FAIL:
+    if verdict is AnalysisVerdict.FAIL:
         failures += 1
-        culprit = next(r for r in results if r.verdict is Verdict.FAIL)
+        culprit = next(r for r in results if r.verdict is AnalysisVerdict.FAIL)
         metric = next((m for m in spec.metrics if m.name == culprit.measurement.metric), None)
         last_failure = Failure(
             culprit.measurement.metric, culprit.measurement.value, describe(metric, culprit.measurement)
         )
-    elif verdict is Verdict.INCONCLUSIVE:
+    elif verdict is AnalysisVerdict.INCONCLUSIVE:
         inconclusives += 1
-    elif verdict is Verdict.ERROR:
+    elif verdict is AnalysisVerdict.ERROR:
         errors = state.consecutive_errors + 1
         # As the CRD documents: a backend that stays unreachable is no answer, and no answer
         # for long enough asks a human; a brief outage is tolerated.

@@ -43,7 +43,7 @@ MAX_DECISIONS = 20  # the CRD's maxItems; quorum is at most 10, so a decided req
 MAX_REJECTIONS = 10  # kubectl votes refused, newest kept, so `kubectl homeostat` can say why
 
 
-class Phase(enum.StrEnum):
+class ApprovalPhase(enum.StrEnum):
     PENDING = "Pending"
     APPROVED = "Approved"
     DENIED = "Denied"
@@ -51,10 +51,10 @@ class Phase(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self is not Phase.PENDING
+        return self is not ApprovalPhase.PENDING
 
 
-class Verdict(enum.StrEnum):
+class Vote(enum.StrEnum):
     APPROVE = "approve"
     DENY = "deny"
 
@@ -87,7 +87,7 @@ class Rejection(enum.StrEnum):
     EXPIRED = "Expired"
 
 
-class Outcome(enum.StrEnum):
+class DecisionOutcome(enum.StrEnum):
     ACCEPTED = "Accepted"
     REJECTED = "Rejected"
 
@@ -171,7 +171,7 @@ class Identity:
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
+class ApprovalRequest:
     """An Approval's spec: immutable once created (the CRD enforces it)."""
 
     action: str
@@ -227,9 +227,9 @@ class Request:
 
 
 @dataclasses.dataclass(frozen=True)
-class Decision:
+class RecordedDecision:
     identity: Identity
-    verdict: Verdict
+    verdict: Vote
     at: float
     vote: str = ""  # the kubectl vote id it came from, so the plugin can find its answer
 
@@ -247,14 +247,14 @@ class Decision:
         return stored
 
     @classmethod
-    def from_storage(cls, raw: Any, where: str = "decisions[0]") -> Decision:
+    def from_storage(cls, raw: Any, where: str = "decisions[0]") -> RecordedDecision:
         """One recorded decision; unreadable is a ``StorageError`` naming ``where``."""
         if not isinstance(raw, Mapping):
             raise fields.StorageError(f"{where} must be an object")
         try:
             channel = _required(fields.stored_enum(Channel, raw, "channel"), "channel")
             user = _required(fields.stored_str(raw, "user"), "user")
-            verdict = _required(fields.stored_enum(Verdict, raw, "verdict"), "verdict")
+            verdict = _required(fields.stored_enum(Vote, raw, "verdict"), "verdict")
             at = _required(fields.stored_rfc3339(raw, "at"), "at")
             groups = fields.stored_strings(raw, "groups")
             vote = fields.stored_str(raw, "vote") or ""
@@ -276,8 +276,8 @@ def _required(value: _T | None, key: str) -> _T:
 class State:
     """The decision part of an Approval's status (the Slack bookkeeping is the handler's)."""
 
-    phase: Phase = Phase.PENDING
-    decisions: tuple[Decision, ...] = ()
+    phase: ApprovalPhase = ApprovalPhase.PENDING
+    decisions: tuple[RecordedDecision, ...] = ()
     decided_at: float | None = None
     reason: str = "waiting for approval"
 
@@ -302,7 +302,7 @@ class State:
         if not isinstance(decisions, list):
             raise fields.StorageError("status.decisions must be a list")
         try:
-            phase = fields.stored_enum(Phase, raw, "phase") or Phase.PENDING
+            phase = fields.stored_enum(ApprovalPhase, raw, "phase") or ApprovalPhase.PENDING
             decided_at = fields.stored_rfc3339(raw, "decidedAt")
             reason = fields.stored_str(raw, "reason") or State.reason
         except fields.StorageError as exc:
@@ -310,7 +310,7 @@ class State:
         return cls(
             phase=phase,
             decisions=tuple(
-                Decision.from_storage(d, f"status.decisions[{i}]") for i, d in enumerate(decisions)
+                RecordedDecision.from_storage(d, f"status.decisions[{i}]") for i, d in enumerate(decisions)
             ),
             decided_at=decided_at,
             reason=reason,
@@ -318,12 +318,12 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
-class Result:
+class DecisionResult:
     """What ``decide`` made of one click or vote: the new state (the same object when rejected,
     except that a due expiry is recorded) and, when rejected, why."""
 
     state: State
-    outcome: Outcome
+    outcome: DecisionOutcome
     rejection: Rejection | None
     message: str
 
@@ -351,14 +351,14 @@ def object_name(action: str, target: Target, cause: str, incident: str = "") -> 
 # --- transitions -----------------------------------------------------------------------------
 
 
-def expire(request: Request, state: State, now: float) -> State:
+def expire(request: ApprovalRequest, state: State, now: float) -> State:
     """Record the timeout of a pending request that is due; anything else is returned as is."""
-    if state.phase is not Phase.PENDING or now < request.expires_at:
+    if state.phase is not ApprovalPhase.PENDING or now < request.expires_at:
         return state
     approvals = len(_approvers(state))
     return dataclasses.replace(
         state,
-        phase=Phase.EXPIRED,
+        phase=ApprovalPhase.EXPIRED,
         decided_at=request.expires_at,
         reason=(
             f"timed out at {fields.rfc3339(request.expires_at)} with {approvals} of "
@@ -367,10 +367,12 @@ def expire(request: Request, state: State, now: float) -> State:
     )
 
 
-def decide(request: Request, state: State, identity: Identity, verdict: Verdict, now: float) -> Result:
+def decide(
+    request: ApprovalRequest, state: State, identity: Identity, verdict: Vote, now: float
+) -> DecisionResult:
     """Apply one click or kubectl vote. Authorization happens here, on every decision."""
     state = expire(request, state, now)
-    if state.phase is Phase.EXPIRED:
+    if state.phase is ApprovalPhase.EXPIRED:
         return _reject(
             state, Rejection.EXPIRED, f"this request expired at {fields.rfc3339(request.expires_at)}"
         )
@@ -391,23 +393,23 @@ def decide(request: Request, state: State, identity: Identity, verdict: Verdict,
         d.identity.channel is identity.channel and d.identity.user == identity.user for d in state.decisions
     ):
         return _reject(state, Rejection.ALREADY_VOTED, f"{identity} has already approved this request")
-    decision = Decision(identity, verdict, now)
+    decision = RecordedDecision(identity, verdict, now)
     decisions = (*state.decisions, decision)
-    if verdict is Verdict.DENY:
-        new = State(Phase.DENIED, decisions, now, f"denied by {identity}")
-        return Result(new, Outcome.ACCEPTED, None, new.reason)
+    if verdict is Vote.DENY:
+        new = State(ApprovalPhase.DENIED, decisions, now, f"denied by {identity}")
+        return DecisionResult(new, DecisionOutcome.ACCEPTED, None, new.reason)
     count = len(_approvers(dataclasses.replace(state, decisions=decisions)))
     if count >= request.required:
         names = ", ".join(str(d.identity) for d in decisions)
-        new = State(Phase.APPROVED, decisions, now, f"approved by {names}")
+        new = State(ApprovalPhase.APPROVED, decisions, now, f"approved by {names}")
     else:
-        new = State(Phase.PENDING, decisions, None, f"{count} of {request.required} approvals")
-    return Result(new, Outcome.ACCEPTED, None, new.reason)
+        new = State(ApprovalPhase.PENDING, decisions, None, f"{count} of {request.required} approvals")
+    return DecisionResult(new, DecisionOutcome.ACCEPTED, None, new.reason)
 
 
-def with_vote(result: Result, vote: str) -> Result:
+def with_vote(result: DecisionResult, vote: str) -> DecisionResult:
     """Tag the decision a kubectl vote produced with the vote's id."""
-    if result.outcome is not Outcome.ACCEPTED or not vote:
+    if result.outcome is not DecisionOutcome.ACCEPTED or not vote:
         return result
     *before, last = result.state.decisions
     tagged = dataclasses.replace(last, vote=vote)
@@ -415,17 +417,17 @@ def with_vote(result: Result, vote: str) -> Result:
 
 
 def _approvers(state: State) -> set[tuple[Channel, str]]:
-    return {(d.identity.channel, d.identity.user) for d in state.decisions if d.verdict is Verdict.APPROVE}
+    return {(d.identity.channel, d.identity.user) for d in state.decisions if d.verdict is Vote.APPROVE}
 
 
-def _reject(state: State, rejection: Rejection, message: str) -> Result:
-    return Result(state, Outcome.REJECTED, rejection, message)
+def _reject(state: State, rejection: Rejection, message: str) -> DecisionResult:
+    return DecisionResult(state, DecisionOutcome.REJECTED, rejection, message)
 
 
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def parse_request(spec: Mapping[str, Any]) -> Request:
+def parse_request(spec: Mapping[str, Any]) -> ApprovalRequest:
     """An Approval's spec as a ``Request``; the CRD validates the shape, this the meaning."""
     target = fields.mapping(spec.get("target"), "spec.target")
     approvers = spec.get("approvers") or {}
@@ -437,7 +439,7 @@ def parse_request(spec: Mapping[str, Any]) -> Request:
     if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
         raise SpecError("spec.quorum", f"must be a positive integer, got {quorum!r}")
     evidence = spec.get("evidence") or {}
-    return Request(
+    return ApprovalRequest(
         action=fields.text(spec.get("action"), "spec.action"),
         target=Target(
             fields.text(target.get("kind"), "spec.target.kind"),

@@ -447,8 +447,8 @@ def _view(state: ro.RolloutState, obs: ro.Observations) -> rec.DeploymentView:
 def status_phase(state: ro.RolloutState) -> str | None:
     """``status.phase`` when the rollout decides it; a rolled-back revision leaves the service
     Degraded until a new template arrives."""
-    if state.phase is ro.Phase.ROLLED_BACK:
-        return rec.Phase.DEGRADED.value
+    if state.phase is ro.RolloutPhase.ROLLED_BACK:
+        return rec.ServicePhase.DEGRADED.value
     return ro.status_phase(state)
 
 
@@ -526,7 +526,7 @@ def rolling_update(
         if template is not None:
             deploy = dataclasses.replace(spec, template=template)
             degraded_by = (
-                rec.Reason.ROLLED_BACK.value,
+                rec.ApplyReason.ROLLED_BACK.value,
                 f"revision {desired} was rolled back to {held['stableRevision']}; "
                 "change the template to roll out again",
             )

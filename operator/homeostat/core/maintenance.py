@@ -45,7 +45,7 @@ _MAX_FINDINGS = 20
 FloatArray = npt.NDArray[np.float64]
 
 
-class Verdict(enum.StrEnum):
+class MemoryVerdict(enum.StrEnum):
     """What a pod's memory series says; CamelCase so it can be a reason."""
 
     EXHAUSTION_PREDICTED = "ExhaustionPredicted"  # reaches the limit within the lead time
@@ -123,9 +123,9 @@ def parse(healing: Mapping[str, Any] | None, template: Mapping[str, Any] | None)
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
+class MemoryFinding:
     pod: str
-    verdict: Verdict
+    verdict: MemoryVerdict
     working_set: float | None = None  # bytes, the trend's level now
     limit: float | None = None
     slope: float | None = None  # bytes per second
@@ -136,7 +136,7 @@ class Finding:
 
     @property
     def urgent(self) -> bool:
-        return self.verdict is Verdict.EXHAUSTION_PREDICTED
+        return self.verdict is MemoryVerdict.EXHAUSTION_PREDICTED
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pod": self.pod, "verdict": self.verdict.value, "restarts": self.restarts}
@@ -185,13 +185,13 @@ def theil_sen(
     return slope, level, rising
 
 
-def assess(pod: str, points: Sequence[tuple[float, float]], spec: MemorySpec, *, now: float) -> Finding:
+def assess(pod: str, points: Sequence[tuple[float, float]], spec: MemorySpec, *, now: float) -> MemoryFinding:
     """One pod's verdict from its ``(unix seconds, bytes)`` samples. Never raises on bad data."""
     arr = np.asarray([p for p in points if len(p) == 2], dtype=np.float64).reshape(-1, 2)
     arr = arr[np.isfinite(arr).all(axis=1) & (arr[:, 0] <= now) & (arr[:, 0] >= now - spec.window)]
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     t, v = arr[:, 0], arr[:, 1]
-    base = Finding(pod, Verdict.INSUFFICIENT_DATA, limit=spec.limit, points=int(t.size))
+    base = MemoryFinding(pod, MemoryVerdict.INSUFFICIENT_DATA, limit=spec.limit, points=int(t.size))
     if t.size == 0:
         return base
     start, restarts = _segment(v)
@@ -208,25 +208,25 @@ def assess(pod: str, points: Sequence[tuple[float, float]], spec: MemorySpec, *,
     level += slope * (now - t[-1])
     found = dataclasses.replace(base, working_set=level, slope=slope)
     if slope <= 0 or rising < _MIN_AGREEMENT:
-        return dataclasses.replace(found, verdict=Verdict.STABLE)
+        return dataclasses.replace(found, verdict=MemoryVerdict.STABLE)
     if spec.limit is None:
-        return dataclasses.replace(found, verdict=Verdict.NO_LIMIT)
+        return dataclasses.replace(found, verdict=MemoryVerdict.NO_LIMIT)
     seconds = max(0.0, (spec.limit - level) / slope)
-    verdict = Verdict.EXHAUSTION_PREDICTED if seconds <= spec.lead_time else Verdict.GROWING
+    verdict = MemoryVerdict.EXHAUSTION_PREDICTED if seconds <= spec.lead_time else MemoryVerdict.GROWING
     return dataclasses.replace(found, verdict=verdict, seconds_to_limit=seconds, exhausted_at=now + seconds)
 
 
 def assess_all(
     series: Sequence[tuple[str, Sequence[tuple[float, float]]]], spec: MemorySpec, *, now: float
-) -> tuple[Finding, ...]:
+) -> tuple[MemoryFinding, ...]:
     """Every pod's finding, the most urgent first (soonest exhaustion, then growth, then name)."""
     findings = [assess(pod, points, spec, now=now) for pod, points in series if pod]
     order = {
-        Verdict.EXHAUSTION_PREDICTED: 0,
-        Verdict.GROWING: 1,
-        Verdict.NO_LIMIT: 2,
-        Verdict.INSUFFICIENT_DATA: 3,
-        Verdict.STABLE: 4,
+        MemoryVerdict.EXHAUSTION_PREDICTED: 0,
+        MemoryVerdict.GROWING: 1,
+        MemoryVerdict.NO_LIMIT: 2,
+        MemoryVerdict.INSUFFICIENT_DATA: 3,
+        MemoryVerdict.STABLE: 4,
     }
     findings.sort(key=lambda f: (order[f.verdict], f.seconds_to_limit or math.inf, f.pod))
     return tuple(findings)
@@ -236,7 +236,7 @@ def assess_all(
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
+class MemoryRequest:
     """A remediation request for the healing loop; ``key`` is stable per pod and cause."""
 
     pod: str
@@ -262,7 +262,7 @@ class Request:
         }
 
 
-def describe(finding: Finding) -> str:
+def describe(finding: MemoryFinding) -> str:
     """One line for an Event and a request: the pod, the time left and the limit."""
     limit = "no limit" if finding.limit is None else f"limit {_bytes(finding.limit)}"
     left = (
@@ -274,8 +274,8 @@ def describe(finding: Finding) -> str:
 
 
 def requests(
-    findings: Sequence[Finding], previous: Mapping[str, float], *, now: float
-) -> tuple[tuple[Request, ...], tuple[Request, ...]]:
+    findings: Sequence[MemoryFinding], previous: Mapping[str, float], *, now: float
+) -> tuple[tuple[MemoryRequest, ...], tuple[MemoryRequest, ...]]:
     """The requests to record (one per pod predicted to run out within the lead time) and the
     ones that are new, which deserve an Event. ``previous`` maps recorded keys to the time they
     were first requested, which is kept.
@@ -288,7 +288,7 @@ def requests(
         if not f.urgent:
             continue
         exhausted = f.exhausted_at if f.exhausted_at is not None else now
-        request = Request(f.pod, now, exhausted, describe(f))
+        request = MemoryRequest(f.pod, now, exhausted, describe(f))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
 
@@ -319,9 +319,9 @@ def recorded(stored: Any, resource: str = "memory") -> dict[str, float]:
     return known
 
 
-def report(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+def report(findings: Sequence[MemoryFinding]) -> list[dict[str, Any]]:
     """The findings worth a line in status: anything not stable, most urgent first, bounded."""
-    return [f.to_dict() for f in findings if f.verdict is not Verdict.STABLE][:_MAX_FINDINGS]
+    return [f.to_dict() for f in findings if f.verdict is not MemoryVerdict.STABLE][:_MAX_FINDINGS]
 
 
 def _bytes(value: float) -> str:

@@ -40,14 +40,7 @@ class Action(enum.StrEnum):
 NODE_ACTIONS = frozenset({Action.RESCHEDULE_PODS, Action.CORDON_NODE, Action.DRAIN_NODE})
 
 
-class Risk(enum.StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-
-class Mode(enum.StrEnum):
+class ActionMode(enum.StrEnum):
     AUTO = "auto"
     APPROVE = "approve"
     DENY = "deny"
@@ -64,23 +57,11 @@ class PolicyError(fields.FieldError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Approvers:
-    slack_users: frozenset[str] = frozenset()
-    slack_groups: frozenset[str] = frozenset()
-    kube_users: frozenset[str] = frozenset()
-    kube_groups: frozenset[str] = frozenset()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.slack_users or self.slack_groups or self.kube_users or self.kube_groups)
-
-
-@dataclasses.dataclass(frozen=True)
 class ActionRule:
     action: Action
-    risk: Risk
-    mode: Mode
-    approvers: Approvers = Approvers()
+    risk: appr.Risk
+    mode: ActionMode
+    approvers: appr.Approvers = dataclasses.field(default_factory=appr.Approvers)
     quorum: int = 1
     timeout_seconds: float = 3600.0
     on_timeout: OnTimeout = OnTimeout.DENY
@@ -146,36 +127,36 @@ def _ids(value: Any, field: str) -> frozenset[str]:
 
 
 def _rule(action: Action, raw: Mapping[str, Any], field: str) -> ActionRule:
-    risk = _enum(Risk, raw.get("risk"), f"{field}.risk")
-    mode = _enum(Mode, raw.get("mode"), f"{field}.mode")
+    risk = _enum(appr.Risk, raw.get("risk"), f"{field}.risk")
+    mode = _enum(ActionMode, raw.get("mode"), f"{field}.mode")
     approvers_raw = fields.mapping(raw.get("approvers"), f"{field}.approvers", optional=True)
     slack = fields.mapping(approvers_raw.get("slack"), f"{field}.approvers.slack", optional=True)
     kube = fields.mapping(approvers_raw.get("kubernetes"), f"{field}.approvers.kubernetes", optional=True)
-    approvers = Approvers(
-        slack_users=_ids(slack.get("users"), f"{field}.approvers.slack.users"),
+    approvers = appr.Approvers(
+        slack=_ids(slack.get("users"), f"{field}.approvers.slack.users"),
         slack_groups=_ids(slack.get("groups"), f"{field}.approvers.slack.groups"),
-        kube_users=_ids(kube.get("users"), f"{field}.approvers.kubernetes.users"),
-        kube_groups=_ids(kube.get("groups"), f"{field}.approvers.kubernetes.groups"),
+        users=_ids(kube.get("users"), f"{field}.approvers.kubernetes.users"),
+        groups=_ids(kube.get("groups"), f"{field}.approvers.kubernetes.groups"),
     )
     quorum = fields.integer(raw.get("quorum", 1), f"{field}.quorum", 1, 10)
     on_timeout = _enum(OnTimeout, raw.get("onTimeout"), f"{field}.onTimeout", OnTimeout.DENY.value)
-    if risk is Risk.CRITICAL and quorum < 2:
+    if risk is appr.Risk.CRITICAL and quorum < 2:
         raise PolicyError(
             f"{field}.quorum", "a critical action needs a quorum of at least 2 (two-person rule)"
         )
-    if risk in (Risk.HIGH, Risk.CRITICAL) and mode is Mode.AUTO:
+    if risk in (appr.Risk.HIGH, appr.Risk.CRITICAL) and mode is ActionMode.AUTO:
         raise PolicyError(f"{field}.mode", "a high or critical risk action cannot run automatically")
-    if mode is Mode.APPROVE and approvers.empty:
+    if mode is ActionMode.APPROVE and approvers.empty:
         raise PolicyError(f"{field}.approvers", "mode approve needs at least one approver")
-    if on_timeout is OnTimeout.APPROVE and risk not in (Risk.LOW, Risk.MEDIUM):
+    if on_timeout is OnTimeout.APPROVE and risk not in (appr.Risk.LOW, appr.Risk.MEDIUM):
         raise PolicyError(f"{field}.onTimeout", "Approve on timeout is allowed only for low or medium risk")
-    if REQUESTER in approvers.slack_users | approvers.kube_users:
+    if REQUESTER in approvers.slack | approvers.users:
         # Every Approval would be refused: nobody approves their own request (issue 14.4).
         raise PolicyError(
             f"{field}.approvers", f"may not include {REQUESTER}, the identity that requests approvals"
         )
-    listed = len(approvers.slack_users) + len(approvers.kube_users)
-    if mode is Mode.APPROVE and not (approvers.slack_groups or approvers.kube_groups) and quorum > listed:
+    listed = len(approvers.slack) + len(approvers.users)
+    if mode is ActionMode.APPROVE and not (approvers.slack_groups or approvers.groups) and quorum > listed:
         raise PolicyError(f"{field}.quorum", f"{quorum} can never be met by the {listed} approvers listed")
     return ActionRule(
         action=action,
@@ -263,7 +244,7 @@ def _parse(name: str, raw_spec: Mapping[str, Any]) -> Policy:
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
+class ActionRequest:
     """An action the healing core wants to take.
 
     ``target`` is what the action touches (``Pod/ns/name``, ``Node/name``, ``ReplicatedService/ns/name``);
@@ -297,7 +278,7 @@ class ApprovalState:
     occurrence: str = ""  # the incident occurrence it answers (remediation.Incident.occurrence)
 
 
-class Outcome(enum.StrEnum):
+class ActionOutcome(enum.StrEnum):
     IN_PROGRESS = "InProgress"  # executed, being verified
     SUCCEEDED = "Succeeded"  # the symptom cleared within the verify window
     FAILED = "Failed"  # the symptom stayed, or the action itself failed
@@ -313,7 +294,7 @@ class Record:
     namespace: str
     service: str
     at: float
-    outcome: Outcome
+    outcome: ActionOutcome
 
     def as_in_storage(self) -> dict[str, Any]:
         return {
@@ -337,7 +318,7 @@ class Record:
                 namespace=str(raw["namespace"]),
                 service=str(raw["service"]),
                 at=float(raw["at"]),
-                outcome=Outcome(raw["outcome"]),
+                outcome=ActionOutcome(raw["outcome"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -349,14 +330,14 @@ class ClusterView:
     nodes_ready: int
 
 
-class Verdict(enum.StrEnum):
+class PolicyVerdict(enum.StrEnum):
     EXECUTE = "Execute"
     NEEDS_APPROVAL = "NeedsApproval"
     DENIED = "Denied"
     THROTTLED = "Throttled"
 
 
-class Reason(enum.StrEnum):
+class PolicyReason(enum.StrEnum):
     ALLOWED = "Allowed"
     APPROVED = "Approved"
     APPROVED_ON_TIMEOUT = "ApprovedOnTimeout"
@@ -374,9 +355,9 @@ class Reason(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Decision:
-    verdict: Verdict
-    reason: Reason
+class PolicyDecision:
+    verdict: PolicyVerdict
+    reason: PolicyReason
     message: str
     rule: ActionRule | None = None
 
@@ -397,7 +378,7 @@ def circuit_open(policy: Policy, subject: str, history: Iterable[Record], now: f
     failures = [
         r
         for r in _recent(history, now, policy.circuit_window_seconds)
-        if r.subject == subject and r.outcome is Outcome.FAILED
+        if r.subject == subject and r.outcome is ActionOutcome.FAILED
     ]
     return len(failures) >= policy.circuit_failures
 
@@ -411,21 +392,21 @@ def _min_healthy(policy: Policy, total: int) -> int:
 
 
 def _throttle(
-    policy: Policy, request: Request, history: Sequence[Record], view: ClusterView, now: float
-) -> Decision | None:
+    policy: Policy, request: ActionRequest, history: Sequence[Record], view: ClusterView, now: float
+) -> PolicyDecision | None:
     if circuit_open(policy, request.subject, history, now):
-        return Decision(
-            Verdict.THROTTLED,
-            Reason.CIRCUIT_OPEN,
+        return PolicyDecision(
+            PolicyVerdict.THROTTLED,
+            PolicyReason.CIRCUIT_OPEN,
             f"{policy.circuit_failures} failed remediations of {request.subject} within "
             f"{policy.circuit_window_seconds:.0f}s: not acting automatically, a human must look",
         )
     last = [r.at for r in history if r.target == request.target and r.at <= now]
     if last and now - max(last) < policy.cooldown_seconds:
         wait = policy.cooldown_seconds - (now - max(last))
-        return Decision(
-            Verdict.THROTTLED,
-            Reason.COOLDOWN,
+        return PolicyDecision(
+            PolicyVerdict.THROTTLED,
+            PolicyReason.COOLDOWN,
             f"{request.target} was acted on recently; {wait:.0f}s of cooldown left",
         )
     scopes = (
@@ -438,25 +419,25 @@ def _throttle(
             continue
         used = [r for r in _recent(history, now, limit.window_seconds) if _key(scope, r) == key]
         if len(used) >= limit.max_actions:
-            return Decision(
-                Verdict.THROTTLED,
-                Reason.RATE_LIMIT,
+            return PolicyDecision(
+                PolicyVerdict.THROTTLED,
+                PolicyReason.RATE_LIMIT,
                 f"{len(used)} actions per {scope} within {limit.window_seconds:.0f}s "
                 f"(limit {limit.max_actions})",
             )
-    in_flight = [r for r in history if r.outcome is Outcome.IN_PROGRESS and r.at <= now]
+    in_flight = [r for r in history if r.outcome is ActionOutcome.IN_PROGRESS and r.at <= now]
     if len(in_flight) >= policy.max_concurrent:
-        return Decision(
-            Verdict.THROTTLED,
-            Reason.CONCURRENCY,
+        return PolicyDecision(
+            PolicyVerdict.THROTTLED,
+            PolicyReason.CONCURRENCY,
             f"{len(in_flight)} actions are still being verified (at most {policy.max_concurrent} at once)",
         )
     if request.action in NODE_ACTIONS:
         needed = _min_healthy(policy, view.nodes_total)
         if view.nodes_ready < needed:
-            return Decision(
-                Verdict.THROTTLED,
-                Reason.BLAST_RADIUS,
+            return PolicyDecision(
+                PolicyVerdict.THROTTLED,
+                PolicyReason.BLAST_RADIUS,
                 f"only {view.nodes_ready}/{view.nodes_total} nodes are Ready; a node action needs {needed}",
             )
     return None
@@ -464,13 +445,13 @@ def _throttle(
 
 def decide(
     policy: Policy,
-    request: Request,
+    request: ActionRequest,
     history: Sequence[Record],
     view: ClusterView,
     now: float,
     *,
     approval: ApprovalState | None = None,
-) -> Decision:
+) -> PolicyDecision:
     """Whether ``request`` may run now.
 
     Order matters: a denied action never asks anyone; a throttled one does not open an approval
@@ -480,26 +461,31 @@ def decide(
     """
     rule = policy.actions.get(request.action)
     if rule is None:
-        return Decision(
-            Verdict.DENIED, Reason.NOT_IN_POLICY, f"policy {policy.name} does not list {request.action.value}"
+        return PolicyDecision(
+            PolicyVerdict.DENIED,
+            PolicyReason.NOT_IN_POLICY,
+            f"policy {policy.name} does not list {request.action.value}",
         )
-    if rule.mode is Mode.DENY:
-        return Decision(
-            Verdict.DENIED, Reason.POLICY_DENIES, f"policy {policy.name} denies {request.action.value}", rule
+    if rule.mode is ActionMode.DENY:
+        return PolicyDecision(
+            PolicyVerdict.DENIED,
+            PolicyReason.POLICY_DENIES,
+            f"policy {policy.name} denies {request.action.value}",
+            rule,
         )
     if approval is not None and approval.verdict is ApprovalVerdict.DENIED:
-        return Decision(
-            Verdict.DENIED,
-            Reason.APPROVAL_DENIED,
+        return PolicyDecision(
+            PolicyVerdict.DENIED,
+            PolicyReason.APPROVAL_DENIED,
             f"{request.action.value} on {request.target} was denied",
             rule,
         )
     expired_approved = False
     if approval is not None and approval.verdict is ApprovalVerdict.EXPIRED:
-        if rule.on_timeout is not OnTimeout.APPROVE or rule.mode is not Mode.APPROVE:
-            return Decision(
-                Verdict.DENIED,
-                Reason.APPROVAL_EXPIRED,
+        if rule.on_timeout is not OnTimeout.APPROVE or rule.mode is not ActionMode.APPROVE:
+            return PolicyDecision(
+                PolicyVerdict.DENIED,
+                PolicyReason.APPROVAL_EXPIRED,
                 f"nobody answered the request for {request.action.value} on {request.target} in time",
                 rule,
             )
@@ -507,36 +493,41 @@ def decide(
     throttled = _throttle(policy, request, history, view, now)
     if throttled is not None:
         return dataclasses.replace(throttled, rule=rule)
-    if rule.mode is Mode.AUTO:
-        return Decision(
-            Verdict.EXECUTE, Reason.ALLOWED, f"policy {policy.name} allows {request.action.value}", rule
+    if rule.mode is ActionMode.AUTO:
+        return PolicyDecision(
+            PolicyVerdict.EXECUTE,
+            PolicyReason.ALLOWED,
+            f"policy {policy.name} allows {request.action.value}",
+            rule,
         )
     if expired_approved:
-        return Decision(
-            Verdict.EXECUTE,
-            Reason.APPROVED_ON_TIMEOUT,
+        return PolicyDecision(
+            PolicyVerdict.EXECUTE,
+            PolicyReason.APPROVED_ON_TIMEOUT,
             "unanswered in time; the policy approves on timeout",
             rule,
         )
     if approval is None or approval.verdict is ApprovalVerdict.PENDING:
-        return Decision(
-            Verdict.NEEDS_APPROVAL,
-            Reason.AWAITING_APPROVAL,
+        return PolicyDecision(
+            PolicyVerdict.NEEDS_APPROVAL,
+            PolicyReason.AWAITING_APPROVAL,
             f"{request.action.value} on {request.target} needs {rule.quorum} approval(s)",
             rule,
         )
     valid = approval.deciders - {approval.requester} if approval.requester else approval.deciders
     if len(valid) < rule.quorum:
-        return Decision(
-            Verdict.NEEDS_APPROVAL,
-            Reason.QUORUM_NOT_MET,
+        return PolicyDecision(
+            PolicyVerdict.NEEDS_APPROVAL,
+            PolicyReason.QUORUM_NOT_MET,
             f"{len(valid)} of {rule.quorum} approvals for {request.action.value} on {request.target}",
             rule,
         )
-    return Decision(Verdict.EXECUTE, Reason.APPROVED, f"approved by {', '.join(sorted(valid))}", rule)
+    return PolicyDecision(
+        PolicyVerdict.EXECUTE, PolicyReason.APPROVED, f"approved by {', '.join(sorted(valid))}", rule
+    )
 
 
-def narrowed(approvers: Approvers, service_approvals: Mapping[str, Any] | None) -> Approvers:
+def narrowed(approvers: appr.Approvers, service_approvals: Mapping[str, Any] | None) -> appr.Approvers:
     """The policy's approvers, narrowed by a service's ``spec.approvals.approvers``.
 
     A service may restrict who approves its actions, never widen it: each kind of identity the
@@ -547,11 +538,11 @@ def narrowed(approvers: Approvers, service_approvals: Mapping[str, Any] | None) 
     slack = frozenset(listed.get("slack") or ())
     kube = listed.get("kubernetes") or {}
     users, groups = frozenset(kube.get("users") or ()), frozenset(kube.get("groups") or ())
-    return Approvers(
-        slack_users=approvers.slack_users & slack if slack else approvers.slack_users,
+    return appr.Approvers(
+        slack=approvers.slack & slack if slack else approvers.slack,
         slack_groups=frozenset() if slack else approvers.slack_groups,
-        kube_users=approvers.kube_users & users if users else approvers.kube_users,
-        kube_groups=approvers.kube_groups & groups if groups else approvers.kube_groups,
+        users=approvers.users & users if users else approvers.users,
+        groups=approvers.groups & groups if groups else approvers.groups,
     )
 
 
@@ -577,33 +568,28 @@ def approval_target(text: str) -> appr.Target:
 
 
 def approval_request(
-    request: Request,
+    request: ActionRequest,
     rule: ActionRule,
     service_approvals: Mapping[str, Any] | None,
     *,
     symptom: str,
     occurrence: str,
     now: float,
-) -> appr.Request:
+) -> appr.ApprovalRequest:
     """The Approval to open for an action the rule says needs one: the policy's approvers
     narrowed by the service's, the shorter of the two timeouts, the service's Slack channel,
     and the occurrence it answers (an answer never authorises a later occurrence)."""
     settings = service_approvals or {}
     approvers = narrowed(rule.approvers, settings)
-    return appr.Request(
+    return appr.ApprovalRequest(
         action=request.action.value,
         target=approval_target(request.target),
         cause=request.cause,
         service=request.service,
         requester=REQUESTER,
-        risk=appr.Risk(rule.risk.value),
+        risk=rule.risk,
         quorum=rule.quorum,
-        approvers=appr.Approvers(
-            slack=approvers.slack_users,
-            users=approvers.kube_users,
-            groups=approvers.kube_groups,
-            slack_groups=approvers.slack_groups,
-        ),
+        approvers=approvers,
         expires_at=now + approval_timeout(rule, settings),
         channel=str((settings.get("slack") or {}).get("channel") or ""),
         evidence={"symptom": symptom[:500]},

@@ -18,7 +18,7 @@ from homeostat.core import children as kids
 from homeostat.core import spec as specs
 
 
-class Phase(enum.StrEnum):
+class ServicePhase(enum.StrEnum):
     PENDING = "Pending"
     READY = "Ready"
     PROGRESSING = "Progressing"
@@ -26,7 +26,7 @@ class Phase(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
 
 
-class Reason(enum.StrEnum):
+class ApplyReason(enum.StrEnum):
     CREATED = "Created"
     UPDATED = "Updated"
     INVALID_SPEC = "InvalidSpec"
@@ -53,7 +53,7 @@ class Apply:
     """Server-side apply ``manifest``; ``reason`` says whether it creates or corrects it."""
 
     manifest: Mapping[str, Any]
-    reason: Reason
+    reason: ApplyReason
 
     @property
     def ref(self) -> kids.ChildRef:
@@ -68,7 +68,7 @@ class Event:
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class ApplyOutcome:
     """What happened when the handler executed a plan's applies."""
 
     applied: Mapping[kids.ChildRef, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -93,9 +93,9 @@ def plan_manifests(
     for manifest in manifests:
         current = observed.get(kids.ChildRef.of(manifest))
         if current is None:
-            applies.append(Apply(manifest, Reason.CREATED))
+            applies.append(Apply(manifest, ApplyReason.CREATED))
         elif not _owned_fields_match(manifest, current):
-            applies.append(Apply(manifest, Reason.UPDATED))
+            applies.append(Apply(manifest, ApplyReason.UPDATED))
     return tuple(applies)
 
 
@@ -167,7 +167,7 @@ def report(
     generation: int,
     spec: specs.ServiceSpec | specs.SpecError,
     applies: Sequence[Apply],
-    outcome: Outcome,
+    outcome: ApplyOutcome,
     deployment: Mapping[str, Any] | None,
     previous: Mapping[str, Any],
     now: str,
@@ -191,16 +191,24 @@ def report(
             previous,
             generation=generation,
             now=now,
-            ready=("False", Reason.INVALID_SPEC, message),
-            progressing=("False", Reason.INVALID_SPEC, "the spec cannot be acted on"),
-            degraded=("True", Reason.INVALID_SPEC, message),
+            ready=("False", ApplyReason.INVALID_SPEC, message),
+            progressing=("False", ApplyReason.INVALID_SPEC, "the spec cannot be acted on"),
+            degraded=("True", ApplyReason.INVALID_SPEC, message),
         )
-        status = {**_carry(previous), **base, "phase": Phase.INVALID_SPEC.value, "conditions": conditions}
+        status = {
+            **_carry(previous),
+            **base,
+            "phase": ServicePhase.INVALID_SPEC.value,
+            "conditions": conditions,
+        }
         return Report(status, tuple(_transitions(previous, conditions)))
 
     # One Event per kind of change, naming every child, keeps the feed readable and the API
     # server's event load at one write per reconcile rather than one per child.
-    for reason, verb in ((Reason.CREATED, "created"), (Reason.UPDATED, "updated to the desired state")):
+    for reason, verb in (
+        (ApplyReason.CREATED, "created"),
+        (ApplyReason.UPDATED, "updated to the desired state"),
+    ):
         refs = [str(a.ref) for a in applies if a.reason is reason and a.ref in outcome.applied]
         if refs:
             events.append(Event("Normal", reason.value, f"{', '.join(refs)} {verb}"))
@@ -215,39 +223,45 @@ def report(
         view = DeploymentView.of(deployment, rev, desired_count)
 
     if outcome.rejected:
-        degraded = ("True", Reason.INVALID_SPEC, "; ".join(problems))
-        phase = Phase.INVALID_SPEC
+        degraded = ("True", ApplyReason.INVALID_SPEC, "; ".join(problems))
+        phase = ServicePhase.INVALID_SPEC
     elif outcome.errors:
-        degraded = ("True", Reason.APPLY_FAILED, "; ".join(problems))
-        phase = Phase.DEGRADED
+        degraded = ("True", ApplyReason.APPLY_FAILED, "; ".join(problems))
+        phase = ServicePhase.DEGRADED
     elif degraded_by is not None:
-        degraded = ("True", Reason(degraded_by[0]), degraded_by[1])
-        phase = Phase.DEGRADED
+        degraded = ("True", ApplyReason(degraded_by[0]), degraded_by[1])
+        phase = ServicePhase.DEGRADED
     elif view.deadline_exceeded:
-        degraded = ("True", Reason.DEADLINE_EXCEEDED, f"revision {rev} is not becoming available")
-        phase = Phase.DEGRADED
+        degraded = ("True", ApplyReason.DEADLINE_EXCEEDED, f"revision {rev} is not becoming available")
+        phase = ServicePhase.DEGRADED
     else:
-        degraded = ("False", Reason.HEALTHY, "no problems observed")
-        phase = Phase.READY if view.serving else Phase.PROGRESSING if deployment else Phase.PENDING
+        degraded = ("False", ApplyReason.HEALTHY, "no problems observed")
+        phase = (
+            ServicePhase.READY
+            if view.serving
+            else ServicePhase.PROGRESSING
+            if deployment
+            else ServicePhase.PENDING
+        )
 
     # A rollout may serve another revision than the spec's (a rolled-back one stays in the spec).
     serving = view.revision or rev
     if view.serving:
         ready_c = (
             "True",
-            Reason.AVAILABLE,
+            ApplyReason.AVAILABLE,
             f"{view.ready}/{desired_count} replicas ready at revision {serving}",
         )
-        progressing = ("False", Reason.STABLE, f"revision {serving} is rolled out")
+        progressing = ("False", ApplyReason.STABLE, f"revision {serving} is rolled out")
     else:
         waiting = f"{view.ready}/{desired_count} replicas ready, {view.updated} at revision {serving}"
-        ready_c = ("False", Reason.WAITING, waiting)
+        ready_c = ("False", ApplyReason.WAITING, waiting)
         rolling = view.revision not in (None, rev) or view.updated < view.replicas
-        reason = Reason.ROLLING_OUT if rolling else Reason.SCALING
+        reason = ApplyReason.ROLLING_OUT if rolling else ApplyReason.SCALING
         progressing = ("True", reason, waiting)
-    if phase is Phase.INVALID_SPEC:
-        ready_c = ("False", Reason.INVALID_SPEC, degraded[2])
-        progressing = ("False", Reason.INVALID_SPEC, "the spec cannot be acted on")
+    if phase is ServicePhase.INVALID_SPEC:
+        ready_c = ("False", ApplyReason.INVALID_SPEC, degraded[2])
+        progressing = ("False", ApplyReason.INVALID_SPEC, "the spec cannot be acted on")
 
     conditions = _conditions(
         previous, generation=generation, now=now, ready=ready_c, progressing=progressing, degraded=degraded
@@ -324,9 +338,9 @@ def _conditions(
     *,
     generation: int,
     now: str,
-    ready: tuple[str, Reason, str],
-    progressing: tuple[str, Reason, str],
-    degraded: tuple[str, Reason, str],
+    ready: tuple[str, ApplyReason, str],
+    progressing: tuple[str, ApplyReason, str],
+    degraded: tuple[str, ApplyReason, str],
 ) -> list[dict[str, Any]]:
     before = {c.get("type"): c for c in previous.get("conditions") or []}
     result: list[dict[str, Any]] = []

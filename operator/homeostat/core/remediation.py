@@ -47,7 +47,7 @@ class OomAction(enum.StrEnum):
     NOTIFY = "Notify"
 
 
-class NodeAction(enum.StrEnum):
+class NodeRemedy(enum.StrEnum):
     RESCHEDULE = "Reschedule"
     NOTIFY = "Notify"
 
@@ -79,7 +79,7 @@ class HealingSpec:
     node_failure: bool = False
     grace: float = 300.0
     cordon_after: float = 900.0
-    node_action: NodeAction = NodeAction.RESCHEDULE
+    node_action: NodeRemedy = NodeRemedy.RESCHEDULE
     maintenance: bool = False
     slo: bool = False
     objectives: tuple[SloObjective, ...] = ()
@@ -131,7 +131,7 @@ def parse_healing(raw: Mapping[str, Any] | None) -> HealingSpec:
             node_failure=node,
             grace=_dur(node_body, "gracePeriod", "5m", "spec.healing.nodeFailure.gracePeriod"),
             cordon_after=_dur(node_body, "cordonAfter", "15m", "spec.healing.nodeFailure.cordonAfter"),
-            node_action=NodeAction(node_body.get("action", "Reschedule")),
+            node_action=NodeRemedy(node_body.get("action", "Reschedule")),
             maintenance=maint,
             **_slo(raw),
         )
@@ -431,7 +431,7 @@ class Symptom(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
+class SymptomFinding:
     """A symptom on a subject; ``target`` is what the first action would touch."""
 
     symptom: Symptom
@@ -460,7 +460,7 @@ def _crashing(pod: PodView, spec: HealingSpec, now: float) -> str:
     return ""
 
 
-def _oom(view: ServiceView, pod: PodView, now: float) -> list[Finding]:
+def _oom(view: ServiceView, pod: PodView, now: float) -> list[SymptomFinding]:
     """OOM kills of the current revision within the crash window (older revisions are being
     replaced already, by the raised limit or otherwise)."""
     if not view.healing.oom or pod.revision not in ("", view.current_revision):
@@ -471,7 +471,7 @@ def _oom(view: ServiceView, pod: PodView, now: float) -> list[Finding]:
         if "OOMKilled" in (c.last_reason, c.terminated_reason) and recent:
             target = f"Container/{view.namespace}/{view.name}/{c.name}"
             detail = f"container {c.name} of pod {pod.name} was OOM-killed"
-            found.append(Finding(Symptom.OOM_KILLED, view.ref, target, detail, container=c.name))
+            found.append(SymptomFinding(Symptom.OOM_KILLED, view.ref, target, detail, container=c.name))
     return found
 
 
@@ -483,7 +483,7 @@ def _live(view: ServiceView) -> list[PodView]:
     ]
 
 
-def detect(view: ServiceView, now: float) -> tuple[Finding, ...]:
+def detect(view: ServiceView, now: float) -> tuple[SymptomFinding, ...]:
     """Every symptom the service shows now. Level-based: a cleared symptom simply disappears."""
     return tuple(s.finding for s in _sightings(view, now) if s.due)
 
@@ -493,7 +493,7 @@ class _Sighting:
     """A symptom seen, and whether it is a finding yet: a node condition is seen as soon as it
     holds, and due once it has held for the grace period (for a cordon, cordonAfter too)."""
 
-    finding: Finding
+    finding: SymptomFinding
     due: bool = True
 
 
@@ -512,11 +512,11 @@ def _sightings(view: ServiceView, now: float) -> list[_Sighting]:
     return seen
 
 
-def _pod_findings(view: ServiceView, live: Sequence[PodView], now: float) -> list[Finding]:
+def _pod_findings(view: ServiceView, live: Sequence[PodView], now: float) -> list[SymptomFinding]:
     """Symptoms of single pods; the crash of a new revision is one symptom of the service,
     since one rollback answers all of its pods."""
     spec = view.healing
-    findings: list[Finding] = []
+    findings: list[SymptomFinding] = []
     new_revision_crash = ""
     for pod in live:
         pod_ref = f"Pod/{view.namespace}/{pod.name}"
@@ -533,12 +533,18 @@ def _pod_findings(view: ServiceView, live: Sequence[PodView], now: float) -> lis
             new_revision_crash = new_revision_crash or f"pod {pod.name} of new revision {pod.revision}: {why}"
         elif why:
             symptom = Symptom.POD_FAILED if pod.phase == "Failed" else Symptom.CRASH_LOOP
-            findings.append(Finding(symptom, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,)))
+            findings.append(
+                SymptomFinding(symptom, view.ref, pod_ref, f"pod {pod.name}: {why}", pods=(pod.name,))
+            )
         elif _unready(view, pod, now):
             detail = f"pod {pod.name} not ready"
-            findings.append(Finding(Symptom.READINESS_FAILING, view.ref, pod_ref, detail, pods=(pod.name,)))
+            findings.append(
+                SymptomFinding(Symptom.READINESS_FAILING, view.ref, pod_ref, detail, pods=(pod.name,))
+            )
     if new_revision_crash:
-        findings.append(Finding(Symptom.CRASH_LOOP_NEW_REVISION, view.ref, view.ref, new_revision_crash))
+        findings.append(
+            SymptomFinding(Symptom.CRASH_LOOP_NEW_REVISION, view.ref, view.ref, new_revision_crash)
+        )
     return findings
 
 
@@ -568,9 +574,11 @@ def _down(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sight
         stuck = tuple(sorted(p.name for p in live if p.node == node.name))
         if stuck:
             detail = f"node {node.name} not Ready for {lasted:.0f}s; {len(stuck)} pod(s) of {view.name} on it"
-            seen.append(_Sighting(Finding(Symptom.NODE_NOT_READY, ref, ref, detail, pods=stuck), failed))
+            seen.append(
+                _Sighting(SymptomFinding(Symptom.NODE_NOT_READY, ref, ref, detail, pods=stuck), failed)
+            )
         if not node.unschedulable:
-            long_down = Finding(
+            long_down = SymptomFinding(
                 Symptom.NODE_DOWN_LONG, ref, ref, f"node {node.name} not Ready for {lasted:.0f}s"
             )
             seen.append(_Sighting(long_down, failed and lasted >= spec.cordon_after))
@@ -581,7 +589,7 @@ _SLO_SYMPTOMS = {"errorRate": Symptom.ERROR_RATE_BREACH, "latency": Symptom.LATE
 _SLO_UNITS = {"errorRate": "", "latency": "s"}
 
 
-def _slo_breaches(view: ServiceView, now: float) -> list[Finding]:
+def _slo_breaches(view: ServiceView, now: float) -> list[SymptomFinding]:
     """Bounds breached for at least ``for``. The whole service is the subject and the target:
     its revision or its replica count is what an action changes."""
     found = []
@@ -597,7 +605,7 @@ def _slo_breaches(view: ServiceView, now: float) -> list[Finding]:
             f"{reading.name} of {view.name} is {reading.value:.4g}{unit}, above {reading.bound:g}{unit} "
             f"for {lasted:.0f}s"
         )
-        found.append(Finding(symptom, view.ref, view.ref, detail))
+        found.append(SymptomFinding(symptom, view.ref, view.ref, detail))
     return found
 
 
@@ -615,7 +623,7 @@ def _blind(view: ServiceView) -> frozenset[str]:
 _TIMED = frozenset({Symptom.NODE_NOT_READY, Symptom.NODE_DOWN_LONG, Symptom.NODE_PRESSURE})
 
 
-def _unsettled(seen: Sequence[_Sighting]) -> dict[str, Finding]:
+def _unsettled(seen: Sequence[_Sighting]) -> dict[str, SymptomFinding]:
     """Node symptoms whose condition holds, whether or not it has held long enough to be a
     finding. That time is counted from when this process first saw the condition (NodeView
     trusts the later of that and lastTransitionTime), so it starts again after a restart. The
@@ -632,7 +640,7 @@ def unproven(view: ServiceView) -> bool:
     return bool(view.stable_revision) and current not in (view.stable_revision, view.rolled_back)
 
 
-def _maintenance(view: ServiceView, live: Sequence[PodView]) -> list[Finding]:
+def _maintenance(view: ServiceView, live: Sequence[PodView]) -> list[SymptomFinding]:
     """What predictive maintenance asked for about a pod of the service, or about a node one
     runs on."""
     names = {p.name for p in live}
@@ -643,11 +651,15 @@ def _maintenance(view: ServiceView, live: Sequence[PodView]) -> list[Finding]:
         elif req.pod in names:
             detail = req.message or f"pod {req.pod} predicted to run out of memory"
             target = f"Pod/{view.namespace}/{req.pod}"
-            found.append(Finding(Symptom.PREDICTED_EXHAUSTION, view.ref, target, detail, pods=(req.pod,)))
+            found.append(
+                SymptomFinding(Symptom.PREDICTED_EXHAUSTION, view.ref, target, detail, pods=(req.pod,))
+            )
     return found
 
 
-def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: MaintenanceRequest) -> list[Finding]:
+def _node_maintenance(
+    view: ServiceView, live: Sequence[PodView], req: MaintenanceRequest
+) -> list[SymptomFinding]:
     """A node predicted to fail (its disk fills) while pods of the service run on it. Done once
     the action's effect shows: a cordoned node for Cordon, no pods of the service left for Drain."""
     node = view.nodes.get(req.node)
@@ -658,7 +670,7 @@ def _node_maintenance(view: ServiceView, live: Sequence[PodView], req: Maintenan
         return []
     detail = req.message or f"node {req.node} predicted to fail"
     target = f"Node/{req.node}"
-    return [Finding(Symptom.PREDICTED_EXHAUSTION, target, target, detail, pods=stuck)]
+    return [SymptomFinding(Symptom.PREDICTED_EXHAUSTION, target, target, detail, pods=stuck)]
 
 
 def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[_Sighting]:
@@ -676,13 +688,13 @@ def _pressure(view: ServiceView, live: Sequence[PodView], now: float) -> list[_S
                 f"node {node.name} under {', '.join(node.pressure)}; {len(stuck)} pod(s) of {view.name} on it"
             )
             ref = f"Node/{node.name}"
-            pressed = Finding(Symptom.NODE_PRESSURE, ref, ref, detail, pods=stuck)
+            pressed = SymptomFinding(Symptom.NODE_PRESSURE, ref, ref, detail, pods=stuck)
             seen.append(_Sighting(pressed, lasted >= view.healing.grace))
     return seen
 
 
 def ladder(
-    finding: Finding, view: ServiceView, maintenance_action: pol.Action | None = None
+    finding: SymptomFinding, view: ServiceView, maintenance_action: pol.Action | None = None
 ) -> tuple[pol.Action, ...]:
     """The actions tried in turn for a symptom; past the end, a human takes over."""
     spec = view.healing
@@ -695,7 +707,7 @@ def ladder(
     if finding.symptom is Symptom.OOM_KILLED:
         return (pol.Action.RAISE_MEMORY_LIMIT,) if spec.oom_action is OomAction.RAISE_LIMIT else ()
     if finding.symptom is Symptom.NODE_NOT_READY:
-        return (pol.Action.RESCHEDULE_PODS,) if spec.node_action is NodeAction.RESCHEDULE else ()
+        return (pol.Action.RESCHEDULE_PODS,) if spec.node_action is NodeRemedy.RESCHEDULE else ()
     if finding.symptom is Symptom.NODE_DOWN_LONG:
         return (pol.Action.CORDON_NODE,)
     if finding.symptom is Symptom.NODE_PRESSURE:
@@ -713,7 +725,7 @@ def ladder(
     return ()
 
 
-def _ladder_for(finding: Finding, view: ServiceView) -> tuple[pol.Action, ...]:
+def _ladder_for(finding: SymptomFinding, view: ServiceView) -> tuple[pol.Action, ...]:
     """``ladder`` with the action predictive maintenance asked for on the finding's target."""
     maint = {
         f"Node/{r.node}" if r.node else f"Pod/{view.namespace}/{r.pod}": r.action for r in view.maintenance
@@ -724,7 +736,7 @@ def _ladder_for(finding: Finding, view: ServiceView) -> tuple[pol.Action, ...]:
 # --- persisted state ---------------------------------------------------------------------------
 
 
-class Phase(enum.StrEnum):
+class IncidentPhase(enum.StrEnum):
     PENDING = "Pending"  # wants to act; waiting for a guard (rate limit, cooldown, ...)
     AWAITING_APPROVAL = "AwaitingApproval"
     VERIFYING = "Verifying"
@@ -739,7 +751,7 @@ class Reason(enum.StrEnum):
     ACTION_FAILED = "ActionFailed"  # the executor could not carry it out
 
 
-Why: TypeAlias = pol.Reason | Reason  # the two share no value, so a stored one reads back as itself
+Why: TypeAlias = pol.PolicyReason | Reason  # the two share no value, so a stored one reads back as itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -750,7 +762,7 @@ class Incident:
     target: str
     since: float
     step: int = 0
-    phase: Phase = Phase.PENDING
+    phase: IncidentPhase = IncidentPhase.PENDING
     action: pol.Action | None = None  # the action being tried, or last tried
     acted_at: float | None = None
     reason: Why | None = None
@@ -796,7 +808,7 @@ class Incident:
                 target=str(raw["target"]),
                 since=float(raw["since"]),
                 step=int(raw.get("step", 0)),
-                phase=Phase(raw.get("phase", Phase.PENDING.value)),
+                phase=IncidentPhase(raw.get("phase", IncidentPhase.PENDING.value)),
                 action=pol.Action(raw["action"]) if raw.get("action") else None,
                 acted_at=None if acted is None else float(acted),
                 reason=_reason(raw.get("reason")),
@@ -807,7 +819,7 @@ class Incident:
 
 
 def _reason(raw: Any) -> Why | None:
-    for kind in (pol.Reason, Reason):
+    for kind in (pol.PolicyReason, Reason):
         try:
             return kind(raw)
         except ValueError:
@@ -878,7 +890,7 @@ _RESUMABLE = frozenset(
 @dataclasses.dataclass(frozen=True)
 class AskApproval:
     incident: str
-    request: pol.Request
+    request: pol.ActionRequest
     rule: pol.ActionRule
     message: str
     occurrence: str = ""  # Incident.occurrence: part of the approval's identity
@@ -911,15 +923,15 @@ class Held:
     incident: str
     target: str
     action: pol.Action
-    reason: pol.Reason
+    reason: pol.PolicyReason
     message: str
 
 
 Effect = Execute | AskApproval | Escalate | Resolved | Held
 
 
-def request_for(incident: Incident, action: pol.Action, view: ServiceView) -> pol.Request:
-    return pol.Request(
+def request_for(incident: Incident, action: pol.Action, view: ServiceView) -> pol.ActionRequest:
+    return pol.ActionRequest(
         action=action,
         target=incident.target,
         subject=incident.subject,
@@ -930,7 +942,7 @@ def request_for(incident: Incident, action: pol.Action, view: ServiceView) -> po
 
 
 def _parameters(
-    incident: Incident, finding: Finding, action: pol.Action, view: ServiceView, now: float
+    incident: Incident, finding: SymptomFinding, action: pol.Action, view: ServiceView, now: float
 ) -> Execute | str:
     """The Execute effect for ``action``, or why it cannot be done (which escalates)."""
     base = Execute(incident.key, action, incident.target, incident.symptom, finding.detail)
@@ -969,7 +981,7 @@ def _parameters(
 
 
 @dataclasses.dataclass(frozen=True)
-class Context:
+class PassContext:
     """What one pass of the loop knows besides the service's own state."""
 
     view: ServiceView
@@ -980,7 +992,7 @@ class Context:
     now: float
 
 
-class _Step:
+class _IncidentStep:
     """The working state of one ``step`` call; it never outlives the call.
 
     Incidents are advanced one at a time, oldest first: ``i`` is the one at hand and ``finding``
@@ -990,10 +1002,10 @@ class _Step:
     """
 
     i: Incident
-    finding: Finding | None
+    finding: SymptomFinding | None
     over: bool  # resolved or dropped: not kept
 
-    def __init__(self, state: HealingState, ctx: Context, ongoing: Mapping[str, Finding]) -> None:
+    def __init__(self, state: HealingState, ctx: PassContext, ongoing: Mapping[str, SymptomFinding]) -> None:
         self.ctx = ctx
         self.now = ctx.now
         self.ongoing = ongoing
@@ -1013,7 +1025,9 @@ class _Step:
     def set(self, **changes: Any) -> None:
         self.i = dataclasses.replace(self.i, **changes)
 
-    def decided(self, phase: Phase, action: pol.Action, decision: pol.Decision, **changes: Any) -> None:
+    def decided(
+        self, phase: IncidentPhase, action: pol.Action, decision: pol.PolicyDecision, **changes: Any
+    ) -> None:
         """The incident stands where the policy's decision about ``action`` puts it."""
         self.set(phase=phase, action=action, reason=decision.reason, message=decision.message, **changes)
 
@@ -1027,18 +1041,20 @@ class _Step:
     def drop(self) -> None:
         self.over = True
 
-    def escalate(self, reason: Why, finding: Finding, why: str, action: pol.Action | None = None) -> None:
+    def escalate(
+        self, reason: Why, finding: SymptomFinding, why: str, action: pol.Action | None = None
+    ) -> None:
         """Hand the incident to a human; ``action`` is the one it was about, if not the last."""
         self.emit(Escalate(self.i.key, self.i.target, self.i.symptom, reason, f"{finding.detail}: {why}"))
-        self.set(phase=Phase.ESCALATED, action=action or self.i.action, reason=reason, message=why)
+        self.set(phase=IncidentPhase.ESCALATED, action=action or self.i.action, reason=reason, message=why)
 
     def record(self, action: pol.Action) -> None:
         """The history entry of an action, written before the action runs (write-ahead)."""
         i, view = self.i, self.ctx.view
-        at, outcome = self.now, pol.Outcome.IN_PROGRESS
+        at, outcome = self.now, pol.ActionOutcome.IN_PROGRESS
         self.history.append(pol.Record(action, i.target, i.subject, view.namespace, view.name, at, outcome))
 
-    def settle(self, outcome: pol.Outcome) -> None:
+    def settle(self, outcome: pol.ActionOutcome) -> None:
         self.history = _settle(self.history, self.i, outcome)
 
     def state(self) -> HealingState:
@@ -1048,12 +1064,12 @@ class _Step:
         )
 
 
-def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect, ...]]:
+def step(state: HealingState, ctx: PassContext) -> tuple[HealingState, tuple[Effect, ...]]:
     """One pass of the healing loop for one service: detect, advance every incident, act."""
     seen = _sightings(ctx.view, ctx.now)
     findings = {s.finding.key: s.finding for s in seen if s.due}
     blind = _blind(ctx.view)
-    b = _Step(state, ctx, {**_unsettled(seen), **findings})  # incidents already open go on with these
+    b = _IncidentStep(state, ctx, {**_unsettled(seen), **findings})  # incidents already open go on with these
     for incident in _open(state, findings, ctx.now):
         b.begin(incident)
         # An unknown is neither cleared nor failed: the incident waits for an answer.
@@ -1063,7 +1079,7 @@ def step(state: HealingState, ctx: Context) -> tuple[HealingState, tuple[Effect,
     return b.state(), tuple(b.effects)
 
 
-def _open(state: HealingState, findings: Mapping[str, Finding], now: float) -> list[Incident]:
+def _open(state: HealingState, findings: Mapping[str, SymptomFinding], now: float) -> list[Incident]:
     """The stored incidents and a new one for each finding that has none, oldest first."""
     known = {i.key: i for i in state.incidents}
     for key, finding in findings.items():
@@ -1072,7 +1088,7 @@ def _open(state: HealingState, findings: Mapping[str, Finding], now: float) -> l
     return sorted(known.values(), key=lambda i: (i.since, i.key))
 
 
-def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
+def _answer_for(incident: Incident, ctx: PassContext) -> pol.ApprovalState | None:
     """The gate's answer for this occurrence of the incident; one about an earlier occurrence or
     ladder step does not count, and the request is made again."""
     approval = ctx.approvals.get(incident.key)
@@ -1081,35 +1097,35 @@ def _answer_for(incident: Incident, ctx: Context) -> pol.ApprovalState | None:
     return approval
 
 
-def _advance(b: _Step) -> None:
+def _advance(b: _IncidentStep) -> None:
     """The incident at hand through one pass: verify what was done, or take the next step."""
-    if b.i.phase is Phase.VERIFYING:
+    if b.i.phase is IncidentPhase.VERIFYING:
         _verify(b)
     elif b.finding is None:
         _cleared_by_itself(b)
-    elif b.i.phase is not Phase.ESCALATED:
+    elif b.i.phase is not IncidentPhase.ESCALATED:
         _climb(b, b.finding)
 
 
-def _verify(b: _Step) -> None:
+def _verify(b: _IncidentStep) -> None:
     """After an action: cleared, still within the verify window, or failed (the next step)."""
     i, finding = b.i, b.finding
     if _cleared(i, b.ongoing):
-        b.settle(pol.Outcome.SUCCEEDED)
+        b.settle(pol.ActionOutcome.SUCCEEDED)
         b.resolve(f"{i.action} cleared {i.symptom.value} on {i.target}")
     elif b.now < (i.acted_at or b.now) + b.ctx.policy.verify_seconds:
         _resume(b)
     elif finding is None:
         # Its own target is gone, but the subject still shows the symptom: not effective.
-        b.settle(pol.Outcome.FAILED)
+        b.settle(pol.ActionOutcome.FAILED)
         b.resolve(f"{i.action} did not clear {i.symptom.value} on {i.subject}", succeeded=False)
     else:
-        b.settle(pol.Outcome.FAILED)
-        b.set(step=i.step + 1, phase=Phase.PENDING, acted_at=None)
+        b.settle(pol.ActionOutcome.FAILED)
+        b.set(step=i.step + 1, phase=IncidentPhase.PENDING, acted_at=None)
         _climb(b, finding)
 
 
-def _resume(b: _Step) -> None:
+def _resume(b: _IncidentStep) -> None:
     """Ask for the action again while it is verified (``Execute.resume``), but only while the
     symptom still calls for it: a revision proven stable meanwhile is not rolled back because
     a rollback was once decided."""
@@ -1122,15 +1138,15 @@ def _resume(b: _Step) -> None:
             b.emit(dataclasses.replace(resumed, resume=True))
 
 
-def _cleared_by_itself(b: _Step) -> None:
+def _cleared_by_itself(b: _IncidentStep) -> None:
     """Cleared without (further) action; an approval still awaited is simply never used."""
-    if b.i.phase is Phase.ESCALATED:
+    if b.i.phase is IncidentPhase.ESCALATED:
         b.drop()
     else:
         b.resolve(f"{b.i.symptom.value} on {b.i.target} cleared")
 
 
-def _climb(b: _Step, finding: Finding) -> None:
+def _climb(b: _IncidentStep, finding: SymptomFinding) -> None:
     """The next action on the incident's ladder, as far as the policy lets it go now."""
     actions = _ladder_for(finding, b.ctx.view)
     if b.i.step >= len(actions):
@@ -1141,39 +1157,43 @@ def _climb(b: _Step, finding: Finding) -> None:
     request = request_for(b.i, action, b.ctx.view)
     ctx, seen = b.ctx, [*b.ctx.others, *b.history]
     decision = pol.decide(ctx.policy, request, seen, ctx.cluster, b.now, approval=_answer_for(b.i, ctx))
-    if decision.verdict is pol.Verdict.EXECUTE:
+    if decision.verdict is pol.PolicyVerdict.EXECUTE:
         _execute(b, finding, action, decision)
-    elif decision.verdict is pol.Verdict.NEEDS_APPROVAL:
+    elif decision.verdict is pol.PolicyVerdict.NEEDS_APPROVAL:
         _ask(b, finding, request, decision)
-    elif decision.verdict is pol.Verdict.DENIED or decision.reason is pol.Reason.CIRCUIT_OPEN:
+    elif decision.verdict is pol.PolicyVerdict.DENIED or decision.reason is pol.PolicyReason.CIRCUIT_OPEN:
         b.escalate(decision.reason, finding, decision.message, action)
     else:
         _hold(b, action, decision)
 
 
-def _execute(b: _Step, finding: Finding, action: pol.Action, decision: pol.Decision) -> None:
+def _execute(
+    b: _IncidentStep, finding: SymptomFinding, action: pol.Action, decision: pol.PolicyDecision
+) -> None:
     effect = _parameters(b.i, finding, action, b.ctx.view, b.now)
     if isinstance(effect, str):
         b.escalate(Reason.CANNOT_ACT, finding, effect, action)
         return
     b.record(action)
     b.emit(dataclasses.replace(effect, message=f"{finding.detail}; {decision.message}"))
-    b.decided(Phase.VERIFYING, action, decision, acted_at=b.now)
+    b.decided(IncidentPhase.VERIFYING, action, decision, acted_at=b.now)
 
 
-def _ask(b: _Step, finding: Finding, request: pol.Request, decision: pol.Decision) -> None:
+def _ask(
+    b: _IncidentStep, finding: SymptomFinding, request: pol.ActionRequest, decision: pol.PolicyDecision
+) -> None:
     assert decision.rule is not None  # decide always names the rule it asks approval under
     # Sent on every pass: the gate finds the existing request by action + target + cause +
     # occurrence.
     b.emit(AskApproval(b.i.key, request, decision.rule, finding.detail, b.i.occurrence))
-    b.decided(Phase.AWAITING_APPROVAL, request.action, decision)
+    b.decided(IncidentPhase.AWAITING_APPROVAL, request.action, decision)
 
 
-def _hold(b: _Step, action: pol.Action, decision: pol.Decision) -> None:
+def _hold(b: _IncidentStep, action: pol.Action, decision: pol.PolicyDecision) -> None:
     """A guard holds the action back; told once per reason and action, not on every pass."""
     if (b.i.reason, b.i.action) != (decision.reason, action):
         b.emit(Held(b.i.key, b.i.target, action, decision.reason, decision.message))
-    b.decided(Phase.PENDING, action, decision)
+    b.decided(IncidentPhase.PENDING, action, decision)
 
 
 # Symptoms of single pods: their remedy is judged by the health of the whole service, so a
@@ -1182,7 +1202,7 @@ def _hold(b: _Step, action: pol.Action, decision: pol.Decision) -> None:
 _POD_SYMPTOMS = frozenset({Symptom.POD_FAILED, Symptom.READINESS_FAILING, Symptom.PREDICTED_EXHAUSTION})
 
 
-def _cleared(incident: Incident, findings: Mapping[str, Finding]) -> bool:
+def _cleared(incident: Incident, findings: Mapping[str, SymptomFinding]) -> bool:
     if incident.symptom in _POD_SYMPTOMS:
         return not any(
             f.symptom is incident.symptom and f.subject == incident.subject for f in findings.values()
@@ -1196,12 +1216,12 @@ def action_failed(state: HealingState, incident_key: str, message: str, now: flo
     incidents = []
     history = list(state.history)
     for incident in state.incidents:
-        if incident.key == incident_key and incident.phase is Phase.VERIFYING:
-            history = _settle(history, incident, pol.Outcome.FAILED)
+        if incident.key == incident_key and incident.phase is IncidentPhase.VERIFYING:
+            history = _settle(history, incident, pol.ActionOutcome.FAILED)
             failed = dataclasses.replace(
                 incident,
                 step=incident.step + 1,
-                phase=Phase.PENDING,
+                phase=IncidentPhase.PENDING,
                 acted_at=None,
                 reason=Reason.ACTION_FAILED,
                 message=message,
@@ -1212,10 +1232,12 @@ def action_failed(state: HealingState, incident_key: str, message: str, now: flo
     return HealingState(tuple(incidents), tuple(history), state.policy_error)
 
 
-def _settle(history: list[pol.Record], incident: Incident, outcome: pol.Outcome) -> list[pol.Record]:
+def _settle(history: list[pol.Record], incident: Incident, outcome: pol.ActionOutcome) -> list[pol.Record]:
     return [
         dataclasses.replace(r, outcome=outcome)
-        if r.outcome is pol.Outcome.IN_PROGRESS and r.target == incident.target and r.at == incident.acted_at
+        if r.outcome is pol.ActionOutcome.IN_PROGRESS
+        and r.target == incident.target
+        and r.at == incident.acted_at
         else r
         for r in history
     ]
@@ -1223,7 +1245,7 @@ def _settle(history: list[pol.Record], incident: Incident, outcome: pol.Outcome)
 
 def _prune(history: Sequence[pol.Record], policy: pol.Policy, now: float) -> tuple[pol.Record, ...]:
     horizon = policy.history_horizon
-    kept = [r for r in history if r.outcome is pol.Outcome.IN_PROGRESS or now - r.at < horizon]
+    kept = [r for r in history if r.outcome is pol.ActionOutcome.IN_PROGRESS or now - r.at < horizon]
     return tuple(kept[-HISTORY_LIMIT:])
 
 
@@ -1242,7 +1264,7 @@ def memory_limits(template: Mapping[str, Any]) -> dict[str, float | None]:
 def autoscaled(spec: Mapping[str, Any]) -> bool:
     """Whether an autoscaler (``spec.autoscaling`` Reactive or Predictive) owns the count."""
     try:
-        return sc.parse(spec.get("autoscaling")).mode in (sc.Mode.REACTIVE, sc.Mode.PREDICTIVE)
+        return sc.parse(spec.get("autoscaling")).mode in (sc.ScalingMode.REACTIVE, sc.ScalingMode.PREDICTIVE)
     except specs.SpecError:
         return False  # the reconcile reports it; no autoscaler runs on an invalid spec
 

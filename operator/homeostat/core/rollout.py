@@ -232,7 +232,7 @@ def parse_rollout_spec(raw: Mapping[str, Any] | None) -> RolloutSpec:
 # --- state -----------------------------------------------------------------------------------
 
 
-class Phase(enum.StrEnum):
+class RolloutPhase(enum.StrEnum):
     INITIALIZING = "Initializing"  # first deployment: no stable revision yet, nothing to compare
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
@@ -243,8 +243,8 @@ class Phase(enum.StrEnum):
     ABORTED = "Aborted"
 
 
-LIVE = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
-TERMINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED})
+LIVE = frozenset({RolloutPhase.PROGRESSING, RolloutPhase.PAUSED, RolloutPhase.PROMOTING})
+TERMINAL = frozenset({RolloutPhase.PROMOTED, RolloutPhase.ROLLED_BACK, RolloutPhase.ABORTED})
 
 
 class PauseReason(enum.StrEnum):
@@ -265,7 +265,7 @@ class Cause(enum.StrEnum):
 class RolloutState:
     """Everything the machine remembers between calls; persisted as ``status.rollout``."""
 
-    phase: Phase = Phase.INITIALIZING
+    phase: RolloutPhase = RolloutPhase.INITIALIZING
     stable_revision: str | None = None
     revision: str | None = None  # the revision being (or last) rolled out
     started_at: float | None = None
@@ -338,7 +338,7 @@ class RolloutState:
         if not isinstance(held, bool):
             raise fields.StorageError("held must be a boolean")
         return cls(
-            phase=fields.stored_enum(Phase, raw, "phase") or Phase.INITIALIZING,
+            phase=fields.stored_enum(RolloutPhase, raw, "phase") or RolloutPhase.INITIALIZING,
             stable_revision=fields.stored_str(raw, "stableRevision"),
             revision=fields.stored_str(raw, "revision"),
             started_at=fields.stored_time(raw, "startedAt"),
@@ -509,7 +509,7 @@ def stable_replicas(total: int, weight: int) -> int:
     return max(rest, 1) if total > 0 and weight < 100 else max(rest, 0)
 
 
-class _Step:
+class _RolloutStep:
     """The working state of one ``step`` call; it never outlives the call."""
 
     def __init__(self, state: RolloutState, spec: RolloutSpec, obs: Observations, now: float) -> None:
@@ -575,7 +575,7 @@ def step(
     """
     if spec.strategy is Strategy.ROLLING_UPDATE:
         raise ValueError("RollingUpdate rollouts are left to the Deployment controller")
-    b = _Step(state, spec, obs, now)
+    b = _RolloutStep(state, spec, obs, now)
     if not spec.paused:
         if b.s.held:
             b.set(held=False)
@@ -585,7 +585,7 @@ def step(
     for _ in range(_MAX_PASSES):
         before = b.s
         b.level.clear()
-        if spec.paused and b.s.phase is not Phase.INITIALIZING:
+        if spec.paused and b.s.phase is not RolloutPhase.INITIALIZING:
             _hold(b)
             break
         _follow_template(b)
@@ -598,48 +598,48 @@ def step(
     return b.s, (*b.level, *b.once, _condition(b.s))
 
 
-def _dispatch(b: _Step) -> None:
+def _dispatch(b: _RolloutStep) -> None:
     phase = b.s.phase
-    if phase is Phase.INITIALIZING:
+    if phase is RolloutPhase.INITIALIZING:
         _initialize(b)
-    elif phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
+    elif phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED, RolloutPhase.PROMOTING):
         _analyse(b)
-        if b.s.phase is Phase.ROLLING_BACK:
+        if b.s.phase is RolloutPhase.ROLLING_BACK:
             _roll_back(b)
-        elif b.s.phase is Phase.PROMOTING:
+        elif b.s.phase is RolloutPhase.PROMOTING:
             _promote(b)
         elif b.spec.strategy is Strategy.CANARY:
             _canary_step(b)
         else:
             _preview(b)
-    elif phase is Phase.ROLLING_BACK:
+    elif phase is RolloutPhase.ROLLING_BACK:
         _roll_back(b)
     else:
         _settle(b, b.stable)
 
 
-def _hold(b: _Step) -> None:
+def _hold(b: _RolloutStep) -> None:
     b.set(held=True)
     b.forget("resumed-by-spec")
     b.event("held", "Normal", "RolloutPaused", "spec.rollout.paused is true; the rollout holds where it is")
 
 
-def _initialize(b: _Step) -> None:
+def _initialize(b: _RolloutStep) -> None:
     """First contact: adopt what runs, or deploy the first revision without ceremony."""
     desired, running = b.obs.desired_revision, b.obs.stable.revision
     if b.s.revision is None and running is not None and running != desired:
         # An existing service: what runs is stable, and the template change is a rollout.
         # (A first deployment whose template changes before it is ready just follows it.)
-        b.set(phase=Phase.PROMOTED, stable_revision=running, revision=running)
+        b.set(phase=RolloutPhase.PROMOTED, stable_revision=running, revision=running)
         return
     b.set(revision=desired)
     b.ensure(Track.STABLE, desired, b.obs.total)
     if b.ready(Track.STABLE, desired, b.obs.total):
-        b.set(phase=Phase.PROMOTED, stable_revision=desired)
+        b.set(phase=RolloutPhase.PROMOTED, stable_revision=desired)
         b.event(f"deployed:{desired}", "Normal", "Deployed", f"revision {desired} is running")
 
 
-def _follow_template(b: _Step) -> None:
+def _follow_template(b: _RolloutStep) -> None:
     s, desired = b.s, b.obs.desired_revision
     if s.phase in TERMINAL:
         settled = desired == s.stable_revision or (desired == s.revision and s.cause is not Cause.REVERTED)
@@ -654,11 +654,11 @@ def _follow_template(b: _Step) -> None:
     # terminal state then starts whatever revision is desired by then.
 
 
-def _start(b: _Step, revision: str, *, restart: bool) -> None:
+def _start(b: _RolloutStep, revision: str, *, restart: bool) -> None:
     previous = b.s.revision
     first_weight = b.spec.steps[0].weight if b.spec.strategy is Strategy.CANARY else 0
     b.set(
-        phase=Phase.PROGRESSING,
+        phase=RolloutPhase.PROGRESSING,
         revision=revision,
         started_at=b.now,
         step=0,
@@ -682,7 +682,7 @@ def _start(b: _Step, revision: str, *, restart: bool) -> None:
 # --- commands --------------------------------------------------------------------------------
 
 
-def _commands(b: _Step) -> None:
+def _commands(b: _RolloutStep) -> None:
     for command in b.obs.commands:
         if command.id in b.s.applied_commands:
             continue
@@ -696,22 +696,22 @@ def _commands(b: _Step) -> None:
             b.once.append(PostEvent("Warning", "CommandIgnored", message))
 
 
-def _apply(b: _Step, command: Command) -> str | None:
+def _apply(b: _RolloutStep, command: Command) -> str | None:
     """Apply one command; return why it was refused, or None."""
     phase, kind = b.s.phase, command.kind
-    if phase is Phase.ROLLING_BACK:
+    if phase is RolloutPhase.ROLLING_BACK:
         return "the rollout is already rolling back"
     if phase not in LIVE:
         return f"no rollout is under way (phase {phase.value})"
     if kind is CommandKind.ABORT:
         _begin_rollback(b, Cause.ABORTED, f"aborted by command {command.id}")
-    elif phase is Phase.PROMOTING:
+    elif phase is RolloutPhase.PROMOTING:
         return "the revision is already being promoted"
     elif kind is CommandKind.PAUSE:
-        if phase is Phase.PAUSED:
+        if phase is RolloutPhase.PAUSED:
             return "the rollout is already paused"
-        b.set(phase=Phase.PAUSED, pause_reason=PauseReason.COMMAND)
-    elif kind is CommandKind.RESUME and phase is not Phase.PAUSED:
+        b.set(phase=RolloutPhase.PAUSED, pause_reason=PauseReason.COMMAND)
+    elif kind is CommandKind.RESUME and phase is not RolloutPhase.PAUSED:
         return "the rollout is not paused"
     else:
         # A human has looked: the no-data tolerance starts again, or the next step would
@@ -726,35 +726,35 @@ def _apply(b: _Step, command: Command) -> str | None:
     return None
 
 
-def _resume(b: _Step) -> None:
+def _resume(b: _RolloutStep) -> None:
     reason = b.s.pause_reason
     b.forget("pause:")
     if reason is PauseReason.AWAITING_PROMOTION:
         _advance(b)  # resuming a step that waits for a human is that human's promotion
     else:
-        b.set(phase=Phase.PROGRESSING, pause_reason=None)
+        b.set(phase=RolloutPhase.PROGRESSING, pause_reason=None)
 
 
-def _advance(b: _Step) -> None:
+def _advance(b: _RolloutStep) -> None:
     nxt = b.s.step + 1
     if b.spec.strategy is Strategy.BLUE_GREEN or nxt >= len(b.spec.steps):
         _begin_promotion(b)
         return
     weight = b.spec.steps[nxt].weight
     b.forget("pause:")
-    b.set(phase=Phase.PROGRESSING, pause_reason=None, step=nxt, weight=weight, step_reached_at=None)
+    b.set(phase=RolloutPhase.PROGRESSING, pause_reason=None, step=nxt, weight=weight, step_reached_at=None)
     message = f"revision {b.rev}: step {nxt + 1}/{len(b.spec.steps)}, canary weight {weight}%"
     b.event(f"step:{nxt}", "Normal", "CanaryStepStarted", message)
 
 
-def _begin_promotion(b: _Step) -> None:
+def _begin_promotion(b: _RolloutStep) -> None:
     b.forget("pause:")
-    b.set(phase=Phase.PROMOTING, pause_reason=None)
+    b.set(phase=RolloutPhase.PROMOTING, pause_reason=None)
     b.event("promoting", "Normal", "Promoting", f"promoting revision {b.rev} to stable")
 
 
-def _begin_rollback(b: _Step, cause: Cause, message: str) -> None:
-    b.set(phase=Phase.ROLLING_BACK, cause=cause, pause_reason=None)
+def _begin_rollback(b: _RolloutStep, cause: Cause, message: str) -> None:
+    b.set(phase=RolloutPhase.ROLLING_BACK, cause=cause, pause_reason=None)
     if cause is Cause.ANALYSIS_FAILED:
         failure = b.s.analysis.last_failure
         b.set(failure=failure)
@@ -772,10 +772,12 @@ def _begin_rollback(b: _Step, cause: Cause, message: str) -> None:
 def _analysing(s: RolloutState) -> bool:
     # Measuring before the first step's weight is in place would only measure the absence of
     # the canary; after that, analysis runs continuously until the rollout ends.
-    return s.phase in LIVE and (s.step_reached_at is not None or s.step > 0 or s.phase is Phase.PROMOTING)
+    return s.phase in LIVE and (
+        s.step_reached_at is not None or s.step > 0 or s.phase is RolloutPhase.PROMOTING
+    )
 
 
-def _analyse(b: _Step) -> None:
+def _analyse(b: _RolloutStep) -> None:
     checks, s, obs = b.spec.checks, b.s, b.obs
     if not checks.metrics or not _analysing(s):
         return
@@ -794,17 +796,20 @@ def _analyse(b: _Step) -> None:
         # No backend to ask is an error of every metric, so an outage ends in a human's hands
         # through the same limits as failed queries, and never in a promotion.
         unavailable = tuple(
-            an.Result(an.Measurement(m.name, error="metrics backend unavailable", at=b.now), an.Verdict.ERROR)
+            an.MetricResult(
+                an.Measurement(m.name, error="metrics backend unavailable", at=b.now),
+                an.AnalysisVerdict.ERROR,
+            )
             for m in checks.metrics
         )
         state, result = an.record(s.analysis, checks, unavailable, b.now)
     else:
         state, result = s.analysis, an.outcome(s.analysis, checks)
     b.set(analysis=state)
-    if result is an.Outcome.FAILED:
+    if result is an.AnalysisOutcome.FAILED:
         _begin_rollback(b, Cause.ANALYSIS_FAILED, "analysis failed")
-    elif result is an.Outcome.INCONCLUSIVE and b.s.phase is Phase.PROGRESSING:
-        b.set(phase=Phase.PAUSED, pause_reason=PauseReason.INCONCLUSIVE)
+    elif result is an.AnalysisOutcome.INCONCLUSIVE and b.s.phase is RolloutPhase.PROGRESSING:
+        b.set(phase=RolloutPhase.PAUSED, pause_reason=PauseReason.INCONCLUSIVE)
         text = (
             f"revision {b.rev}: analysis has no answer after {state.inconclusives} runs without data; "
             "resume to keep measuring, promote to accept or abort to roll back"
@@ -813,7 +818,7 @@ def _analyse(b: _Step) -> None:
         b.event("pause:inconclusive-event", "Warning", "AnalysisInconclusive", text)
 
 
-def _gate_open(b: _Step) -> bool:
+def _gate_open(b: _RolloutStep) -> bool:
     """Whether analysis lets the current step move on: a pass measured at this step.
 
     The pass must also be the freshest evidence: when a run is due, its result is awaited
@@ -824,7 +829,7 @@ def _gate_open(b: _Step) -> bool:
         return True
     a, reached = b.s.analysis, b.s.step_reached_at
     return (
-        an.outcome(a, checks) is an.Outcome.PASSING
+        an.outcome(a, checks) is an.AnalysisOutcome.PASSING
         and reached is not None
         and a.last_run_at is not None
         and a.last_run_at >= reached
@@ -832,7 +837,7 @@ def _gate_open(b: _Step) -> bool:
     )
 
 
-def _request_analysis(b: _Step) -> None:
+def _request_analysis(b: _RolloutStep) -> None:
     checks = b.spec.checks
     if (
         checks.metrics
@@ -846,19 +851,19 @@ def _request_analysis(b: _Step) -> None:
 # --- strategies ------------------------------------------------------------------------------
 
 
-def _reach(b: _Step, reached: bool, message: str) -> None:
+def _reach(b: _RolloutStep, reached: bool, message: str) -> None:
     if reached and b.s.step_reached_at is None:
         b.set(step_reached_at=b.now)
         b.event(f"reached:{b.s.step}", "Normal", "StepReached", message)
 
 
-def _await_promotion(b: _Step, message: str) -> None:
-    b.set(phase=Phase.PAUSED, pause_reason=PauseReason.AWAITING_PROMOTION)
+def _await_promotion(b: _RolloutStep, message: str) -> None:
+    b.set(phase=RolloutPhase.PAUSED, pause_reason=PauseReason.AWAITING_PROMOTION)
     b.emit_once("pause:awaiting", Notify(NotifyKind.NEEDS_DECISION, message))
     b.event("pause:awaiting-event", "Normal", "AwaitingPromotion", message)
 
 
-def _canary_step(b: _Step) -> None:
+def _canary_step(b: _RolloutStep) -> None:
     """Hold the current step's weight in place, and move on when its pause and analysis allow."""
     if not _canary_track_free(b):
         return
@@ -888,7 +893,7 @@ def _canary_step(b: _Step) -> None:
     b.set(weight=current.weight)
     where = f"step {b.s.step + 1}/{len(steps)}"
     _reach(b, reached, f"revision {b.rev}: {where} at weight {current.weight}% ({wanted}/{total} replicas)")
-    if b.s.phase is not Phase.PROGRESSING or b.s.step_reached_at is None:
+    if b.s.phase is not RolloutPhase.PROGRESSING or b.s.step_reached_at is None:
         return
     if current.pause is None:
         _await_promotion(b, f"revision {b.rev} holds at {where} ({current.weight}%) until promoted")
@@ -896,7 +901,7 @@ def _canary_step(b: _Step) -> None:
         _advance(b)
 
 
-def _canary_track_free(b: _Step) -> bool:
+def _canary_track_free(b: _RolloutStep) -> bool:
     """Whether the canary track may take the current revision.
 
     After a restart it still runs the abandoned revision, possibly with its share of traffic;
@@ -914,14 +919,14 @@ def _canary_track_free(b: _Step) -> bool:
     return True
 
 
-def _carried(b: _Step, ready: int) -> int:
+def _carried(b: _RolloutStep, ready: int) -> int:
     """The largest weight up to the current step that ``ready`` canary pods were sized for."""
     steps = b.spec.steps[: b.s.step + 1]
     fits = [s.weight for s in steps if 0 < canary_replicas(b.obs.total, s.weight) <= ready]
     return max(fits, default=0)
 
 
-def _preview(b: _Step) -> None:
+def _preview(b: _RolloutStep) -> None:
     """Blue-green before promotion: stable serves, the preview comes up and is analysed."""
     total = b.obs.total
     b.ensure(Track.STABLE, b.stable, total)
@@ -934,7 +939,7 @@ def _preview(b: _Step) -> None:
     size = b.spec.blue_green.preview_replicas or total
     b.ensure(Track.CANARY, b.rev, size)
     _reach(b, b.ready(Track.CANARY, b.rev, size), f"preview of revision {b.rev} is ready ({size} replicas)")
-    if b.s.phase is not Phase.PROGRESSING or b.s.step_reached_at is None or not _gate_open(b):
+    if b.s.phase is not RolloutPhase.PROGRESSING or b.s.step_reached_at is None or not _gate_open(b):
         return
     if b.spec.blue_green.auto_promote:
         _begin_promotion(b)
@@ -942,7 +947,7 @@ def _preview(b: _Step) -> None:
         _await_promotion(b, f"preview of revision {b.rev} passed analysis and awaits promotion")
 
 
-def _promote(b: _Step) -> None:
+def _promote(b: _RolloutStep) -> None:
     if b.spec.strategy is Strategy.BLUE_GREEN:
         total, delay = b.obs.total, b.spec.blue_green.scale_down_delay
         if b.s.switched_at is None:
@@ -965,11 +970,11 @@ def _promote(b: _Step) -> None:
         _promoted(b)
 
 
-def _promoted(b: _Step) -> None:
+def _promoted(b: _RolloutStep) -> None:
     revision = b.rev
     b.forget("pause:")
     b.set(
-        phase=Phase.PROMOTED,
+        phase=RolloutPhase.PROMOTED,
         stable_revision=revision,
         weight=0,
         step_reached_at=None,
@@ -981,18 +986,18 @@ def _promoted(b: _Step) -> None:
     b.emit_once("notify:promoted", Notify(NotifyKind.PROMOTED, text))
 
 
-def _roll_back(b: _Step) -> None:
+def _roll_back(b: _RolloutStep) -> None:
     if not _settle(b, b.stable):
         return
     failed = b.s.cause is Cause.ANALYSIS_FAILED
-    b.set(phase=Phase.ROLLED_BACK if failed else Phase.ABORTED, weight=0, step_reached_at=None)
+    b.set(phase=RolloutPhase.ROLLED_BACK if failed else RolloutPhase.ABORTED, weight=0, step_reached_at=None)
     reason = "RolledBack" if failed else "Aborted"
     b.event(
         "rolled-back", "Warning" if failed else "Normal", reason, f"revision {b.stable} serves all traffic"
     )
 
 
-def _settle(b: _Step, revision: str) -> bool:
+def _settle(b: _RolloutStep, revision: str) -> bool:
     """Move all traffic onto ``revision`` on the stable track, in the only safe order.
 
     Stable is scaled to carry the full load first; only once it is ready does traffic leave
@@ -1021,7 +1026,7 @@ def _settle(b: _Step, revision: str) -> bool:
 # --- reporting -------------------------------------------------------------------------------
 
 
-def _achieved(b: _Step) -> int:
+def _achieved(b: _RolloutStep) -> int:
     obs = b.obs
     if b.spec.strategy is Strategy.BLUE_GREEN:
         on_new = b.s.revision not in (None, b.s.stable_revision) and obs.active_revision == b.s.revision
@@ -1034,7 +1039,7 @@ def _achieved(b: _Step) -> int:
     return round(100 * obs.canary.ready / serving) if serving else 0
 
 
-def _report(b: _Step) -> None:
+def _report(b: _RolloutStep) -> None:
     b.set(achieved_weight=_achieved(b))
 
 
@@ -1043,15 +1048,15 @@ def _condition(s: RolloutState) -> SetCondition:
         return SetCondition(CONDITION, "True", "PausedBySpec", "spec.rollout.paused is true")
     if s.phase in TERMINAL:
         message = {
-            Phase.PROMOTED: f"revision {s.stable_revision} is stable",
-            Phase.ROLLED_BACK: f"revision {s.revision} was rolled back: "
+            RolloutPhase.PROMOTED: f"revision {s.stable_revision} is stable",
+            RolloutPhase.ROLLED_BACK: f"revision {s.revision} was rolled back: "
             + (s.failure.message if s.failure else "analysis failed"),
-            Phase.ABORTED: f"revision {s.revision} was aborted; {s.stable_revision} serves",
+            RolloutPhase.ABORTED: f"revision {s.revision} was aborted; {s.stable_revision} serves",
         }[s.phase]
         return SetCondition(CONDITION, "False", s.phase.value, message)
-    if s.phase is Phase.PAUSED and s.pause_reason is not None:
+    if s.phase is RolloutPhase.PAUSED and s.pause_reason is not None:
         return SetCondition(CONDITION, "True", s.pause_reason.value, f"revision {s.revision} is paused")
-    if s.phase is Phase.ROLLING_BACK:
+    if s.phase is RolloutPhase.ROLLING_BACK:
         detail = s.failure.message if s.failure else (s.cause.value if s.cause else "")
         return SetCondition(CONDITION, "True", "RollingBack", f"rolling back {s.revision}: {detail}")
     weight = f", canary weight {s.achieved_weight}%" if s.weight else ""
@@ -1060,16 +1065,16 @@ def _condition(s: RolloutState) -> SetCondition:
 
 def status_phase(state: RolloutState) -> str | None:
     """The ``status.phase`` a rollout implies, or None to let the basic reconcile decide."""
-    if state.phase in TERMINAL or state.phase is Phase.INITIALIZING:
+    if state.phase in TERMINAL or state.phase is RolloutPhase.INITIALIZING:
         return None
-    if state.held or state.phase is Phase.PAUSED:
+    if state.held or state.phase is RolloutPhase.PAUSED:
         return "Paused"
-    return "RollingBack" if state.phase is Phase.ROLLING_BACK else "Progressing"
+    return "RollingBack" if state.phase is RolloutPhase.ROLLING_BACK else "Progressing"
 
 
 def canary_status(state: RolloutState, spec: RolloutSpec) -> dict[str, Any] | None:
     """``status.canary`` while a canary rollout is under way, else None."""
-    if spec.strategy is not Strategy.CANARY or state.phase not in (*LIVE, Phase.ROLLING_BACK):
+    if spec.strategy is not Strategy.CANARY or state.phase not in (*LIVE, RolloutPhase.ROLLING_BACK):
         return None
     phase = state.pause_reason.value if state.pause_reason else state.phase.value
     return {"weight": state.achieved_weight, "step": state.step, "phase": phase}

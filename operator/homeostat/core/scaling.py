@@ -30,7 +30,7 @@ FIELD = "spec.autoscaling"
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
-class Mode(enum.StrEnum):
+class ScalingMode(enum.StrEnum):
     OFF = "Off"
     REACTIVE = "Reactive"
     PREDICTIVE = "Predictive"
@@ -48,7 +48,7 @@ class SelectPolicy(enum.StrEnum):
     DISABLED = "Disabled"
 
 
-class Reason(enum.StrEnum):
+class ScalingReason(enum.StrEnum):
     """Why the decision is what it is; CamelCase so it can be a condition reason."""
 
     OFF = "AutoscalingOff"
@@ -102,7 +102,7 @@ class Behavior:
 
 @dataclasses.dataclass(frozen=True)
 class AutoscalingSpec:
-    mode: Mode = Mode.OFF
+    mode: ScalingMode = ScalingMode.OFF
     query: str = ""
     target_per_replica: float = 1.0
     forecast: fc.ForecastConfig = dataclasses.field(default_factory=fc.ForecastConfig)
@@ -170,10 +170,10 @@ def _rules(raw: Any, field: str, default: ScalingRules) -> ScalingRules:
 def parse(raw: Mapping[str, Any] | None) -> AutoscalingSpec:
     """Turn ``spec.autoscaling`` into an ``AutoscalingSpec`` or raise ``SpecError``."""
     auto = fields.mapping(raw, FIELD, optional=True)
-    mode = _enum(Mode, auto.get("mode", "Off"), f"{FIELD}.mode")
+    mode = _enum(ScalingMode, auto.get("mode", "Off"), f"{FIELD}.mode")
     metric = fields.mapping(auto.get("metric"), f"{FIELD}.metric", optional=True)
     query, target = "", 1.0
-    if mode is not Mode.OFF or metric:
+    if mode is not ScalingMode.OFF or metric:
         query = metric.get("query", "")
         if not isinstance(query, str) or not query:
             raise SpecError(f"{FIELD}.metric.query", f"is required when mode is {mode.value}")
@@ -291,7 +291,7 @@ class ForecastSummary:
 
     method: str
     horizon: float
-    mode: Mode
+    mode: ScalingMode
     predicted_peak: float | None = None
     predicted_peak_at: float | None = None
     mase: float | None = None
@@ -301,11 +301,11 @@ class ForecastSummary:
 
 
 @dataclasses.dataclass(frozen=True)
-class Decision:
+class ScalingDecision:
     desired: int  # the replica count to apply
     current: int
-    mode: Mode  # in effect: Reactive when a Predictive or Preview forecast was not used
-    reason: Reason
+    mode: ScalingMode  # in effect: Reactive when a Predictive or Preview forecast was not used
+    reason: ScalingReason
     message: str = ""
     reactive: int | None = None
     predictive: int | None = None
@@ -339,32 +339,32 @@ def decide(
     forecast: fc.Forecast | None,
     state: ScalingState,
     now: float,
-) -> tuple[Decision, ScalingState]:
+) -> tuple[ScalingDecision, ScalingState]:
     """The replica count to apply now and the state to persist for the next call."""
     low, high = bounds.min, bounds.max
-    if spec.mode is Mode.OFF:
-        return Decision(current, current, Mode.OFF, Reason.OFF), state
+    if spec.mode is ScalingMode.OFF:
+        return ScalingDecision(current, current, ScalingMode.OFF, ScalingReason.OFF), state
     if current > high or current < low:
         desired = min(high, max(low, current))
         message = f"{current} replicas outside [{low}, {high}]"
-        if spec.mode is Mode.PREVIEW:
+        if spec.mode is ScalingMode.PREVIEW:
             message = f"{message}; Preview would set {desired}, nothing applied"
-            return Decision(
-                current, current, spec.mode, Reason.OUT_OF_BOUNDS, message, preview=desired
+            return ScalingDecision(
+                current, current, spec.mode, ScalingReason.OUT_OF_BOUNDS, message, preview=desired
             ), state
-        return Decision(desired, current, spec.mode, Reason.OUT_OF_BOUNDS, message), _record_event(
-            state, now, desired - current, spec.behavior
-        )
+        return ScalingDecision(
+            desired, current, spec.mode, ScalingReason.OUT_OF_BOUNDS, message
+        ), _record_event(state, now, desired - current, spec.behavior)
     if metric is None or not math.isfinite(metric) or metric < 0:
         message = f"holding {current} replicas: the load metric is unavailable ({metric!r})"
-        return Decision(current, current, spec.mode, Reason.METRIC_UNAVAILABLE, message), state
+        return ScalingDecision(current, current, spec.mode, ScalingReason.METRIC_UNAVAILABLE, message), state
 
     reactive = reactive_replicas(current, metric, spec.target_per_replica, spec.tolerance)
     predictive: int | None = None
-    fallback: Reason | None = None
+    fallback: ScalingReason | None = None
     detail = ""
     peak: tuple[float, float] | None = None
-    wants_forecast = spec.mode in (Mode.PREDICTIVE, Mode.PREVIEW)
+    wants_forecast = spec.mode in (ScalingMode.PREDICTIVE, ScalingMode.PREVIEW)
     if wants_forecast:
         fallback, detail = _untrusted(spec, forecast)
         if fallback is None and forecast is not None:
@@ -379,23 +379,27 @@ def decide(
 
     # Preview computes exactly what Predictive would apply (falling back to reactive the same
     # way) and applies nothing: people switch it on to watch a forecast before trusting it.
-    acting = reactive if spec.mode is Mode.REACTIVE else combined
+    acting = reactive if spec.mode is ScalingMode.REACTIVE else combined
     desired, limit = _normalize(
         spec.behavior, state, current=current, wanted=acting, low=low, high=high, now=now
     )
     preview = None
-    if spec.mode is Mode.PREVIEW:
+    if spec.mode is ScalingMode.PREVIEW:
         preview, desired = desired, current
 
-    if spec.mode is Mode.PREVIEW:
-        mode, reason = Mode.PREVIEW, fallback or Reason.PREVIEW
+    if spec.mode is ScalingMode.PREVIEW:
+        mode, reason = ScalingMode.PREVIEW, fallback or ScalingReason.PREVIEW
     elif fallback is not None:
-        mode, reason = Mode.REACTIVE, fallback
-    elif spec.mode is Mode.PREDICTIVE:
-        mode = Mode.PREDICTIVE
-        reason = Reason.PREDICTIVE if predictive is not None and combined != reactive else Reason.REACTIVE
+        mode, reason = ScalingMode.REACTIVE, fallback
+    elif spec.mode is ScalingMode.PREDICTIVE:
+        mode = ScalingMode.PREDICTIVE
+        reason = (
+            ScalingReason.PREDICTIVE
+            if predictive is not None and combined != reactive
+            else ScalingReason.REACTIVE
+        )
     else:
-        mode, reason = Mode.REACTIVE, Reason.REACTIVE
+        mode, reason = ScalingMode.REACTIVE, ScalingReason.REACTIVE
     message = _message(
         metric,
         spec,
@@ -414,7 +418,7 @@ def decide(
     # those Predictive would have), and no scale event is recorded since none happened.
     new_state = _record_recommendation(state, now, acting, spec.behavior)
     new_state = _record_event(new_state, now, desired - current, spec.behavior)
-    decision = Decision(
+    decision = ScalingDecision(
         desired=desired,
         current=current,
         mode=mode,
@@ -430,25 +434,28 @@ def decide(
     return decision, new_state
 
 
-def _untrusted(spec: AutoscalingSpec, forecast: fc.Forecast | None) -> tuple[Reason | None, str]:
+def _untrusted(spec: AutoscalingSpec, forecast: fc.Forecast | None) -> tuple[ScalingReason | None, str]:
     if forecast is None or not forecast.available:
         why = "no forecast" if forecast is None else f"{forecast.fallback}: {forecast.message}"
-        return Reason.FORECAST_MISSING, why
+        return ScalingReason.FORECAST_MISSING, why
     if forecast.fallback is fc.Fallback.TOO_SHORT:
-        return Reason.HISTORY_TOO_SHORT, forecast.message
+        return ScalingReason.HISTORY_TOO_SHORT, forecast.message
     if forecast.method is fc.Method.NAIVE:
         # A naive forecast repeats the current load, which the reactive part already follows.
-        return Reason.FORECAST_UNRELIABLE, f"{forecast.fallback}: {forecast.message}"
+        return ScalingReason.FORECAST_UNRELIABLE, f"{forecast.fallback}: {forecast.message}"
     accurate = forecast.smape is not None and forecast.smape <= spec.max_smape
     if accurate:
         return None, ""
     if forecast.mase is None:
-        return Reason.FORECAST_UNRELIABLE, "no backtest yet"
+        return ScalingReason.FORECAST_UNRELIABLE, "no backtest yet"
     if forecast.mase > spec.max_mase:
         smape = (
             "" if forecast.smape is None else f" and sMAPE {forecast.smape:.1f}% above {spec.max_smape:g}%"
         )
-        return Reason.FORECAST_UNRELIABLE, f"backtest MASE {forecast.mase:.2f} above {spec.max_mase:g}{smape}"
+        return (
+            ScalingReason.FORECAST_UNRELIABLE,
+            f"backtest MASE {forecast.mase:.2f} above {spec.max_mase:g}{smape}",
+        )
     return None, ""
 
 
@@ -559,9 +566,9 @@ def _summary(
     spec: AutoscalingSpec,
     forecast: fc.Forecast | None,
     *,
-    mode: Mode,
+    mode: ScalingMode,
     peak: tuple[float, float] | None,
-    fallback: Reason | None,
+    fallback: ScalingReason | None,
     detail: str,
 ) -> ForecastSummary:
     fell_back = f"{fallback.value}: {detail}" if fallback is not None else None
@@ -606,7 +613,7 @@ def summary_status(summary: ForecastSummary) -> dict[str, Any]:
 
 
 def evaluation_status(
-    decision: Decision,
+    decision: ScalingDecision,
     state: ScalingState,
     *,
     current: int,

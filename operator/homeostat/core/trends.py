@@ -66,7 +66,7 @@ class Resource(enum.StrEnum):
 NODE_RESOURCES = frozenset({Resource.DISK, Resource.RISK})
 
 
-class NodeAction(enum.StrEnum):
+class PredictedNodeAction(enum.StrEnum):
     """``spec.healing.predictiveMaintenance.action``: what a predicted node failure asks for."""
 
     CORDON = "Cordon"
@@ -76,9 +76,9 @@ class NodeAction(enum.StrEnum):
 
 # The remediation request's action (a ``policy.Action`` value; Notify has none and only reports).
 NODE_REQUEST_ACTIONS = {
-    NodeAction.CORDON: "CordonNode",
-    NodeAction.DRAIN: "DrainNode",
-    NodeAction.NOTIFY: "Notify",
+    PredictedNodeAction.CORDON: "CordonNode",
+    PredictedNodeAction.DRAIN: "DrainNode",
+    PredictedNodeAction.NOTIFY: "Notify",
 }
 RESTART_ACTION = mt.ACTION
 
@@ -96,7 +96,7 @@ class TrendSpec:
     window: float = 3600.0
     interval: float = 60.0
     min_points: int = 6
-    node_action: NodeAction = NodeAction.NOTIFY
+    node_action: PredictedNodeAction = PredictedNodeAction.NOTIFY
 
     @property
     def field(self) -> str:
@@ -159,12 +159,12 @@ def _parse(healing: Mapping[str, Any] | None, defaults: TrendSpec) -> TrendSpec:
     )
 
 
-def _node_action(block: Mapping[str, Any]) -> NodeAction:
-    action = block.get("action", NodeAction.NOTIFY.value)
+def _node_action(block: Mapping[str, Any]) -> PredictedNodeAction:
+    action = block.get("action", PredictedNodeAction.NOTIFY.value)
     try:
-        return NodeAction(action)
+        return PredictedNodeAction(action)
     except ValueError:
-        choices = ", ".join(a.value for a in NodeAction)
+        choices = ", ".join(a.value for a in PredictedNodeAction)
         raise SpecError(f"{RISK_FIELD}.action", f"must be one of {choices}") from None
 
 
@@ -204,10 +204,10 @@ def parse_risk(healing: Mapping[str, Any] | None) -> TrendSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
+class TrendFinding:
     resource: Resource
     subject: str  # the pod (restarts) or the node (disk)
-    verdict: mt.Verdict
+    verdict: mt.MemoryVerdict
     limit: float
     value: float | None = None  # the trend's level now
     slope: float | None = None  # per second
@@ -218,7 +218,7 @@ class Finding:
 
     @property
     def urgent(self) -> bool:
-        return self.verdict is mt.Verdict.EXHAUSTION_PREDICTED
+        return self.verdict is mt.MemoryVerdict.EXHAUSTION_PREDICTED
 
     def to_dict(self) -> dict[str, Any]:
         subject = "pod" if self.resource is Resource.RESTARTS else "node"
@@ -282,7 +282,9 @@ def _stale(t: Any, spec: TrendSpec, now: float) -> bool:
     return bool(now - t[-1] > max(3 * spacing, spec.interval * 2))
 
 
-def _extrapolate(base: Finding, t: Any, v: Any, spec: TrendSpec, now: float, *, gauge: bool) -> Finding:
+def _extrapolate(
+    base: TrendFinding, t: Any, v: Any, spec: TrendSpec, now: float, *, gauge: bool
+) -> TrendFinding:
     fitted = mt.theil_sen(t, v)
     if fitted is None:
         return base
@@ -290,17 +292,21 @@ def _extrapolate(base: Finding, t: Any, v: Any, spec: TrendSpec, now: float, *, 
     level += slope * (now - t[-1])
     found = dataclasses.replace(base, value=level, slope=slope)
     if slope <= 0 or (gauge and rising < _MIN_AGREEMENT):
-        return dataclasses.replace(found, verdict=mt.Verdict.STABLE)
+        return dataclasses.replace(found, verdict=mt.MemoryVerdict.STABLE)
     seconds = max(0.0, (spec.limit - level) / slope)
-    verdict = mt.Verdict.EXHAUSTION_PREDICTED if seconds <= spec.lead_time else mt.Verdict.GROWING
+    verdict = mt.MemoryVerdict.EXHAUSTION_PREDICTED if seconds <= spec.lead_time else mt.MemoryVerdict.GROWING
     return dataclasses.replace(found, verdict=verdict, seconds_to_limit=seconds, exhausted_at=now + seconds)
 
 
-def assess(subject: str, points: Sequence[tuple[float, float]], spec: TrendSpec, *, now: float) -> Finding:
+def assess(
+    subject: str, points: Sequence[tuple[float, float]], spec: TrendSpec, *, now: float
+) -> TrendFinding:
     """One pod's (restarts) or node's (disk) verdict from its ``(unix seconds, value)`` samples.
     Never raises on bad data."""
     t, v = _clean(points, spec, now)
-    base = Finding(spec.resource, subject, mt.Verdict.INSUFFICIENT_DATA, spec.limit, points=int(t.size))
+    base = TrendFinding(
+        spec.resource, subject, mt.MemoryVerdict.INSUFFICIENT_DATA, spec.limit, points=int(t.size)
+    )
     if t.size == 0:
         return base
     if spec.resource is Resource.RESTARTS:
@@ -316,38 +322,38 @@ def assess(subject: str, points: Sequence[tuple[float, float]], spec: TrendSpec,
         return base
     if increments < _MIN_INCREMENTS:
         # A flat counter, or one restart: nothing to extrapolate.
-        return dataclasses.replace(base, verdict=mt.Verdict.STABLE, slope=0.0)
+        return dataclasses.replace(base, verdict=mt.MemoryVerdict.STABLE, slope=0.0)
     return _extrapolate(base, t, v, spec, now, gauge=spec.resource is Resource.DISK)
 
 
 _ORDER = {
-    mt.Verdict.EXHAUSTION_PREDICTED: 0,
-    mt.Verdict.GROWING: 1,
-    mt.Verdict.NO_LIMIT: 2,
-    mt.Verdict.INSUFFICIENT_DATA: 3,
-    mt.Verdict.STABLE: 4,
+    mt.MemoryVerdict.EXHAUSTION_PREDICTED: 0,
+    mt.MemoryVerdict.GROWING: 1,
+    mt.MemoryVerdict.NO_LIMIT: 2,
+    mt.MemoryVerdict.INSUFFICIENT_DATA: 3,
+    mt.MemoryVerdict.STABLE: 4,
 }
 
 
 def assess_all(
     series: Sequence[tuple[str, Sequence[tuple[float, float]]]], spec: TrendSpec, *, now: float
-) -> tuple[Finding, ...]:
+) -> tuple[TrendFinding, ...]:
     """Every subject's finding, the most urgent first (soonest limit, then growth, then name)."""
     findings = [assess(subject, points, spec, now=now) for subject, points in series if subject]
     findings.sort(key=lambda f: (_ORDER[f.verdict], f.seconds_to_limit or math.inf, f.subject))
     return tuple(findings)
 
 
-def report(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+def report(findings: Sequence[TrendFinding]) -> list[dict[str, Any]]:
     """The findings worth a line in status: anything not stable, most urgent first, bounded."""
-    return [f.to_dict() for f in findings if f.verdict is not mt.Verdict.STABLE][:_MAX_FINDINGS]
+    return [f.to_dict() for f in findings if f.verdict is not mt.MemoryVerdict.STABLE][:_MAX_FINDINGS]
 
 
 # --- remediation requests --------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
+class TrendRequest:
     """A remediation request for the healing loop; ``key`` is stable per subject and resource."""
 
     resource: Resource
@@ -383,7 +389,7 @@ def action_for(spec: TrendSpec) -> str:
     return RESTART_ACTION
 
 
-def describe(finding: Finding) -> str:
+def describe(finding: TrendFinding) -> str:
     """One line for an Event and a request: the subject, the level, the rate and the time left."""
     left = "" if finding.seconds_to_limit is None else _seconds(finding.seconds_to_limit)
     if finding.resource is Resource.RESTARTS:
@@ -398,8 +404,8 @@ def describe(finding: Finding) -> str:
 
 
 def requests(
-    findings: Sequence[Finding], previous: Mapping[str, float], spec: TrendSpec, *, now: float
-) -> tuple[tuple[Request, ...], tuple[Request, ...]]:
+    findings: Sequence[TrendFinding], previous: Mapping[str, float], spec: TrendSpec, *, now: float
+) -> tuple[tuple[TrendRequest, ...], tuple[TrendRequest, ...]]:
     """The requests to record (one per subject predicted to reach the limit within the lead
     time) and the ones that are new, which deserve an Event. ``previous`` maps recorded keys to
     the time they were first requested, which is kept. Level-based, like the memory check."""
@@ -408,7 +414,7 @@ def requests(
         if not f.urgent:
             continue
         exhausted = f.exhausted_at if f.exhausted_at is not None else now
-        request = Request(f.resource, f.subject, action_for(spec), now, exhausted, describe(f))
+        request = TrendRequest(f.resource, f.subject, action_for(spec), now, exhausted, describe(f))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
 
@@ -477,7 +483,7 @@ def describe_risk(reading: RiskReading, query: str) -> str:
 
 def risk_requests(
     readings: Sequence[RiskReading], previous: Mapping[str, float], spec: TrendSpec, query: str, *, now: float
-) -> tuple[tuple[Request, ...], tuple[Request, ...]]:
+) -> tuple[tuple[TrendRequest, ...], tuple[TrendRequest, ...]]:
     """One request per node at or above the threshold, and the new ones (for an Event);
     ``previous`` as in ``requests``. A node whose risk fell, or is unknown, has none: the
     request is cleared rather than kept on an old reading. ``query`` is the rendered query."""
@@ -485,7 +491,7 @@ def risk_requests(
     for r in readings:
         if r.verdict is not RiskVerdict.AT_RISK:
             continue
-        request = Request(Resource.RISK, r.node, action_for(spec), now, None, describe_risk(r, query))
+        request = TrendRequest(Resource.RISK, r.node, action_for(spec), now, None, describe_risk(r, query))
         wanted.append(dataclasses.replace(request, requested_at=previous.get(request.key, now)))
     return tuple(wanted), tuple(r for r in wanted if r.key not in previous)
 

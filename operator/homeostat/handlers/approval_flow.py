@@ -74,14 +74,15 @@ def service_event(runtime: rt.Runtime, body: Mapping[str, Any], type: str, reaso
 # --- transactions ------------------------------------------------------------------------------
 
 Decider = Callable[
-    [appr.Request, appr.State, Mapping[str, Any]], tuple[Mapping[str, Any] | None, list[appr.Result]]
+    [appr.ApprovalRequest, appr.State, Mapping[str, Any]],
+    tuple[Mapping[str, Any] | None, list[appr.DecisionResult]],
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Transacted:
     body: Mapping[str, Any] | None  # the Approval after the write (or as read, if nothing changed)
-    results: list[appr.Result]
+    results: list[appr.DecisionResult]
     written: bool
 
 
@@ -126,10 +127,10 @@ def _state_patch(state: appr.State) -> dict[str, Any]:
     return stored
 
 
-def decide_click(runtime: rt.Runtime, identity: appr.Identity, verdict: appr.Verdict) -> Decider:
+def decide_click(runtime: rt.Runtime, identity: appr.Identity, verdict: appr.Vote) -> Decider:
     def decider(
-        request: appr.Request, state: appr.State, status: Mapping[str, Any]
-    ) -> tuple[Mapping[str, Any] | None, list[appr.Result]]:
+        request: appr.ApprovalRequest, state: appr.State, status: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any] | None, list[appr.DecisionResult]]:
         result = appr.decide(request, state, identity, verdict, runtime.clock())
         patch = _state_patch(result.state) if result.state != state or not status.get("phase") else None
         return patch, [result]
@@ -141,19 +142,19 @@ def decide_votes(runtime: rt.Runtime) -> Decider:
     """Judge the kubectl votes waiting in status.votes, oldest first, and clear them."""
 
     def decider(
-        request: appr.Request, state: appr.State, status: Mapping[str, Any]
-    ) -> tuple[Mapping[str, Any] | None, list[appr.Result]]:
+        request: appr.ApprovalRequest, state: appr.State, status: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any] | None, list[appr.DecisionResult]]:
         votes = list(status.get("votes") or ())
         if not votes:
             return None, []
-        results: list[appr.Result] = []
+        results: list[appr.DecisionResult] = []
         rejections = list(status.get("rejections") or ())
         for vote in votes:
             identity = appr.Identity(
                 appr.Channel.KUBECTL, str(vote.get("user") or ""), tuple(vote.get("groups") or ())
             )
             try:
-                verdict = appr.Verdict(vote.get("verdict"))
+                verdict = appr.Vote(vote.get("verdict"))
             except ValueError:
                 continue
             result = appr.with_vote(
@@ -179,12 +180,12 @@ def decide_votes(runtime: rt.Runtime) -> Decider:
 
 def expire_due(runtime: rt.Runtime) -> Decider:
     def decider(
-        request: appr.Request, state: appr.State, status: Mapping[str, Any]
-    ) -> tuple[Mapping[str, Any] | None, list[appr.Result]]:
+        request: appr.ApprovalRequest, state: appr.State, status: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any] | None, list[appr.DecisionResult]]:
         new = appr.expire(request, state, runtime.clock())
         if new == state:
             return None, []
-        return _state_patch(new), [appr.Result(new, appr.Outcome.ACCEPTED, None, new.reason)]
+        return _state_patch(new), [appr.DecisionResult(new, appr.DecisionOutcome.ACCEPTED, None, new.reason)]
 
     return decider
 
@@ -193,8 +194,8 @@ def open_pending() -> Decider:
     """Record Pending on a new request, so `kubectl get approvals` shows it at once."""
 
     def decider(
-        request: appr.Request, state: appr.State, status: Mapping[str, Any]
-    ) -> tuple[Mapping[str, Any] | None, list[appr.Result]]:
+        request: appr.ApprovalRequest, state: appr.State, status: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any] | None, list[appr.DecisionResult]]:
         if status.get("phase"):
             return None, []
         return _state_patch(state), []
@@ -206,7 +207,7 @@ def report(
     runtime: rt.Runtime,
     body: Mapping[str, Any],
     ref: appr.Ref,
-    results: list[appr.Result],
+    results: list[appr.DecisionResult],
     *,
     identity: str,
     channel: str,
@@ -215,11 +216,15 @@ def report(
     """Audit every accepted or refused decision: a log line always, an Event for accepted ones."""
     for result in results:
         state = result.state
-        last = state.decisions[-1] if state.decisions and result.outcome is appr.Outcome.ACCEPTED else None
+        last = (
+            state.decisions[-1]
+            if state.decisions and result.outcome is appr.DecisionOutcome.ACCEPTED
+            else None
+        )
         verdict = last.verdict.value if last else ""
         who = str(last.identity) if last else identity
         audit(
-            "decision" if result.outcome is appr.Outcome.ACCEPTED else "decision-refused",
+            "decision" if result.outcome is appr.DecisionOutcome.ACCEPTED else "decision-refused",
             ref,
             who=who,
             channel=channel,
@@ -228,17 +233,21 @@ def report(
             rejection=result.rejection.value if result.rejection else None,
             message=result.message,
         )
-        if result.outcome is appr.Outcome.ACCEPTED:
+        if result.outcome is appr.DecisionOutcome.ACCEPTED:
             reason = {
-                appr.Phase.APPROVED: "ApprovalGranted",
-                appr.Phase.DENIED: "ApprovalDenied",
-                appr.Phase.EXPIRED: "ApprovalExpired",
-                appr.Phase.PENDING: "ApprovalVoted",
+                appr.ApprovalPhase.APPROVED: "ApprovalGranted",
+                appr.ApprovalPhase.DENIED: "ApprovalDenied",
+                appr.ApprovalPhase.EXPIRED: "ApprovalExpired",
+                appr.ApprovalPhase.PENDING: "ApprovalVoted",
             }[state.phase]
-            kind = "Warning" if state.phase in (appr.Phase.DENIED, appr.Phase.EXPIRED) else "Normal"
+            kind = (
+                "Warning"
+                if state.phase in (appr.ApprovalPhase.DENIED, appr.ApprovalPhase.EXPIRED)
+                else "Normal"
+            )
             service_event(runtime, body, kind, reason, f"{ref.name}: {result.message}")
             runtime.telemetry.approval(
-                state.phase.value if state.phase is not appr.Phase.PENDING else "Voted"
+                state.phase.value if state.phase is not appr.ApprovalPhase.PENDING else "Voted"
             )
         else:
             runtime.telemetry.approval("Refused")
@@ -298,7 +307,7 @@ async def _show(
     messenger: ports.ApprovalMessenger,
     ref: appr.Ref,
     body: Mapping[str, Any],
-    request: appr.Request,
+    request: appr.ApprovalRequest,
 ) -> None:
     """Make the Slack message show the request as it stands: post it if there is none yet,
     update it if what it shows is behind, and record which in the Approval's status."""
@@ -330,7 +339,7 @@ async def _post_once(
     runtime: rt.Runtime,
     messenger: ports.ApprovalMessenger,
     ref: appr.Ref,
-    request: appr.Request,
+    request: appr.ApprovalRequest,
     *,
     state: appr.State,
     stored: Mapping[str, Any],
@@ -408,7 +417,7 @@ async def apply_click(runtime: rt.Runtime, click: ports.Click) -> None:
         written=done.written,
     )
     for result in done.results:
-        if result.outcome is appr.Outcome.REJECTED:
+        if result.outcome is appr.DecisionOutcome.REJECTED:
             await _reply(runtime, click, result.message)
     if done.written:
         await sync_slack(runtime, click.ref)

@@ -133,12 +133,16 @@ async def _clock(runtime: rt.Runtime) -> None:
                 continue
             body = values[-1]
             ref = appr.Ref(*key)
-            phase = (body.get("status") or {}).get("phase") or appr.Phase.PENDING.value
+            phase = (body.get("status") or {}).get("phase") or appr.ApprovalPhase.PENDING.value
             try:
                 expires = fields.parse_rfc3339((body.get("spec") or {}).get("expiresAt"), "spec.expiresAt")
             except ValueError:
                 continue
-            if phase == appr.Phase.PENDING.value and now >= expires and key not in runtime.approvals.expiring:
+            if (
+                phase == appr.ApprovalPhase.PENDING.value
+                and now >= expires
+                and key not in runtime.approvals.expiring
+            ):
                 runtime.approvals.expiring.add(key)
                 runtime.submit(_expire_job(runtime, ref))
         for key, at in list(runtime.approvals.retry_at.items()):

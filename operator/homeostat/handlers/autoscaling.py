@@ -97,8 +97,8 @@ async def autoscale(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mappi
         invalid = _condition("False", "InvalidSpec", f"{exc.field}: {exc}", generation)
         await runtime.write_status(body, {}, [invalid])
         return
-    if auto.mode is sc.Mode.OFF:
-        off = _condition("False", sc.Reason.OFF.value, "spec.autoscaling.mode is Off", generation)
+    if auto.mode is sc.ScalingMode.OFF:
+        off = _condition("False", sc.ScalingReason.OFF.value, "spec.autoscaling.mode is Off", generation)
         await runtime.write_status(body, {"forecast": None, "autoscaling": None}, [off])
         return
 
@@ -118,7 +118,7 @@ async def autoscale(runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mappi
     )
     condition = _decision_condition(decision, why, generation)
     applied = False
-    if decision.changed and auto.mode is not sc.Mode.PREVIEW:
+    if decision.changed and auto.mode is not sc.ScalingMode.PREVIEW:
         # Write-ahead, as in healing: the scaling record the rate policies and stabilisation
         # window read is stored before the count changes, so a crash in between can only make
         # the next change wait, never let it come early.
@@ -155,14 +155,14 @@ async def _evaluate(
     saved: Mapping[str, Any],
     state: sc.ScalingState,
     now: float,
-) -> tuple[sc.Decision, sc.ScalingState, fc.ModelState | None, float | None, str]:
+) -> tuple[sc.ScalingDecision, sc.ScalingState, fc.ModelState | None, float | None, str]:
     """Read the metric (and, for a forecast, its history), then let the core decide."""
     meta = body["metadata"]
     query = fields.render_query(auto.query, namespace=meta["namespace"], service=meta["name"])
     metric, why = await _metric(runtime.metrics, query)
     model = fc.ModelState.from_dict(saved.get("model"))
     forecast: fc.Forecast | None = None
-    if metric is not None and auto.mode in (sc.Mode.PREDICTIVE, sc.Mode.PREVIEW):
+    if metric is not None and auto.mode in (sc.ScalingMode.PREDICTIVE, sc.ScalingMode.PREVIEW):
         forecast, model = await _forecast(runtime, query=query, auto=auto, model=model, now=now)
     decision, new_state = sc.decide(
         auto,
@@ -177,7 +177,7 @@ async def _evaluate(
 
 
 async def _apply(
-    runtime: rt.Runtime, body: Mapping[str, Any], decision: sc.Decision
+    runtime: rt.Runtime, body: Mapping[str, Any], decision: sc.ScalingDecision
 ) -> tuple[str, str] | None:
     """Write the count through the scale subresource; the reason and message if that failed."""
     try:
@@ -191,7 +191,7 @@ async def _apply(
 def _announce(
     runtime: rt.Runtime,
     body: Mapping[str, Any],
-    decision: sc.Decision,
+    decision: sc.ScalingDecision,
     condition: Mapping[str, Any],
     *,
     before: Mapping[str, Any],
@@ -210,9 +210,9 @@ def _announce(
     if condition["status"] == "False":
         runtime.event(body, "Warning", condition["reason"], condition["message"])
     elif decision.reason in (
-        sc.Reason.FORECAST_UNRELIABLE,
-        sc.Reason.FORECAST_MISSING,
-        sc.Reason.HISTORY_TOO_SHORT,
+        sc.ScalingReason.FORECAST_UNRELIABLE,
+        sc.ScalingReason.FORECAST_MISSING,
+        sc.ScalingReason.HISTORY_TOO_SHORT,
     ):
         runtime.event(body, "Normal", decision.reason.value, condition["message"])
 
@@ -257,8 +257,8 @@ async def _forecast(
         return None, model
 
 
-def _decision_condition(decision: sc.Decision, why: str, generation: int) -> dict[str, Any]:
-    if decision.reason is sc.Reason.METRIC_UNAVAILABLE:
+def _decision_condition(decision: sc.ScalingDecision, why: str, generation: int) -> dict[str, Any]:
+    if decision.reason is sc.ScalingReason.METRIC_UNAVAILABLE:
         message = f"holding {decision.current} replicas: {why or decision.message}"
         return _condition("False", decision.reason.value, message, generation)
     return _condition("True", decision.reason.value, decision.message, generation)

@@ -44,10 +44,10 @@ REQUESTER = pol.REQUESTER
 logger = logging.getLogger("homeostat.healing")
 
 _APPROVAL_VERDICTS = {
-    appr.Phase.PENDING: pol.ApprovalVerdict.PENDING,
-    appr.Phase.APPROVED: pol.ApprovalVerdict.APPROVED,
-    appr.Phase.DENIED: pol.ApprovalVerdict.DENIED,
-    appr.Phase.EXPIRED: pol.ApprovalVerdict.EXPIRED,
+    appr.ApprovalPhase.PENDING: pol.ApprovalVerdict.PENDING,
+    appr.ApprovalPhase.APPROVED: pol.ApprovalVerdict.APPROVED,
+    appr.ApprovalPhase.DENIED: pol.ApprovalVerdict.DENIED,
+    appr.ApprovalPhase.EXPIRED: pol.ApprovalVerdict.EXPIRED,
 }
 
 
@@ -223,7 +223,7 @@ async def _heal(
     others = tuple(r for other, history in loop.histories.items() if other != uid for r in history)
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
     state, effects = rem.step(
-        _state(runtime, body), rem.Context(view, policy, others, cluster, approvals, now)
+        _state(runtime, body), rem.PassContext(view, policy, others, cluster, approvals, now)
     )
     await _write_ahead(runtime, body, state, effects)
     # Remembered before the effects run: if one of them fails unexpectedly, the next pass must
@@ -516,7 +516,7 @@ async def _ask(runtime: rt.Runtime, body: Mapping[str, Any], effect: rem.AskAppr
     first = key not in loop.tickets
     loop.tickets[key] = ticket
     deciders: frozenset[str] = frozenset()
-    if ticket.phase is appr.Phase.APPROVED:
+    if ticket.phase is appr.ApprovalPhase.APPROVED:
         # Belt and braces: the gate enforced the quorum; the policy checks the recorded deciders
         # again before anything runs.
         try:
@@ -527,7 +527,7 @@ async def _ask(runtime: rt.Runtime, body: Mapping[str, Any], effect: rem.AskAppr
             loop.approvals.setdefault(key, pol.ApprovalState(pol.ApprovalVerdict.PENDING))
             return
         decided = appr.State.from_storage((stored or {}).get("status"))
-        deciders = frozenset(str(d.identity) for d in decided.decisions if d.verdict is appr.Verdict.APPROVE)
+        deciders = frozenset(str(d.identity) for d in decided.decisions if d.verdict is appr.Vote.APPROVE)
     verdict = _APPROVAL_VERDICTS[ticket.phase]
     loop.approvals[key] = pol.ApprovalState(verdict, deciders, REQUESTER, effect.occurrence)
     if first:
@@ -562,7 +562,7 @@ async def _record_resumed(
     action = effect.action.value
     try:
         ticket = await runtime.gate.find(namespace, action, target, effect.cause.value, effect.occurrence)
-        if ticket is not None and ticket.phase is appr.Phase.APPROVED:
+        if ticket is not None and ticket.phase is appr.ApprovalPhase.APPROVED:
             message = f"resumed after an operator restart: {done}"
             await runtime.gate.record_outcome(ticket, appr.ActionResult.SUCCEEDED, message)
     except (ports.Unavailable, ports.Rejected) as exc:

@@ -119,7 +119,7 @@ async def _interaction(
     if preview.rejection is appr.Rejection.NOT_ALLOWED and asked.approvers.slack_groups:
         # Group membership is read from Slack in the worker, which replies if it is missing.
         return _ephemeral(f"Checking your approver groups for {click.ref.name}…")
-    if preview.outcome is appr.Outcome.REJECTED:
+    if preview.outcome is appr.DecisionOutcome.REJECTED:
         return _ephemeral(preview.message)
     return _ephemeral(f"Recording your {click.verdict.value} for {click.ref.name}…")
 

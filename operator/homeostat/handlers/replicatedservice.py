@@ -127,7 +127,7 @@ async def reconcile(
         async with runtime.reconcile.locks[(owner.namespace, owner.name)]:
             await _reconcile_locked(owner, body, runtime, indexes, logger, verify=verify)
         phase = (runtime.reported.get(owner.uid) or {}).get("phase")
-        outcome = "invalid" if phase == rec.Phase.INVALID_SPEC.value else "ok"
+        outcome = "invalid" if phase == rec.ServicePhase.INVALID_SPEC.value else "ok"
     finally:
         runtime.telemetry.reconciled(owner.namespace, owner.name, time.monotonic() - started, outcome)
         runtime.telemetry.pending("rollout_wakeups", len(runtime.reconcile.wakeups))
@@ -207,7 +207,7 @@ def _report(
     owner: kids.Owner,
     body: Mapping[str, Any],
     planned: _Planned,
-    outcome: rec.Outcome,
+    outcome: rec.ApplyOutcome,
     *,
     observed: Mapping[kids.ChildRef, Mapping[str, Any] | None],
     previous: Mapping[str, Any],
@@ -269,13 +269,13 @@ async def _plan(
         return _Planned(exc)
     applies = rec.plan(owner, rolling.spec, observed)
     if rolling.keep_revision is not None:
-        applies = (*applies, rec.Apply(rolling.keep_revision, rec.Reason.CREATED))
+        applies = (*applies, rec.Apply(rolling.keep_revision, rec.ApplyReason.CREATED))
     return _Planned(rolling.spec, applies, rec.stale_children(owner, rolling.spec, observed), rolling=rolling)
 
 
 async def _execute(
     runtime: rt.Runtime, applies: Sequence[rec.Apply], deletes: Sequence[kids.ChildRef], logger: Any
-) -> rec.Outcome:
+) -> rec.ApplyOutcome:
     applied: dict[kids.ChildRef, Mapping[str, Any]] = {}
     errors: dict[kids.ChildRef, str] = {}
     rejected: dict[kids.ChildRef, str] = {}
@@ -292,14 +292,14 @@ async def _execute(
     if errors or rejected:
         # Actions are ordered (capacity before traffic, traffic before deletion): after a
         # failure the rest waits for the next reconcile, which re-plans from what exists.
-        return rec.Outcome(applied, errors, rejected)
+        return rec.ApplyOutcome(applied, errors, rejected)
     for ref in deletes:
         try:
             await runtime.workloads.delete(ref)
             logger.info(f"deleted {ref}: no longer wanted")
         except ports.Unavailable as exc:
             errors[ref] = str(exc)
-    return rec.Outcome(applied, errors, rejected)
+    return rec.ApplyOutcome(applied, errors, rejected)
 
 
 # --- progressive delivery --------------------------------------------------------------------
@@ -309,7 +309,7 @@ async def _execute(
 class _Delivery:
     plan: dl.Plan
     degraded_by: tuple[str, str] | None
-    analysed: an.Verdict | None = None  # the verdict of an analysis run this step recorded
+    analysed: an.AnalysisVerdict | None = None  # the verdict of an analysis run this step recorded
 
     def status(self, status: Mapping[str, Any], now: str) -> dict[str, Any]:
         state = self.plan.state
@@ -317,7 +317,7 @@ class _Delivery:
         if state.stable_revision:
             merged["stableRevision"] = state.stable_revision
         phase = dl.status_phase(state)
-        if phase is not None and status.get("phase") != rec.Phase.INVALID_SPEC.value:
+        if phase is not None and status.get("phase") != rec.ServicePhase.INVALID_SPEC.value:
             merged["phase"] = phase
         condition = self.plan.condition
         merged["conditions"] = rec.merge_conditions(
@@ -364,12 +364,12 @@ async def _plan_delivery(
     plan = dl.plan(owner, spec, rollout_spec, state=state, world=world, obs=obs, now=runtime.clock())
     degraded_by: tuple[str, str] | None = None
     if plan.problems:
-        degraded_by = (rec.Reason.APPLY_FAILED.value, "; ".join(plan.problems))
-    elif plan.state.phase is ro.Phase.ROLLED_BACK:
+        degraded_by = (rec.ApplyReason.APPLY_FAILED.value, "; ".join(plan.problems))
+    elif plan.state.phase is ro.RolloutPhase.ROLLED_BACK:
         failure = plan.state.failure
         detail = failure.message if failure is not None else "analysis failed"
         degraded_by = (
-            rec.Reason.ROLLED_BACK.value,
+            rec.ApplyReason.ROLLED_BACK.value,
             f"revision {plan.state.revision} was rolled back: {detail}",
         )
     recorded = plan.state.analysis.runs > state.analysis.runs
@@ -433,7 +433,7 @@ async def _world(
 
 
 async def _patch_route(
-    runtime: rt.Runtime, owner: kids.Owner, route: dl.RoutePatch, outcome: rec.Outcome, logger: Any
+    runtime: rt.Runtime, owner: kids.Owner, route: dl.RoutePatch, outcome: rec.ApplyOutcome, logger: Any
 ) -> None:
     ref = kids.ChildRef("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, route.name)
     try:
@@ -482,7 +482,7 @@ def _follow_up(
         runtime.reconcile.analyses[owner.uid] = asyncio.create_task(
             _analyse(runtime, owner, request, indexes=indexes, logger=logger)
         )
-    live = plan.state.phase in (*ro.LIVE, ro.Phase.ROLLING_BACK, ro.Phase.INITIALIZING)
+    live = plan.state.phase in (*ro.LIVE, ro.RolloutPhase.ROLLING_BACK, ro.RolloutPhase.INITIALIZING)
     if live and not plan.state.held:
         # Pauses and analysis intervals are counted in seconds; a short poll while a rollout
         # is live is simpler and as cheap as tracking each deadline.

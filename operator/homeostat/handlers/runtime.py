@@ -264,7 +264,7 @@ class ProcessPool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class RuntimeSettings:
     resync_seconds: float = 60.0
     http_bind: str = "0.0.0.0"
     http_port: int | None = 8080  # None: no HTTP server
@@ -286,7 +286,7 @@ class Runtime:
     gate: ports.ApprovalGate = dataclasses.field(default_factory=ports.NoApprovalGate)
     store: ports.ApprovalStore = dataclasses.field(default_factory=ports.NoApprovalStore)
     messenger: ports.ApprovalMessenger = dataclasses.field(default_factory=ports.NoMessenger)
-    settings: Settings = Settings()
+    settings: RuntimeSettings = RuntimeSettings()
     pool: ProcessPool = dataclasses.field(default_factory=ProcessPool)
     clock: Callable[[], float] = time.time
     # Per-feature state of this process.
