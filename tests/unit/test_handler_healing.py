@@ -301,3 +301,20 @@ def test_an_approval_that_cannot_be_read_does_not_undo_what_the_pass_already_did
     fakes.run(scenario())
     raised = [call for call in actions.calls if call[0] == "set_memory_limit"]
     assert raised == [("set_memory_limit", "prod", "web", "app", "160Mi")]
+
+
+def test_a_stored_healing_state_that_cannot_be_read_heals_nothing_and_says_so_once() -> None:
+    """The stored-state rule (core/fields.py): read as fresh, the history behind rate limits and
+    cooldowns would be forgotten and an incident being verified acted on again."""
+    workloads, actions, gate = fakes.FakeWorkloads(), fakes.FakeHealing(), fakes.FakeGate()
+    runtime = fakes.runtime_of(workloads, healing_actions=actions, gate=gate)
+    broken = {"incidents": [], "history": [{"action": "RestartPod", "at": "soon"}]}
+    body = fakes.service(healing={"crashLoop": {"enabled": True}}, status={"healing": broken})
+    events = _passes(runtime, _indexes(body, {"default": APPROVE_RESTART}), 3)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "RemediationStateUnreadable")]
+    assert "status.healing.history[0]" in events[0].message
+    healing_status = _healing_status(runtime)
+    assert healing_status["history"] == broken["history"]  # kept for a human to fix or clear
+    assert "history[0]" in healing_status["statusError"]
+    assert (actions.calls, gate.requests) == ([], [])
+    assert len(workloads.patched) == 1

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from homeostat.core import approval as appr
+from homeostat.core import fields
 from homeostat.core import policy as pol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -414,10 +415,11 @@ def test_the_shipped_default_policy_parses_and_is_conservative() -> None:
     assert all(rule.on_timeout is pol.OnTimeout.DENY for rule in policy.actions.values())
 
 
-def test_records_round_trip_and_bad_ones_are_dropped() -> None:
+def test_records_round_trip_and_bad_ones_are_refused_by_field() -> None:
     original = record(NOW, outcome=pol.ActionOutcome.FAILED)
     assert pol.Record.from_storage(original.as_in_storage()) == original
-    assert pol.Record.from_storage({"action": "Explode"}) is None
+    with pytest.raises(fields.StorageError, match=r"history\[3\]"):
+        pol.Record.from_storage({"action": "Explode"}, "history[3]")
 
 
 def test_min_healthy_as_a_count() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from homeostat.core import fields
 from homeostat.core import policy as pol
 from homeostat.core import remediation as rem
 
@@ -465,7 +466,16 @@ def test_state_round_trips_through_storage() -> None:
     storm = view(*(pod(f"p{i}", phase="Failed", exit_code=1) for i in range(4)))
     state, _ = run(rem.HealingState(), storm, NOW)
     assert rem.HealingState.from_storage(state.as_in_storage()) == state
-    assert rem.HealingState.from_storage({"incidents": [{"key": 1}], "history": "x"}) == rem.HealingState()
+    assert rem.HealingState.from_storage(None) == rem.HealingState() == rem.HealingState.from_storage({})
+    # The stored-state rule (core/fields.py): unreadable is refused by field, never a fresh start.
+    for broken, field in (
+        ({"incidents": [{"key": 1}]}, r"healing\.incidents\[0\]"),
+        ({"history": "x"}, r"healing\.history must be a list"),
+        ({"history": [{"action": "RestartPod"}]}, r"healing\.history\[0\]"),
+        ("garbage", r"healing must be an object"),
+    ):
+        with pytest.raises(fields.StorageError, match=field):
+            rem.HealingState.from_storage(broken)
 
 
 @pytest.mark.parametrize(

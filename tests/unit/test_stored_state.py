@@ -122,12 +122,6 @@ def test_the_forecast_model_is_a_cache_and_is_refitted(garbage: Any) -> None:
     assert fc.ModelState.from_dict(garbage) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: policy.Record.from_storage drops an unreadable history record (None), so "
-    "rate limits and cooldowns undercount; core/remediation.py (HealingState.from_storage), being "
-    "rewritten in parallel, relies on the None and must take the StorageError first",
-)
 def test_an_unreadable_action_record_is_not_forgotten() -> None:
     with pytest.raises(fields.StorageError):
         pol.Record.from_storage({"action": "RestartPod", "at": "soon"})

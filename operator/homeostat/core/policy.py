@@ -308,8 +308,11 @@ class Record:
         }
 
     @classmethod
-    def from_storage(cls, raw: Mapping[str, Any]) -> Record | None:
-        """None for an unreadable record: history is advisory, never a reason to crash."""
+    def from_storage(cls, raw: Any, where: str = "history[0]") -> Record:
+        """A record as stored; unreadable is a ``StorageError`` naming ``where`` (the rule in
+        ``core/fields.py``): a forgotten record would let rate limits and cooldowns undercount."""
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError(f"{where} must be an object")
         try:
             return cls(
                 action=Action(raw["action"]),
@@ -320,8 +323,10 @@ class Record:
                 at=float(raw["at"]),
                 outcome=ActionOutcome(raw["outcome"]),
             )
-        except (KeyError, TypeError, ValueError):
-            return None
+        except KeyError as exc:
+            raise fields.StorageError(f"{where}.{exc.args[0]} is missing") from None
+        except (TypeError, ValueError) as exc:
+            raise fields.StorageError(f"{where}: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)

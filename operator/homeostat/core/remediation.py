@@ -843,15 +843,27 @@ class HealingState:
         return stored
 
     @classmethod
-    def from_storage(cls, raw: Mapping[str, Any] | None) -> HealingState:
-        """Unreadable parts are dropped, never fatal: the worst case is acting as if fresh."""
-        raw = raw if isinstance(raw, Mapping) else {}
-        incidents = [Incident.from_storage(i) for i in raw.get("incidents") or [] if isinstance(i, Mapping)]
-        history = [pol.Record.from_storage(r) for r in raw.get("history") or [] if isinstance(r, Mapping)]
-        return cls(
-            incidents=tuple(i for i in incidents if i is not None),
-            history=tuple(r for r in history if r is not None),
-        )
+    def from_storage(cls, raw: Any) -> HealingState:
+        """The stored state: absent or empty is a fresh start; anything unreadable a
+        ``StorageError`` naming the field (the rule in ``core/fields.py``). Acting as if fresh
+        would forget actions already taken (rate limits, cooldowns, the circuit breaker) and
+        incidents being verified, and could repeat a risky action."""
+        if not raw:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise fields.StorageError("healing must be an object")
+        incidents, history = raw.get("incidents") or [], raw.get("history") or []
+        for key, value in (("incidents", incidents), ("history", history)):
+            if not isinstance(value, list):
+                raise fields.StorageError(f"healing.{key} must be a list")
+        read = []
+        for i, item in enumerate(incidents):
+            incident = Incident.from_storage(item) if isinstance(item, Mapping) else None
+            if incident is None:
+                raise fields.StorageError(f"healing.incidents[{i}] cannot be read")
+            read.append(incident)
+        records = tuple(pol.Record.from_storage(r, f"healing.history[{i}]") for i, r in enumerate(history))
+        return cls(incidents=tuple(read), history=records)
 
 
 # --- effects -----------------------------------------------------------------------------------

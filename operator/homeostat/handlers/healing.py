@@ -130,7 +130,10 @@ async def heal_all(runtime: rt.Runtime, indexes: Mapping[str, Any]) -> None:
     for store in stores:
         bodies = _values(store)
         if bodies and bodies[-1]["metadata"]["uid"] not in loop.histories:
-            recorded = rem.HealingState.from_storage((bodies[-1].get("status") or {}).get("healing"))
+            try:
+                recorded = rem.HealingState.from_storage((bodies[-1].get("status") or {}).get("healing"))
+            except fields.StorageError:
+                continue  # that service's own pass reports it, and heals nothing
             loop.histories[bodies[-1]["metadata"]["uid"]] = recorded.history
     started, slowest, slowest_took = time.monotonic(), "", 0.0
     for store in stores:
@@ -212,7 +215,10 @@ async def _heal(
     if not healing.enabled:
         loop.histories.pop(uid, None)
         return
-    policy = await _policy_or_report(runtime, indexes, body)
+    state = await _readable_state(runtime, body)
+    if state is None:
+        return
+    policy = await _policy_or_report(runtime, indexes, body, state)
     if policy is None:
         return
     pods = tuple(_values(indexes["healing_pods"].get((meta["namespace"], meta["name"]))))
@@ -222,9 +228,7 @@ async def _heal(
         return  # the reconcile reports an invalid spec
     others = tuple(r for other, history in loop.histories.items() if other != uid for r in history)
     approvals = {key: value for (owner, key), value in loop.approvals.items() if owner == uid}
-    state, effects = rem.step(
-        _state(runtime, body), rem.PassContext(view, policy, others, cluster, approvals, now)
-    )
+    state, effects = rem.step(state, rem.PassContext(view, policy, others, cluster, approvals, now))
     await _write_ahead(runtime, body, state, effects)
     # Remembered before the effects run: if one of them fails unexpectedly, the next pass must
     # start from what was just stored, not from the state before it (an action would repeat).
@@ -232,7 +236,7 @@ async def _heal(
     state, last = await _carry_out(runtime, body, state, effects, now)
     _remember(runtime, uid, state)
     # A merge patch keeps keys it does not mention: clear a policy error reported earlier.
-    changes: dict[str, Any] = {"healing": {**state.as_in_storage(), "policyError": None}}
+    changes: dict[str, Any] = {"healing": {**state.as_in_storage(), "policyError": None, "statusError": None}}
     changes["healing"]["slo"] = [r.as_in_storage() for r in readings] or None
     if last is not None:
         changes["lastRemediation"] = last
@@ -240,13 +244,34 @@ async def _heal(
 
 
 def _state(runtime: rt.Runtime, body: Mapping[str, Any]) -> rem.HealingState:
-    """This process's healing state of the service, else the one stored in its status."""
+    """This process's healing state of the service, else the one stored in its status; raises
+    ``StorageError`` when the stored one cannot be read."""
     stored = (body.get("status") or {}).get("healing")
     return runtime.healing.states.get(body["metadata"]["uid"]) or rem.HealingState.from_storage(stored)
 
 
+async def _readable_state(runtime: rt.Runtime, body: Mapping[str, Any]) -> rem.HealingState | None:
+    """The healing state, or None after reporting (once per change) that the stored one cannot
+    be read: nothing is healed then, since acting as if fresh could repeat a risky action (the
+    stored-state rule, core/fields.py). The unreadable record is kept for a human to fix."""
+    loop, uid = runtime.healing, body["metadata"]["uid"]
+    try:
+        state = _state(runtime, body)
+    except fields.StorageError as exc:
+        message = f"status.{exc}; fix or clear status.healing. No healing action is taken meanwhile"
+        if loop.state_errors.get(uid) != message:
+            loop.state_errors[uid] = message
+            runtime.event(body, "Warning", "RemediationStateUnreadable", message)
+            stored = (body.get("status") or {}).get("healing")
+            if isinstance(stored, Mapping):
+                await runtime.write_status(body, {"healing": {**stored, "statusError": message}})
+        return None
+    loop.state_errors.pop(uid, None)
+    return state
+
+
 async def _policy_or_report(
-    runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mapping[str, Any]
+    runtime: rt.Runtime, indexes: Mapping[str, Any], body: Mapping[str, Any], state: rem.HealingState
 ) -> pol.Policy | None:
     """The service's RemediationPolicy; None after reporting, once per change, why there is
     none to act under (missing or invalid): no healing action is taken without one."""
@@ -258,7 +283,7 @@ async def _policy_or_report(
     if loop.policy_errors.get(uid) != policy:
         loop.policy_errors[uid] = policy
         runtime.event(body, "Warning", "RemediationPolicyMissing", policy)
-        reported = {**_state(runtime, body).as_in_storage(), "policyError": policy}
+        reported = {**state.as_in_storage(), "policyError": policy}
         await runtime.write_status(body, {"healing": reported})
     return None
 

@@ -180,6 +180,9 @@ class HealingLoopState:
     pressure_since: dict[str, float] = dataclasses.field(default_factory=dict)  # by node
     blocked: dict[Key, str] = dataclasses.field(default_factory=dict)  # last refused eviction told
     policy_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # reported once a change
+    state_errors: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # unreadable status.healing, told once
     # Incidents whose action this process carried out. An action resumed while verifying is
     # carried out again only when it is not here: after a restart, the write-ahead record says
     # it was decided but not whether it ran.
