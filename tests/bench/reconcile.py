@@ -60,6 +60,33 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """Where the resident set is, over the process and its children: anonymous memory (Python's
+    heap: objects, kopf's indexes, malloc arenas), file-backed pages (the interpreter and the
+    shared libraries of what it imported) and shared memory, in MB; and how many processes."""
+    parts = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    processes = [pid, *_children(pid)]
+    for p in processes:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key = line.split(":", 1)[0]
+                if key in parts:
+                    parts[key] += int(line.split()[1])
+    return {
+        "anon": parts["RssAnon"] / 1024,
+        "file": parts["RssFile"] / 1024,
+        "shmem": parts["RssShmem"] / 1024,
+        "processes": float(len(processes)),
+    }
+
+
+def _parts_text(parts: dict[str, float]) -> str:
+    return (
+        f"(anonymous {parts['anon']:.0f}, file-backed {parts['file']:.0f}, shared {parts['shmem']:.0f} MB; "
+        f"{parts['processes']:.0f} process(es))"
+    )
+
+
 def settled_rss(pid: int, started: float) -> float:
     """The resident set once it has stayed within 2 MB for 30 s: steady state, not the tail
     of the burst that led there (the operator hands freed pages back every 30 s)."""
@@ -275,6 +302,7 @@ def main() -> int:
             proc = stack.enter_context(operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op.log"))
             time.sleep(5)
             results["rss_idle_mb"] = rss_mb(proc.pid)
+            results["rss_idle_parts"] = rss_parts(proc.pid)
 
             baseline = measure_latency(api, base_ns, args.services, "deployment")
             ours = measure_latency(api, lat_ns, args.services, "rsvc")
@@ -294,6 +322,7 @@ def main() -> int:
             results["fleet_ready"] = ready
             results["fleet_converge_s"] = time.monotonic() - started
             results["rss_fleet_mb"] = settled_rss(proc.pid, started)
+            results["rss_fleet_parts"] = rss_parts(proc.pid)
             if proc.poll() is not None:
                 raise SystemExit(
                     f"operator died during the benchmark:\n{(Path(tmp) / 'op.log').read_text()[-3000:]}"
@@ -310,6 +339,7 @@ def main() -> int:
                 operator(script, kubeconfig, [lat_ns, fleet_ns], Path(tmp) / "op-restart.log")
             )
             results["rss_restart_mb"] = settled_rss(proc.pid, started)
+            results["rss_restart_parts"] = rss_parts(proc.pid)
 
     report(results, args)
     return 0
@@ -333,11 +363,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         )
     ratio = r["rss_fleet_mb"] / r["rss_idle_mb"]
     verdict = "meets" if r["rss_fleet_mb"] <= TARGETS["rss_mb"] else "MISSES"
-    print(f"operator RSS: idle {r['rss_idle_mb']:.0f} MB (baseline)")
+    print(f"operator RSS: idle {r['rss_idle_mb']:.0f} MB (baseline) {_parts_text(r['rss_idle_parts'])}")
     print(
         f"  with {r['fleet_ready']}/{args.fleet} more services Ready, settled: {r['rss_fleet_mb']:.0f} MB, "
         f"ratio to idle {ratio:.2f}x, target <= {TARGETS['rss_mb']:.0f} MB: {verdict}"
     )
+    print(f"    {_parts_text(r['rss_fleet_parts'])}")
     print(f"fleet of {args.fleet} converged to Ready in {r['fleet_converge_s']:.0f} s")
     kcm = r.get("cpu_kcm_pct")
     base = f"kube-controller-manager {kcm:.1f}%, ratio {r['cpu_fleet_pct'] / kcm:.2f}x" if kcm else "n/a"
@@ -349,6 +380,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"operator RSS after a restart with the fleet in place (every object at once), settled: "
         f"{r['rss_restart_mb']:.0f} MB, target <= {TARGETS['rss_restart_mb']:.0f} MB: {verdict}"
     )
+    print(f"    {_parts_text(r['rss_restart_parts'])}")
 
 
 if __name__ == "__main__":
