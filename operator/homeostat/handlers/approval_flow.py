@@ -68,7 +68,7 @@ def service_event(runtime: rt.Runtime, body: Mapping[str, Any], type: str, reaso
         }
     if uid:
         involved["uid"] = uid
-    runtime.event(involved, type, reason, message)
+    runtime.event_about(involved, type, reason, message)
 
 
 # --- transactions ------------------------------------------------------------------------------

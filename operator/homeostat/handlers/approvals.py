@@ -25,8 +25,6 @@ WORKERS = 4
 
 _log = logging.getLogger("homeostat.approvals")
 
-Key = tuple[str, str]
-
 
 # --- kopf handlers -------------------------------------------------------------------------------
 
@@ -34,7 +32,7 @@ _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "ownerReference
 
 
 @kopf.index(*APPROVALS)  # type: ignore[arg-type]
-async def approvals(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def approvals(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[rt.Key, dict[str, Any]]:
     meta = body.get("metadata") or {}
     slim = {k: meta[k] for k in _KEPT_METADATA if k in meta}
     return {

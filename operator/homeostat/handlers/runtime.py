@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -305,7 +306,6 @@ class Runtime:
     _event_queue: asyncio.Queue[tuple[dict[str, Any], str, str, str]] | None = None
     _event_task: asyncio.Task[None] | None = None
     _events_dropped: int = 0
-    _posting: bool = False
 
     # --- status ------------------------------------------------------------------------------
 
@@ -341,13 +341,16 @@ class Runtime:
 
     # --- Events --------------------------------------------------------------------------------
 
-    def event(self, about: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Log and post one Event about a ReplicatedService body (or an ``involved`` mapping).
+    def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Log and post one Event about a ReplicatedService (its body)."""
+        self.event_about(involved(body), type_, reason, message)
+
+    def event_about(self, target: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Log and post one Event about ``target`` (an ``involvedObject``).
 
         Posted in order by one task through ``events``, never awaited by the caller: an Event is
         a report, and a slow API server must not hold up the decision it reports.
         """
-        target = involved(about) if "metadata" in about else dict(about)
         text = message[:EVENT_MESSAGE_LIMIT]
         (log.warning if type_ == "Warning" else log.info)(
             "%s/%s: %s: %s", target.get("namespace"), target.get("name"), reason, text
@@ -359,34 +362,29 @@ class Runtime:
             if self._events_dropped == 1:
                 log.warning("more than %d Events waiting to be posted; dropping new ones", EVENT_QUEUE_LIMIT)
             return
-        self._event_queue.put_nowait((target, type_, reason, text))
+        self._event_queue.put_nowait((dict(target), type_, reason, text))
         if self._event_task is None or self._event_task.done():
             self._event_task = asyncio.create_task(self._post_events(self._event_queue))
 
     async def _post_events(self, queue: asyncio.Queue[tuple[dict[str, Any], str, str, str]]) -> None:
         while True:
             target, type_, reason, message = await queue.get()
-            self._posting = True
             try:
                 await self.events.post_event(target, type_, reason, message)
             except (ports.Unavailable, ports.Rejected) as exc:
                 log.warning("could not post the %s Event for %s: %s", reason, target.get("name"), exc)
             finally:
-                self._posting = False
+                queue.task_done()
             if queue.empty():
                 self._events_dropped = 0
 
     async def drain_events(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the queued Events to be posted (at shutdown, so a
-        stopping operator still reports what it last did)."""
-        queue = self._event_queue
-        if queue is None:
+        """Wait up to ``timeout`` seconds (of the event loop's clock) for the queued Events to be
+        posted: at shutdown, so a stopping operator still reports what it last did."""
+        if self._event_queue is None:
             return
-        deadline = self.clock() + timeout
-        while not queue.empty() or (self._posting and self.clock() < deadline):
-            if self.clock() >= deadline:
-                return
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event_queue.join(), timeout)
 
     # --- notifications -------------------------------------------------------------------------
 
